@@ -1,0 +1,141 @@
+"""Teacher and student architectures, built from a small JSON-able spec.
+
+A spec is a dict such as ``{"arch": "student_cnn", "in_channels": 1, "num_classes": 10,
+"widths": [16, 32, 64]}``. It travels with the weights (safetensors metadata), so a
+checkpoint can be rebuilt without pickles.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from distillery.errors import DistilleryError
+
+
+def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class WideCNN(nn.Module):
+    """Two wide conv layers and a large fully connected head (most parameters sit there)."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 256):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_relu(in_channels, 32), nn.MaxPool2d(2),
+            conv_bn_relu(32, 64), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(64 * 7 * 7, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            conv_bn_relu(c_in, c_out, stride),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet: three stages of two basic blocks each."""
+
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        layers: list[nn.Module] = [conv_bn_relu(in_channels, widths[0])]
+        c_in = widths[0]
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers += [BasicBlock(c_in, width, stride), BasicBlock(width, width, 1)]
+            c_in = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def resnet18(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 with a 3x3 stem for small single- or three-channel images."""
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=2, padding=1, bias=False)
+    return model
+
+
+class StudentCNN(nn.Module):
+    """The student: conv blocks (pooling between them), global average pooling, a linear head."""
+
+    def __init__(self, in_channels: int, num_classes: int, widths: list[int]):
+        super().__init__()
+        blocks: list[nn.Module] = []
+        c_in = in_channels
+        for i, width in enumerate(widths):
+            blocks.append(conv_bn_relu(c_in, width))
+            if i < len(widths) - 1:
+                blocks.append(nn.MaxPool2d(2))
+            c_in = width
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def widths(self) -> list[int]:
+        return [m.out_channels for m in self.features.modules() if isinstance(m, nn.Conv2d)]
+
+
+class Ensemble(nn.Module):
+    """Averages the members' class probabilities; the fp32 baseline the student replaces."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def soft_targets(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
+        probs = [torch.softmax(m(x).float() / temperature, dim=1) for m in self.members]
+        return torch.stack(probs).mean(dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.soft_targets(x, 1.0)
+
+
+TEACHER_ARCHS: dict[str, Callable[[int, int], nn.Module]] = {
+    "wide_cnn": WideCNN,
+    "small_resnet": SmallResNet,
+    "resnet18": resnet18,
+}
+
+
+def build(spec: dict) -> nn.Module:
+    """Build an untrained model from its spec."""
+    arch = spec["arch"]
+    if arch == "student_cnn":
+        return StudentCNN(spec["in_channels"], spec["num_classes"], list(spec["widths"]))
+    if arch in TEACHER_ARCHS:
+        return TEACHER_ARCHS[arch](spec["in_channels"], spec["num_classes"])
+    raise DistilleryError(f"Unknown architecture {arch!r}; known: student_cnn, {', '.join(TEACHER_ARCHS)}.")
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,72 @@
+"""ONNX export (dynamo exporter, dynamic batch) and onnxruntime evaluation and timing."""
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from distillery.errors import DistilleryError
+from distillery.files import atomic_file
+
+BATCH = torch.export.Dim("batch", min=1, max=4096)
+
+
+def export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Write `model` as one self-contained ONNX file with a dynamic batch dimension."""
+    with atomic_file(path) as tmp:
+        program = torch.onnx.export(
+            model, (example,), dynamo=True, external_data=False, optimize=True,
+            input_names=["images"], output_names=["scores"], dynamic_shapes=({0: BATCH},),
+            verbose=False,
+        )
+        program.save(str(tmp))
+        strip_debug_info(tmp)
+
+
+def strip_debug_info(path: Path) -> None:
+    """Drop the exporter's per-node provenance (source names, FX nodes): half of a small model's bytes."""
+    proto = onnx.load(str(path))
+    for item in (*proto.graph.node, *proto.graph.value_info, *proto.graph.input, *proto.graph.output):
+        del item.metadata_props[:]
+    onnx.save(proto, str(path))
+
+
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for bad files
+        raise DistilleryError(f"onnxruntime cannot load {path}: {e}") from e
+
+
+def predict(sess: ort.InferenceSession, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    out = [sess.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).argmax(axis=1)
+
+
+def accuracy(sess: ort.InferenceSession, x: np.ndarray, y: np.ndarray) -> float:
+    return float((predict(sess, x) == y).mean())
+
+
+def latency_ms(sess: ort.InferenceSession, sample: np.ndarray, batch: int, budget_s: float = 2.0,
+               max_runs: int = 200) -> float:
+    """Median wall time of one `sess.run` on a batch of `batch` images, after a warm-up."""
+    name = sess.get_inputs()[0].name
+    x = np.ascontiguousarray(np.resize(sample, (batch, *sample.shape[1:])).astype(np.float32))
+    for _ in range(3):
+        sess.run(None, {name: x})
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < max_runs and (len(times) < 5 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

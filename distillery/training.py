@@ -1,0 +1,116 @@
+"""Training loops: supervised and distilled, on CPU or CUDA (bf16 autocast there)."""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distillery.data import Split, batches, random_affine
+
+log = logging.getLogger("distillery")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    augment: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class KDSettings:
+    temperature: float
+    alpha: float  # weight of the soft-target loss; 1 - alpha goes to hard labels
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a model with a fixed seed, without touching the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def kd_loss(student_logits, soft_targets, labels, kd: KDSettings) -> torch.Tensor:
+    """Hinton et al.: KL to the teachers' softened probabilities (scaled by T²) plus hard-label CE."""
+    log_p = F.log_softmax(student_logits.float() / kd.temperature, dim=1)
+    soft = F.kl_div(log_p, soft_targets, reduction="batchmean") * kd.temperature**2
+    hard = F.cross_entropy(student_logits.float(), labels)
+    return kd.alpha * soft + (1 - kd.alpha) * hard
+
+
+def make_loss(teacher: nn.Module | None, kd: KDSettings | None):
+    """Return loss(logits, x, y): cross-entropy alone, or distillation from `teacher`."""
+    if teacher is None or kd is None or kd.alpha == 0:
+        return lambda logits, x, y: F.cross_entropy(logits.float(), y)
+
+    def loss(logits, x, y):
+        with torch.no_grad():
+            targets = teacher.soft_targets(x, kd.temperature)
+        return kd_loss(logits, targets, y, kd)
+
+    return loss
+
+
+def optimizer_for(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def train_epoch(model, optimizer, data: Split, settings: TrainSettings, loss_fn, generator, device) -> float:
+    """One pass over `data`; the caller puts the model in training mode. Returns the mean loss."""
+    total, count = 0.0, 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for x, y in batches(data, settings.batch_size, generator):
+        if settings.augment:
+            x = random_affine(x, generator)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast:
+            loss = loss_fn(model(x), x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        count += len(y)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Split, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Class predictions; the caller puts the model in eval mode."""
+    out = [model(x.to(device)).argmax(dim=1).cpu() for x, _ in batches(data, batch_size)]
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, data: Split, device: torch.device) -> float:
+    return (predict(model, data, device) == data.y).float().mean().item()
+
+
+def fit(model: nn.Module, train: Split, val: Split, settings: TrainSettings, device: torch.device,
+        loss_fn=None, name: str = "model") -> list[dict]:
+    """Train with AdamW and a cosine schedule; return the per-epoch history (loss, val accuracy)."""
+    loss_fn = loss_fn or make_loss(None, None)
+    model.to(device)
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = optimizer_for(model, settings)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
+    history = []
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        loss = train_epoch(model, optimizer, train, settings, loss_fn, generator, device)
+        schedule.step()
+        model.eval()
+        val_acc = accuracy(model, val, device)
+        history.append({"epoch": epoch, "loss": loss, "val_accuracy": val_acc})
+        log.info("%s epoch %d/%d loss %.4f val_acc %.4f", name, epoch, settings.epochs, loss, val_acc)
+    return history

@@ -1,0 +1,35 @@
+"""Keeps DVC in step with flow runs: DVC decides which stages are stale, and records what ran."""
+
+from pathlib import Path
+
+import yaml
+
+
+class DvcTracker:
+    """`dvc status` and `dvc commit` for single stages, through DVC's Python API."""
+
+    def __init__(self, root: Path):
+        from dvc.repo import Repo
+
+        self.repo = Repo(str(root))
+
+    @classmethod
+    def for_root(cls, root: Path) -> "DvcTracker | None":
+        """A tracker when `root` is a DVC project with a dvc.yaml, else None (then every stage runs)."""
+        if (root / ".dvc").is_dir() and (root / "dvc.yaml").is_file():
+            return cls(root)
+        return None
+
+    def stage_names(self) -> list[str]:
+        return list(yaml.safe_load((Path(self.repo.root_dir) / "dvc.yaml").read_text())["stages"])
+
+    def is_fresh(self, stage: str) -> bool:
+        """True when the stage's deps, params and outs match dvc.lock (nothing to rerun)."""
+        return not self.repo.status(targets=[stage])
+
+    def commit(self, stage: str) -> None:
+        """Record the stage's current deps and outs in dvc.lock and the cache, as `dvc repro` would."""
+        self.repo.commit(stage, force=True)
+
+    def close(self) -> None:
+        self.repo.close()

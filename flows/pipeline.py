@@ -1,0 +1,85 @@
+"""The Prefect flow: the same stage functions as dvc.yaml, in the same order, as tasks.
+
+Inside a DVC project the flow asks DVC which stages are stale, runs only those, and commits
+each one, so that `dvc status` is clean and `dvc repro` has nothing to do afterwards.
+"""
+
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.dvc_sync import DvcTracker
+from tasks import distill, export, ingest, prune, quantize, report, train_teachers, validate
+from tasks.config import PipelineParams, read_params_file
+from tasks.layout import Layout
+from tasks.runtime import read_json
+
+DEFAULT_PARAMS = PipelineParams()
+STAGES = ("ingest", "validate", "train_teachers", "distill", "prune", "quantize", "export", "report")
+
+
+@task(name="train_teacher", task_run_name="train_teacher-{index}")
+def train_teacher_task(train_one, index: int) -> dict:
+    return train_one(index)
+
+
+def submit_each(train_one, indices) -> list[dict]:
+    """Train teachers concurrently on the flow's task runner."""
+    futures = [train_teacher_task.submit(train_one, i) for i in indices]
+    return [f.result() for f in futures]
+
+
+def stage_calls(params: PipelineParams, layout: Layout) -> dict:
+    """Each stage's function and arguments, keyed by the stage name dvc.yaml uses."""
+    return {
+        "ingest": (task(ingest.run, name="ingest"), (params.ingest, layout)),
+        "validate": (task(validate.run, name="validate"), (params.validate_, layout)),
+        "train_teachers": (train_teachers.run, (params.teachers, layout, submit_each)),
+        "distill": (task(distill.run, name="distill"), (params.distill, params.kd, layout)),
+        "prune": (task(prune.run, name="prune"), (params.prune, params.kd, layout)),
+        "quantize": (task(quantize.run, name="quantize"), (params.quantize, params.kd, layout)),
+        "export": (task(export.run, name="export"), (params.export, layout)),
+        "report": (task(report.run, name="report"), (params.report, params, layout)),
+    }
+
+
+def sync_params_file(params: PipelineParams, layout: Layout) -> None:
+    """Make params.yaml list every value this run uses, so DVC's record of the run is true."""
+    current = read_params_file(layout.params) if layout.params.exists() else None
+    if current != params.to_yaml_dict():
+        layout.params.write_text(yaml.safe_dump(params.to_yaml_dict(), sort_keys=False))
+        get_run_logger().warning("params.yaml rewritten with this run's complete parameters")
+
+
+def publish_artifacts(layout: Layout) -> None:
+    create_table_artifact(report.table_rows(read_json(layout.metrics)), key="distillery-metrics",
+                          description="Accuracy, size and latency of every model")
+    create_markdown_artifact((layout.reports / "report.md").read_text(), key="distillery-report",
+                             description="Distillery report")
+
+
+@flow(name="distillery", task_runner=ThreadPoolTaskRunner(max_workers=3), log_prints=True)
+def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".") -> dict:
+    """Ingest, validate, train teachers, distil, prune, quantize, export and report."""
+    logger = get_run_logger()
+    layout = Layout(Path(root).resolve())
+    tracker = DvcTracker.for_root(layout.root)
+    if tracker:
+        sync_params_file(params, layout)
+    ran = {}
+    try:
+        for name, (fn, args) in stage_calls(params, layout).items():
+            if tracker and tracker.is_fresh(name):
+                logger.info("stage %s is up to date (dvc status); skipped", name)
+                continue
+            ran[name] = fn(*args)
+            if tracker:
+                tracker.commit(name)
+    finally:
+        if tracker:
+            tracker.close()
+    publish_artifacts(layout)
+    return {"ran": list(ran), "metrics": str(layout.metrics)}

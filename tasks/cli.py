@@ -1,0 +1,71 @@
+"""The thin command line behind `python -m tasks.<stage>` and clear errors for users."""
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from distillery.errors import DistilleryError
+from tasks.config import PipelineParams, Section, read_params_file
+from tasks.layout import Layout
+
+
+def describe(error: ValidationError, source: str) -> str:
+    """One readable paragraph from a pydantic error: each bad key, what is wrong, what was given."""
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]).replace("validate_", "validate")
+        given = f" (got {item['input']!r})" if item["type"] != "missing" and "input" in item else ""
+        problems.append(f"{key or '(top level)'}: {item['msg']}{given}")
+    return f"Invalid parameters in {source}: " + "; ".join(problems) + "."
+
+
+@contextmanager
+def user_errors(debug: bool, source: str = "params.yaml") -> Iterator[None]:
+    """Turn known problems into a one-paragraph message and exit code 2; --debug re-raises."""
+    try:
+        yield
+    except (DistilleryError, ValidationError) as e:
+        if debug:
+            raise
+        message = describe(e, source) if isinstance(e, ValidationError) else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def section_config(raw: dict, name: str) -> Section:
+    """Validate one section of params.yaml (defaults fill what it leaves out); "all": the whole file."""
+    if name == "all":
+        return PipelineParams.model_validate(raw)
+    field = PipelineParams.model_fields["validate_" if name == "validate" else name]
+    try:
+        return field.annotation.model_validate(raw.get(name) or {})
+    except ValidationError as e:
+        raise DistilleryError(describe(e, "params.yaml").replace(": ", f": {name}.", 1)) from e
+
+
+def configure_logging() -> None:
+    """Our progress at INFO; other libraries only at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("distillery").setLevel(logging.INFO)
+
+
+def main(stage: Callable, sections: tuple[str, ...]) -> None:
+    """Run `stage(*configs, layout)` with its sections of params.yaml; print its result as JSON."""
+    name = stage.__module__.rsplit(".", 1)[-1]
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{name}", description=stage.__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (data/ lives here)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args()
+    configure_logging()
+    with user_errors(args.debug, str(args.params)):
+        raw = read_params_file(args.params)
+        configs = [section_config(raw, section) for section in sections]
+        result = stage(*configs, Layout(args.root.resolve()))
+    print(json.dumps(result, indent=2, default=str))

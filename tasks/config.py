@@ -1,0 +1,129 @@
+"""Every pipeline parameter, typed and range-checked: the one schema for params.yaml,
+the stage command lines and the Prefect flow's parameters. Unknown keys are rejected."""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+TeacherArch = Literal["wide_cnn", "small_resnet", "resnet18"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(Section):
+    source: Literal["mnist5k", "digits", "folder", "npz"] = "mnist5k"
+    path: Path | None = Field(None, description="Image folder or .npz file, for those sources")
+    image_size: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="Resize folder images to (height, width); unset, all must share one size")
+    color: Literal["gray", "rgb"] = Field("gray", description="Convert folder images to this")
+    val_fraction: float = Field(0.08, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def path_matches_source(self):
+        if self.source in ("folder", "npz") and self.path is None:
+            raise ValueError(f"source {self.source!r} needs ingest.path")
+        return self
+
+
+class ValidateConfig(Section):
+    min_images_per_class: PositiveInt = 20
+    max_class_imbalance: float = Field(3.0, ge=1, description="Largest class / smallest class")
+
+
+class TrainConfig(Section):
+    epochs: PositiveInt
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat = 1e-4
+    augment: bool = True
+    seed: int = 0
+
+
+class TeachersConfig(TrainConfig):
+    epochs: PositiveInt = 4
+    lr: PositiveFloat = 2e-3
+    models: list[TeacherArch] = Field(["wide_cnn", "small_resnet", "resnet18"], min_length=1)
+
+
+class KDConfig(Section):
+    temperature: PositiveFloat = 4.0
+    alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-target loss")
+
+
+class DistillConfig(TrainConfig):
+    epochs: PositiveInt = 10
+    lr: PositiveFloat = 5e-3
+    widths: list[PositiveInt] = Field([16, 32, 64], min_length=1, description="Student conv channels")
+
+
+class PruneConfig(TrainConfig):
+    epochs: PositiveInt = 5
+    lr: PositiveFloat = 2e-3
+    ratio: float = Field(0.25, ge=0, lt=1, description="Share of each conv layer's channels removed")
+    steps: PositiveInt = Field(3, description="Pruning steps, one per epoch from the first")
+    round_to: int = Field(8, ge=0, description="Keep channel counts multiples of this (0: off)")
+
+    @model_validator(mode="after")
+    def steps_fit_epochs(self):
+        if self.steps > self.epochs:
+            raise ValueError(f"prune.steps ({self.steps}) must not exceed prune.epochs ({self.epochs})")
+        return self
+
+
+class QuantizeConfig(TrainConfig):
+    epochs: PositiveInt = 3
+    lr: PositiveFloat = 5e-4
+    augment: bool = False
+
+
+class ExportConfig(Section):
+    max_accuracy_gap_pp: PositiveFloat = Field(
+        0.3, description="Allowed int8 accuracy gap, onnxruntime vs PyTorch, in points")
+
+
+class ReportConfig(Section):
+    latency_budget_s: PositiveFloat = Field(1.0, description="Timing budget per model and batch size")
+
+
+class PipelineParams(Section):
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    teachers: TeachersConfig = TeachersConfig()
+    kd: KDConfig = KDConfig()
+    distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    export: ExportConfig = ExportConfig()
+    report: ReportConfig = ReportConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def section(self, name: str) -> Section:
+        return getattr(self, "validate_" if name == "validate" else name)
+
+    def to_yaml_dict(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def read_params_file(path: Path) -> dict:
+    from distillery.errors import DistilleryError
+
+    if not path.exists():
+        raise DistilleryError(f"Params file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DistilleryError(f"Params file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise DistilleryError(f"Params file {path} must hold a mapping of sections.")
+    return raw
+
+
+def load_params(path: Path) -> PipelineParams:
+    return PipelineParams.model_validate(read_params_file(path))

@@ -1,0 +1,43 @@
+"""Quantize: int8 quantization-aware fine-tuning of the pruned student (torchao PT2E), with KD."""
+
+import copy
+import logging
+
+import torch
+
+from distillery import checkpoint
+from distillery.data import load_dataset
+from distillery.files import atomic_dir
+from distillery.quantize import convert, prepare_qat, qat_finetune
+from distillery.training import accuracy, make_loss
+from tasks.config import KDConfig, QuantizeConfig
+from tasks.layout import Layout
+from tasks.runtime import device, kd_settings, train_settings, write_json
+from tasks.teachers import load_ensemble
+
+log = logging.getLogger("distillery")
+
+
+def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
+    """Write data/models/qat/: the fake-quantized student's state (safetensors) and its history."""
+    data = load_dataset(layout.dataset)
+    model, spec = checkpoint.load(layout.pruned / "pruned.safetensors")
+    prepared = prepare_qat(model, data.train.x[:2])
+    loss = make_loss(load_ensemble(layout).to(device()), kd_settings(kd))
+    history = qat_finetune(prepared, data.train, data.val, train_settings(config), loss, device())
+    prepared.cpu()
+    int8 = convert(copy.deepcopy(prepared))
+    result = {"val_accuracy_fake_quant": history[-1]["val_accuracy"],
+              "val_accuracy_int8": accuracy(int8, data.val, torch.device("cpu")), "history": history}
+    log.info("QAT done: fake-quant val %.4f, int8 val %.4f",
+             result["val_accuracy_fake_quant"], result["val_accuracy_int8"])
+    with atomic_dir(layout.qat) as out:
+        checkpoint.save(prepared, {**spec, "quantization": "x86_int8_qat"}, out / "qat.safetensors")
+        write_json(out / "qat.json", result)
+    return {k: v for k, v in result.items() if k != "history"}
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main(run, ("quantize", "kd"))

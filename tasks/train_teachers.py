@@ -1,0 +1,54 @@
+"""Train teachers: K diverse architectures, each with its own seed; any map function runs them."""
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from distillery import checkpoint, models
+from distillery.data import load_dataset
+from distillery.files import atomic_dir
+from distillery.training import accuracy, fit, seeded
+from tasks.config import TeachersConfig
+from tasks.layout import Layout
+from tasks.runtime import device, train_settings, write_json
+from tasks.validate import require_valid
+
+log = logging.getLogger("distillery")
+
+
+def teacher_names(config: TeachersConfig) -> list[str]:
+    """`<index>_<arch>`: unique even when an architecture appears twice."""
+    return [f"{i}_{arch}" for i, arch in enumerate(config.models)]
+
+
+def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path) -> dict:
+    """Train teacher `index` with seed `config.seed + index`; write its weights and history to `out`."""
+    name = teacher_names(config)[index]
+    data = load_dataset(layout.dataset)
+    spec = {"arch": config.models[index], "in_channels": data.in_channels, "num_classes": data.num_classes}
+    settings = replace(train_settings(config), seed=config.seed + index)
+    model = seeded(settings.seed, lambda: models.build(spec))
+    history = fit(model, data.train, data.val, settings, device(), name=name)
+    checkpoint.save(model, spec, out / f"{name}.safetensors")
+    result = {"name": name, "arch": spec["arch"], "params": models.count_params(model),
+              "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history}
+    write_json(out / f"{name}.json", result)
+    return result
+
+
+def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict:
+    """Write data/models/teachers/: one safetensors and one history JSON per teacher.
+
+    `map_fn(train_one, indices)` runs `train_one(i)` for each teacher; the flow passes one that
+    submits each to its task runner, so teachers train in parallel."""
+    require_valid(layout)
+    with atomic_dir(layout.teachers) as out:
+        results = list(map_fn(lambda i: train_teacher(config, i, layout, out), range(len(config.models))))
+    return {r["name"]: r["val_accuracy"] for r in results}
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main(run, ("teachers",))
