@@ -1,6 +1,7 @@
 """Training loops: supervised and distilled, on CPU or CUDA (bf16 autocast there)."""
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,9 +36,12 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+_GLOBAL_RNG = threading.Lock()
+
+
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    """Build a model with a fixed seed, without touching the caller's global RNG state."""
-    with torch.random.fork_rng(devices=[]):
+    """Build a model with a fixed seed; safe while other threads build theirs (teachers in parallel)."""
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
 

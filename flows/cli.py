@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> None:
     from tasks.report import markdown_table
     from tasks.runtime import read_json
 
+    logging.getLogger("distillery").setLevel(logging.INFO)
+    for quiet in ("dvc", "great_expectations"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
     if not args.debug:
         for handler in logging.getLogger("prefect").handlers:
             handler.addFilter(HideUserErrorTracebacks())

@@ -1,5 +1,6 @@
 """Keeps DVC in step with flow runs: DVC decides which stages are stale, and records what ran."""
 
+from contextlib import chdir
 from pathlib import Path
 
 import yaml
@@ -25,11 +26,13 @@ class DvcTracker:
 
     def is_fresh(self, stage: str) -> bool:
         """True when the stage's deps, params and outs match dvc.lock (nothing to rerun)."""
-        return not self.repo.status(targets=[stage])
+        with chdir(self.repo.root_dir):  # DVC resolves some paths against the working directory
+            return not self.repo.status(targets=[stage])
 
     def commit(self, stage: str) -> None:
         """Record the stage's current deps and outs in dvc.lock and the cache, as `dvc repro` would."""
-        self.repo.commit(stage, force=True)
+        with chdir(self.repo.root_dir):
+            self.repo.commit(stage, force=True)
 
     def close(self) -> None:
         self.repo.close()

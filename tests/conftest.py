@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny params on scikit-learn's digits, stage outputs built once per session,
+throw-away copies of the project for DVC and flow runs, and a Prefect test server."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DISTILLERY_DEVICE", "cpu")
+
+TINY = {
+    "ingest": {"source": "digits"},
+    "validate": {"min_images_per_class": 20},
+    "teachers": {"epochs": 1, "models": ["wide_cnn", "small_resnet", "resnet18"]},
+    "distill": {"epochs": 1, "widths": [8, 16]},
+    "prune": {"epochs": 2, "steps": 2, "ratio": 0.5, "round_to": 4},
+    "quantize": {"epochs": 1},
+    "report": {"latency_budget_s": 0.05},
+}
+
+
+def tiny_params():
+    from tasks.config import PipelineParams
+
+    return PipelineParams.model_validate(TINY)
+
+
+@pytest.fixture(scope="session")
+def staged(tmp_path_factory):
+    """A layout where every stage has run once on the tiny params (stage functions, no orchestration)."""
+    from tasks import distill, export, ingest, prune, quantize, report, train_teachers, validate
+    from tasks.layout import Layout
+
+    params = tiny_params()
+    layout = Layout(tmp_path_factory.mktemp("staged"))
+    ingest.run(params.ingest, layout)
+    validate.run(params.validate_, layout)
+    train_teachers.run(params.teachers, layout)
+    distill.run(params.distill, params.kd, layout)
+    prune.run(params.prune, params.kd, layout)
+    quantize.run(params.quantize, params.kd, layout)
+    export.run(params.export, layout)
+    report.run(params.report, params, layout)
+    return layout
+
+
+def copy_project(dest: Path, params: dict) -> Path:
+    """A fresh git + DVC checkout of this project's tracked files, with `params` as params.yaml."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in files.split():
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    from tasks.config import PipelineParams
+
+    (dest / "params.yaml").write_text(yaml.safe_dump(PipelineParams.model_validate(params).to_yaml_dict(),
+                                                     sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path):
+    return copy_project(tmp_path, TINY)
+
+
+def venv_env() -> dict:
+    """Environment whose PATH finds this interpreter's `python` and `dvc` (DVC stages run `python`)."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

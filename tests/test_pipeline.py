@@ -1,0 +1,65 @@
+"""The three ways to run: dvc.yaml and the flow describe the same stages; `dvc repro` and the
+Prefect flow both run end to end on tiny params; a flow run leaves DVC with nothing to do."""
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from flows.pipeline import STAGES, compress, stage_calls
+from tasks.layout import Layout
+from tests.conftest import ROOT, tiny_params, venv_env
+
+
+def dvc(project, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
+                          env=venv_env(), check=True)
+
+
+def test_dvc_yaml_and_flow_list_the_same_stages_in_order():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == list(STAGES) == list(stage_calls(tiny_params(), Layout(ROOT)))
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"python -m tasks.{name}"
+
+
+def test_dvc_repro_runs_the_pipeline(project):
+    dvc(project, "repro")
+    metrics = json.loads((project / "data/reports/metrics.json").read_text())
+    assert metrics["dataset"]["name"] == "digits" and metrics["params"]["teachers"]["epochs"] == 1
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+
+def test_flow_run_leaves_dvc_up_to_date(project, prefect_server):
+    result = compress(params=tiny_params(), root=str(project))
+    assert result["ran"] == list(STAGES)
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+    assert "didn't change, skipping" in dvc(project, "repro").stdout
+    assert compress(params=tiny_params(), root=str(project))["ran"] == []  # nothing changed: nothing reruns
+
+    changed = tiny_params().model_copy(update={"export": tiny_params().export.model_copy(
+        update={"max_accuracy_gap_pp": 0.5})})
+    assert compress(params=changed, root=str(project))["ran"] == ["export", "report"]
+    assert yaml.safe_load((project / "params.yaml").read_text())["export"]["max_accuracy_gap_pp"] == 0.5
+    assert_artifacts_published()
+
+
+def assert_artifacts_published():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["distillery-metrics", "distillery-report"])))
+    assert {a.key for a in found} == {"distillery-metrics", "distillery-report"}
+    table = next(a for a in found if a.key == "distillery-metrics").data
+    assert "int8" in str(table)
+
+
+def test_distillery_cli_rejects_bad_params(tmp_path):
+    (tmp_path / "params.yaml").write_text("teachers:\n  epochs: -1\n")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--root", str(tmp_path),
+                           "--params", str(tmp_path / "params.yaml")], capture_output=True, text=True, env=venv_env())
+    assert done.returncode == 2 and "teachers.epochs" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,115 @@
+"""Each stage on tiny data (digits, one or two epochs), run once per session by the `staged` fixture."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from distillery import checkpoint, onnx_export
+from distillery.errors import DistilleryError
+from distillery.models import StudentCNN, count_params
+from tasks import export, train_teachers
+from tasks.config import TeachersConfig
+from tasks.report import MODELS
+from tests.conftest import TINY
+
+
+def test_teachers_are_diverse_and_reloadable(staged):
+    files = sorted(staged.teachers.glob("*.safetensors"))
+    assert [f.stem for f in files] == ["0_wide_cnn", "1_small_resnet", "2_resnet18"]
+    model, spec = checkpoint.load(files[2])
+    assert spec["arch"] == "resnet18" and type(model).__module__.startswith("torchvision")
+    assert spec["in_channels"] == 1 and spec["num_classes"] == 10
+
+
+def test_teacher_training_is_deterministic(staged, tmp_path):
+    config = TeachersConfig(epochs=1, models=["wide_cnn"])
+    first = train_teachers.train_teacher(config, 0, staged, tmp_path)
+    saved = checkpoint.load(staged.teachers / "0_wide_cnn.safetensors")[0].state_dict()
+    again = checkpoint.load(tmp_path / "0_wide_cnn.safetensors")[0].state_dict()
+    assert all(torch.equal(saved[k], again[k]) for k in saved)
+    assert first["history"] == json.loads((staged.teachers / "0_wide_cnn.json").read_text())["history"]
+
+
+def test_distill_writes_baseline_and_kd_student(staged):
+    for name in ("student_alone", "student_kd"):
+        model, spec = checkpoint.load(staged.student / f"{name}.safetensors")
+        assert spec["widths"] == TINY["distill"]["widths"]
+        assert len(json.loads((staged.student / f"{name}.json").read_text())["history"]) == 1
+
+
+def test_pruning_physically_shrinks_the_student(staged):
+    before, _ = checkpoint.load(staged.student / "student_kd.safetensors")
+    after, spec = checkpoint.load(staged.pruned / "pruned.safetensors")
+    assert isinstance(after, StudentCNN) and spec["widths"] == after.widths() == [4, 8]
+    assert count_params(after) < 0.4 * count_params(before)
+    assert (staged.export / "pruned.onnx").stat().st_size < (staged.export / "student_kd.onnx").stat().st_size
+
+
+def test_int8_onnx_holds_int8_weights_and_qdq_ops(staged):
+    proto = onnx.load(str(staged.export / "int8.onnx"))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    int8_weights = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    assert len(int8_weights) == 2  # both conv layers' weights are stored as int8
+
+
+def test_export_verification_compares_onnxruntime_with_torch(staged):
+    result = json.loads((staged.export / "verification.json").read_text())
+    assert result["passed"] and result["gap_pp"] <= 0.3
+    data = np.load(staged.dataset)
+    test = data["split"] == 2
+    x = (data["x"][test] / 255.0 - 0.5) / 0.5
+    sess = onnx_export.session(staged.export / "int8.onnx")
+    assert onnx_export.accuracy(sess, x.astype(np.float32), data["y"][test]) == result["int8_test_accuracy_onnxruntime"]
+
+
+def test_export_fails_when_onnx_and_torch_disagree(staged, tmp_path, monkeypatch):
+    from tasks.config import ExportConfig
+    from tasks.layout import Layout
+
+    layout = Layout(tmp_path)
+    for part in ("raw", "teachers", "student", "pruned", "qat"):
+        src = getattr(staged, part)
+        dest = getattr(layout, part)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.symlink_to(src)
+    real = onnx_export.accuracy
+    monkeypatch.setattr(onnx_export, "accuracy", lambda *a: real(*a) - 0.01)  # a 1-point disagreement
+    with pytest.raises(DistilleryError, match="Export verification failed"):
+        export.run(ExportConfig(), layout)
+    assert not layout.export.exists()
+
+
+def test_metrics_json_has_every_required_field(staged):
+    metrics = json.loads(staged.metrics.read_text())
+    assert len(metrics["teachers"]) == 3
+    for entry in [*metrics["teachers"], *(metrics[m] for m in MODELS)]:
+        assert 0 <= entry["accuracy"] <= 1 and entry["params"] > 0 and entry["bytes"] > 0
+        assert entry["latency_ms"]["b1"] > 0 and entry["latency_ms"]["b256"] > 0
+    for key in ("compression_ratio_vs_ensemble", "compression_ratio_vs_best_teacher", "speedup_b1_vs_ensemble",
+                "accuracy_drop_pp_vs_ensemble", "git_commit", "params"):
+        assert key in metrics
+    assert metrics["dataset"]["name"] == "digits" and len(metrics["dataset"]["md5"]) == 32
+    assert metrics["compression_ratio_vs_ensemble"] > 100
+    assert (staged.reports / "accuracy_vs_size.png").stat().st_size > 1000
+    assert "| int8 |" in (staged.reports / "report.md").read_text()
+
+
+def test_checkpoints_never_unpickle(staged, tmp_path):
+    evil = tmp_path / "evil.safetensors"
+    torch.save({"weights": torch.zeros(1)}, evil)  # a pickle where weights should be
+    with pytest.raises(DistilleryError, match="not a Distillery safetensors file"):
+        checkpoint.load(evil)
+
+
+def test_checkpoint_with_wrong_architecture_is_refused(staged, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(staged.pruned / "pruned.safetensors"))
+    spec = {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [8, 16]}
+    save_file(weights, str(tmp_path / "x.safetensors"), metadata={"spec": json.dumps(spec)})
+    with pytest.raises(DistilleryError, match="does not match its architecture"):
+        checkpoint.load(tmp_path / "x.safetensors")
