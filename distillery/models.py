@@ -84,16 +84,14 @@ def resnet18(in_channels: int, num_classes: int) -> nn.Module:
 
 
 class StudentCNN(nn.Module):
-    """The student: conv blocks (pooling between them), global average pooling, a linear head."""
+    """The student: conv blocks each followed by 2x2 max pooling, global average pooling, a linear head."""
 
     def __init__(self, in_channels: int, num_classes: int, widths: list[int]):
         super().__init__()
         blocks: list[nn.Module] = []
         c_in = in_channels
-        for i, width in enumerate(widths):
-            blocks.append(conv_bn_relu(c_in, width))
-            if i < len(widths) - 1:
-                blocks.append(nn.MaxPool2d(2))
+        for width in widths:
+            blocks += [conv_bn_relu(c_in, width), nn.MaxPool2d(2, ceil_mode=True)]
             c_in = width
         self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(c_in, num_classes)

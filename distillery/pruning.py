@@ -1,6 +1,7 @@
 """Gradual structured channel pruning that slices channels out (torch-pruning), with KD fine-tuning."""
 
 import logging
+import math
 
 import torch
 import torch_pruning as tp
@@ -30,6 +31,8 @@ def prune_gradually(model: StudentCNN, train: Split, val: Split, ratio: float, s
             model.eval()
             pruner.step()
             optimizer = optimizer_for(model, settings)  # parameter shapes changed
+        for group in optimizer.param_groups:  # cosine decay over all epochs
+            group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / settings.epochs))
         model.train()
         loss = train_epoch(model, optimizer, train, settings, loss_fn, generator, device)
         model.eval()

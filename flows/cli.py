@@ -28,14 +28,17 @@ def prefect_environment(root: Path) -> None:
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
-class HideUserErrorTracebacks(logging.Filter):
-    """On the console, a DistilleryError is its message; the traceback stays in the Prefect UI."""
+def hide_user_error_tracebacks() -> None:
+    """Log a DistilleryError by its message alone, whichever logger or handler emits it."""
+    make_record = logging.getLogRecordFactory()
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
         if record.exc_info and isinstance(record.exc_info[1], DistilleryError):
             record.exc_info = None
-            record.exc_text = None
-        return True
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -53,8 +56,7 @@ def run(args: argparse.Namespace) -> None:
     for quiet in ("dvc", "great_expectations"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
     if not args.debug:
-        for handler in logging.getLogger("prefect").handlers:
-            handler.addFilter(HideUserErrorTracebacks())
+        hide_user_error_tracebacks()
     with user_errors(args.debug, str(args.params)):
         compress(params=params, root=str(root))
     print("\n" + markdown_table(read_json(root / "data" / "reports" / "metrics.json")))

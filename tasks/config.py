@@ -38,7 +38,7 @@ class ValidateConfig(Section):
 
 class TrainConfig(Section):
     epochs: PositiveInt
-    batch_size: PositiveInt = 128
+    batch_size: PositiveInt = 64
     lr: PositiveFloat
     weight_decay: NonNegativeFloat = 1e-4
     augment: bool = True
@@ -46,7 +46,7 @@ class TrainConfig(Section):
 
 
 class TeachersConfig(TrainConfig):
-    epochs: PositiveInt = 4
+    epochs: PositiveInt = 6
     lr: PositiveFloat = 2e-3
     models: list[TeacherArch] = Field(["wide_cnn", "small_resnet", "resnet18"], min_length=1)
 
@@ -57,17 +57,18 @@ class KDConfig(Section):
 
 
 class DistillConfig(TrainConfig):
-    epochs: PositiveInt = 10
-    lr: PositiveFloat = 5e-3
-    widths: list[PositiveInt] = Field([16, 32, 64], min_length=1, description="Student conv channels")
+    epochs: PositiveInt = 12
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 1e-2
+    widths: list[PositiveInt] = Field([16, 32, 48], min_length=1, description="Student conv channels")
 
 
 class PruneConfig(TrainConfig):
-    epochs: PositiveInt = 5
+    epochs: PositiveInt = 8
     lr: PositiveFloat = 2e-3
     ratio: float = Field(0.25, ge=0, lt=1, description="Share of each conv layer's channels removed")
-    steps: PositiveInt = Field(3, description="Pruning steps, one per epoch from the first")
-    round_to: int = Field(8, ge=0, description="Keep channel counts multiples of this (0: off)")
+    steps: PositiveInt = Field(4, description="Pruning steps, one per epoch from the first")
+    round_to: int = Field(4, ge=0, description="Keep channel counts multiples of this (0: off)")
 
     @model_validator(mode="after")
     def steps_fit_epochs(self):

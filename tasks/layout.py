@@ -4,66 +4,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def under_root(*parts: str) -> property:
+    return property(lambda self: self.root.joinpath(*parts))
+
+
 @dataclass(frozen=True)
 class Layout:
     root: Path
 
-    @property
-    def params(self) -> Path:
-        return self.root / "params.yaml"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def raw(self) -> Path:
-        return self.data / "raw"
-
-    @property
-    def dataset(self) -> Path:
-        return self.raw / "dataset.npz"
-
-    @property
-    def facts(self) -> Path:
-        return self.raw / "facts.csv"
-
-    @property
-    def validation(self) -> Path:
-        return self.data / "validation"
-
-    @property
-    def validation_summary(self) -> Path:
-        return self.validation / "summary.json"
-
-    @property
-    def data_docs(self) -> Path:
-        return self.validation / "docs"
-
-    @property
-    def teachers(self) -> Path:
-        return self.data / "models" / "teachers"
-
-    @property
-    def student(self) -> Path:
-        return self.data / "models" / "student"
-
-    @property
-    def pruned(self) -> Path:
-        return self.data / "models" / "pruned"
-
-    @property
-    def qat(self) -> Path:
-        return self.data / "models" / "qat"
-
-    @property
-    def export(self) -> Path:
-        return self.data / "export"
-
-    @property
-    def reports(self) -> Path:
-        return self.data / "reports"
-
-    @property
-    def metrics(self) -> Path:
-        return self.reports / "metrics.json"
+    params = under_root("params.yaml")
+    data = under_root("data")
+    raw = under_root("data", "raw")
+    dataset = under_root("data", "raw", "dataset.npz")
+    facts = under_root("data", "raw", "facts.csv")
+    validation = under_root("data", "validation")
+    validation_summary = under_root("data", "validation", "summary.json")
+    data_docs = under_root("data", "validation", "docs")
+    teachers = under_root("data", "models", "teachers")
+    student = under_root("data", "models", "student")
+    pruned = under_root("data", "models", "pruned")
+    qat = under_root("data", "models", "qat")
+    export = under_root("data", "export")
+    reports = under_root("data", "reports")
+    metrics = under_root("data", "reports", "metrics.json")

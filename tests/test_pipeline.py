@@ -9,7 +9,7 @@ import yaml
 
 from flows.pipeline import STAGES, compress, stage_calls
 from tasks.layout import Layout
-from tests.conftest import ROOT, tiny_params, venv_env
+from tests.conftest import ROOT, TINY, copy_project, tiny_params, venv_env
 
 
 def dvc(project, *args) -> subprocess.CompletedProcess:
@@ -39,9 +39,9 @@ def test_flow_run_leaves_dvc_up_to_date(project, prefect_server):
     assert compress(params=tiny_params(), root=str(project))["ran"] == []  # nothing changed: nothing reruns
 
     changed = tiny_params().model_copy(update={"export": tiny_params().export.model_copy(
-        update={"max_accuracy_gap_pp": 0.5})})
+        update={"max_accuracy_gap_pp": 0.9})})
     assert compress(params=changed, root=str(project))["ran"] == ["export", "report"]
-    assert yaml.safe_load((project / "params.yaml").read_text())["export"]["max_accuracy_gap_pp"] == 0.5
+    assert yaml.safe_load((project / "params.yaml").read_text())["export"]["max_accuracy_gap_pp"] == 0.9
     assert_artifacts_published()
 
 
@@ -63,3 +63,14 @@ def test_distillery_cli_rejects_bad_params(tmp_path):
                            "--params", str(tmp_path / "params.yaml")], capture_output=True, text=True, env=venv_env())
     assert done.returncode == 2 and "teachers.epochs" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_distillery_run_stops_cleanly_on_bad_data(tmp_path):
+    missing = tmp_path / "missing.npz"
+    project = copy_project(tmp_path / "project", {**TINY, "ingest": {"source": "npz", "path": str(missing)}})
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run"], cwd=project, capture_output=True, text=True,
+                          env=venv_env())
+    assert done.returncode == 2
+    assert f"error: ingest.path {missing} does not exist" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (project / "data" / "raw").exists()

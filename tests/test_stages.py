@@ -37,7 +37,8 @@ def test_distill_writes_baseline_and_kd_student(staged):
     for name in ("student_alone", "student_kd"):
         model, spec = checkpoint.load(staged.student / f"{name}.safetensors")
         assert spec["widths"] == TINY["distill"]["widths"]
-        assert len(json.loads((staged.student / f"{name}.json").read_text())["history"]) == 1
+        history = json.loads((staged.student / f"{name}.json").read_text())["history"]
+        assert len(history) == TINY["distill"]["epochs"]
 
 
 def test_pruning_physically_shrinks_the_student(staged):
@@ -58,7 +59,7 @@ def test_int8_onnx_holds_int8_weights_and_qdq_ops(staged):
 
 def test_export_verification_compares_onnxruntime_with_torch(staged):
     result = json.loads((staged.export / "verification.json").read_text())
-    assert result["passed"] and result["gap_pp"] <= 0.3
+    assert result["passed"] and result["gap_pp"] <= result["max_gap_pp"] == TINY["export"]["max_accuracy_gap_pp"]
     data = np.load(staged.dataset)
     test = data["split"] == 2
     x = (data["x"][test] / 255.0 - 0.5) / 0.5
