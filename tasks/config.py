@@ -57,16 +57,16 @@ class KDConfig(Section):
 
 
 class DistillConfig(TrainConfig):
-    epochs: PositiveInt = 12
+    epochs: PositiveInt = 20
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-2
     widths: list[PositiveInt] = Field([16, 32, 48], min_length=1, description="Student conv channels")
 
 
 class PruneConfig(TrainConfig):
-    epochs: PositiveInt = 8
-    lr: PositiveFloat = 2e-3
-    ratio: float = Field(0.25, ge=0, lt=1, description="Share of each conv layer's channels removed")
+    epochs: PositiveInt = 12
+    lr: PositiveFloat = 5e-3
+    ratio: float = Field(0.3, ge=0, lt=1, description="Share of each conv layer's channels removed")
     steps: PositiveInt = Field(4, description="Pruning steps, one per epoch from the first")
     round_to: int = Field(4, ge=0, description="Keep channel counts multiples of this (0: off)")
 
@@ -78,8 +78,8 @@ class PruneConfig(TrainConfig):
 
 
 class QuantizeConfig(TrainConfig):
-    epochs: PositiveInt = 3
-    lr: PositiveFloat = 5e-4
+    epochs: PositiveInt = 5
+    lr: PositiveFloat = 1e-3
     augment: bool = False
 
 
