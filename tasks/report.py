@@ -29,8 +29,14 @@ def md5(path: Path) -> str:
 
 
 def git_commit(root: Path) -> str | None:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    return done.stdout.strip() or None
+    """HEAD's commit, with "-dirty" when tracked files differ from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!dvc.lock", ":!params.yaml"],
+                               cwd=root).returncode
+    except OSError:
+        return None
+    return (head + ("-dirty" if dirty else "")) if head else None
 
 
 def param_counts(layout: Layout) -> dict[str, int]:
@@ -103,6 +109,7 @@ def plot(metrics: dict, histories: dict[str, list[dict]], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     points = [(t["name"], t) for t in metrics["teachers"]] + [(m, metrics[m]) for m in MODELS]
@@ -121,6 +128,7 @@ def plot(metrics: dict, histories: dict[str, list[dict]], out: Path) -> None:
     for name, history in histories.items():
         ax.plot([h["epoch"] for h in history], [h["val_accuracy"] * 100 for h in history], marker=".", label=name)
     ax.set(xlabel="epoch (within its stage)", ylabel="validation accuracy (%)", title="Training curves")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
