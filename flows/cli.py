@@ -1,13 +1,13 @@
-"""`distillery run`: run the Prefect flow on params.yaml and print the report table."""
+"""`distillery run` runs the pipeline as a Prefect flow; `distillery publish` and `distillery models`
+manage the published model versions in the S3 store."""
 
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 from distillery.errors import DistilleryError
-from tasks.cli import user_errors
+from tasks.cli import use_local_stack, user_errors
 
 
 def prefect_environment(root: Path) -> None:
@@ -63,17 +63,57 @@ def run(args: argparse.Namespace) -> None:
     print(f"\nReport: {root / 'data' / 'reports' / 'report.md'}")
 
 
+def publish(args: argparse.Namespace) -> None:
+    from tasks import publish as publish_stage
+    from tasks.layout import Layout
+
+    with user_errors(args.debug):
+        print(publish_stage.upload(args.name, Layout(args.root.resolve()), version=args.version))
+
+
+def models(args: argparse.Namespace) -> None:
+    from tasks.publish import describe
+    from tasks.s3_store import ArtifactStore, S3Settings
+
+    with user_errors(args.debug):
+        store = ArtifactStore(S3Settings.from_env())
+        if args.action == "list":
+            print("\n".join(store.versions(args.name)) or f"no published versions of {args.name}")
+            return
+        version = args.version or store.latest(args.name)
+        if args.action == "show":
+            manifest = store.manifest_or_none(args.name, version)
+            if manifest is None:
+                raise DistilleryError(f"{args.name} version {version} is not published.")
+            print(describe(manifest))
+        else:
+            dest = args.dest or Path("downloads") / args.name / version
+            store.download(args.name, version, dest)
+            print(f"{args.name} {version}: downloaded and verified into {dest}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", type=Path, default=Path("."), help="project root")
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="run the whole pipeline as a Prefect flow")
+    run_parser = commands.add_parser("run", parents=[common], help="run the whole pipeline as a Prefect flow")
     run_parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
-    run_parser.add_argument("--root", type=Path, default=Path("."), help="project root")
-    run_parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    publish_parser = commands.add_parser("publish", parents=[common],
+                                         help="upload the finished run to the S3 model store")
+    publish_parser.add_argument("--name", default="distillery-student", help="model name")
+    publish_parser.add_argument("--version", help="version label (default: UTC time + dataset md5 prefix)")
+    models_parser = commands.add_parser("models", parents=[common],
+                                        help="list, show or download published model versions")
+    models_parser.add_argument("action", choices=["list", "show", "download"])
+    models_parser.add_argument("name", nargs="?", default="distillery-student", help="model name")
+    models_parser.add_argument("version", nargs="?", help="version (default: latest)")
+    models_parser.add_argument("--dest", type=Path, help="download folder")
     args = parser.parse_args(argv)
-    if args.command == "run":
-        run(args)
+    use_local_stack(args.root.resolve())
+    {"run": run, "publish": publish, "models": models}[args.command](args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -12,13 +12,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.dvc_sync import DvcTracker
-from tasks import distill, export, ingest, prune, quantize, report, train_teachers, validate
+from tasks import distill, export, ingest, prune, publish, quantize, report, train_teachers, validate
 from tasks.config import PipelineParams, read_params_file
 from tasks.layout import Layout
 from tasks.runtime import read_json
 
 DEFAULT_PARAMS = PipelineParams()
-STAGES = ("ingest", "validate", "train_teachers", "distill", "prune", "quantize", "export", "report")
+STAGES = ("ingest", "validate", "train_teachers", "distill", "prune", "quantize", "export", "report", "publish")
 
 
 @task(name="train_teacher", task_run_name="train_teacher-{index}")
@@ -43,6 +43,7 @@ def stage_calls(params: PipelineParams, layout: Layout) -> dict:
         "quantize": (task(quantize.run, name="quantize"), (params.quantize, params.kd, layout)),
         "export": (task(export.run, name="export"), (params.export, layout)),
         "report": (task(report.run, name="report"), (params.report, params, layout)),
+        "publish": (task(publish.run, name="publish"), (params.publish, layout)),
     }
 
 
@@ -63,7 +64,7 @@ def publish_artifacts(layout: Layout) -> None:
 
 @flow(name="distillery", task_runner=ThreadPoolTaskRunner(max_workers=3), log_prints=True)
 def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".") -> dict:
-    """Ingest, validate, train teachers, distil, prune, quantize, export and report."""
+    """Ingest, validate, train teachers, distil, prune, quantize, export, report and publish."""
     logger = get_run_logger()
     layout = Layout(Path(root).resolve())
     tracker = DvcTracker.for_root(layout.root)

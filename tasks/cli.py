@@ -3,6 +3,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +56,17 @@ def configure_logging() -> None:
     logging.getLogger("distillery").setLevel(logging.INFO)
 
 
+def use_local_stack(root: Path) -> None:
+    """While the local stack is up (`make up`), use its S3 store and Prefect server.
+    Settings already in the environment win."""
+    stack_dir = Path(os.environ.get("DISTILLERY_STACK_DIR", root / ".distillery" / "stack"))
+    env_file = stack_dir / "stack.env"
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.partition("=")
+            os.environ.setdefault(key, value)
+
+
 def main(stage: Callable, sections: tuple[str, ...]) -> None:
     """Run `stage(*configs, layout)` with its sections of params.yaml; print its result as JSON."""
     name = stage.__module__.rsplit(".", 1)[-1]
@@ -64,6 +76,7 @@ def main(stage: Callable, sections: tuple[str, ...]) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args()
     configure_logging()
+    use_local_stack(args.root.resolve())
     with user_errors(args.debug, str(args.params)):
         raw = read_params_file(args.params)
         configs = [section_config(raw, section) for section in sections]

@@ -92,6 +92,11 @@ class ReportConfig(Section):
     latency_budget_s: PositiveFloat = Field(1.0, description="Timing budget per model and batch size")
 
 
+class PublishConfig(Section):
+    model_name: str = Field("distillery-student", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                            description="Published as models/<model_name>/<version>/ in the S3 store")
+
+
 class PipelineParams(Section):
     ingest: IngestConfig = IngestConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
@@ -102,6 +107,7 @@ class PipelineParams(Section):
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
     report: ReportConfig = ReportConfig()
+    publish: PublishConfig = PublishConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

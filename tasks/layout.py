@@ -27,3 +27,4 @@ class Layout:
     export = under_root("data", "export")
     reports = under_root("data", "reports")
     metrics = under_root("data", "reports", "metrics.json")
+    published = under_root("data", "published.json")

@@ -88,3 +88,28 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server on a free loopback port, with generated credentials."""
+    from infra import s3_server as weed
+
+    state = tmp_path_factory.mktemp("s3")
+    port = weed.free_port()
+    process, credentials = weed.start(state, "distillery", port)
+    yield {"endpoint": f"http://127.0.0.1:{port}", "bucket": "distillery", "credentials": credentials,
+           "pid": process.pid}
+    weed.stop(process)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The standard AWS settings pointing at the test server."""
+    creds = s3_server["credentials"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds.secret_key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server["endpoint"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("DISTILLERY_BUCKET", s3_server["bucket"])
+    return s3_server

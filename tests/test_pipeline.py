@@ -28,19 +28,22 @@ def test_dvc_repro_runs_the_pipeline(project):
     dvc(project, "repro")
     metrics = json.loads((project / "data/reports/metrics.json").read_text())
     assert metrics["dataset"]["name"] == "digits" and metrics["params"]["teachers"]["epochs"] == 1
+    assert json.loads((project / "data/published.json").read_text())["published"] is False  # no store set
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
 
-def test_flow_run_leaves_dvc_up_to_date(project, prefect_server):
+def test_flow_run_leaves_dvc_up_to_date(project, prefect_server, s3_env):
     result = compress(params=tiny_params(), root=str(project))
     assert result["ran"] == list(STAGES)
+    receipt = json.loads((project / "data/published.json").read_text())
+    assert receipt["published"] and receipt["name"] == "distillery-student"
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
     assert "didn't change, skipping" in dvc(project, "repro").stdout
     assert compress(params=tiny_params(), root=str(project))["ran"] == []  # nothing changed: nothing reruns
 
     changed = tiny_params().model_copy(update={"export": tiny_params().export.model_copy(
         update={"max_accuracy_gap_pp": 0.9})})
-    assert compress(params=changed, root=str(project))["ran"] == ["export", "report"]
+    assert compress(params=changed, root=str(project))["ran"] == ["export", "report", "publish"]
     assert yaml.safe_load((project / "params.yaml").read_text())["export"]["max_accuracy_gap_pp"] == 0.9
     assert_artifacts_published()
 

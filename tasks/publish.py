@@ -1,0 +1,98 @@
+"""Publish: upload a finished run (models, report, Data Docs) with a manifest to the S3 store.
+
+Only a complete run is published: every expected file must exist and the export must have
+passed verification. The manifest records lineage: dataset md5, git commit, params, metrics,
+package versions.
+"""
+
+import json
+import logging
+import time
+from importlib import metadata
+from pathlib import Path
+
+from distillery.errors import DistilleryError
+from distillery.files import atomic_file
+from tasks.config import PublishConfig
+from tasks.layout import Layout
+from tasks.runtime import read_json
+from tasks.s3_store import ArtifactStore, S3Settings, check_name
+
+log = logging.getLogger("distillery")
+PACKAGES = ("torch", "torchvision", "torchao", "torch-pruning", "onnx", "onnxruntime", "numpy", "prefect", "dvc",
+            "great-expectations")
+
+
+def run_files(layout: Layout) -> dict[str, Path]:
+    """Every file of a finished run, by its path inside the published version."""
+    verification = layout.export / "verification.json"
+    if not layout.metrics.exists() or not verification.exists():
+        raise DistilleryError(f"No finished run in {layout.data}: run the pipeline before publishing.")
+    if not read_json(verification)["passed"]:
+        raise DistilleryError("The export did not pass verification; nothing is published.")
+    files = {f"models/{p.name}": p for p in sorted(layout.export.glob("*.onnx"))}
+    files.update({f"reports/{p.name}": p for p in sorted(layout.reports.iterdir()) if p.is_file()})
+    files.update({f"data_docs/{p.relative_to(layout.data_docs)}": p
+                  for p in sorted(layout.data_docs.rglob("*")) if p.is_file()})
+    if "models/int8.onnx" not in files:
+        raise DistilleryError(f"{layout.export / 'int8.onnx'} is missing; rerun the export stage.")
+    return files
+
+
+def lineage(layout: Layout) -> dict:
+    metrics = read_json(layout.metrics)
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"dataset": metrics["dataset"], "git_commit": metrics["git_commit"], "params": metrics["params"],
+            "metrics": {k: v for k, v in metrics.items() if k not in ("params", "dataset", "git_commit")},
+            "packages": versions}
+
+
+def new_version(layout: Layout) -> str:
+    """UTC time plus the dataset's md5 prefix: sortable, and says which data made it."""
+    md5 = read_json(layout.metrics)["dataset"]["md5"][:8]
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{md5}"
+
+
+def upload(name: str, layout: Layout, settings: S3Settings | None = None, version: str | None = None) -> dict:
+    """Upload the run in `layout` as `models/<name>/<version>/` and move `latest.json` to it."""
+    check_name("model name", name)
+    files = run_files(layout)
+    version = check_name("version", version or new_version(layout))
+    store = ArtifactStore(settings or S3Settings.from_env())
+    started = time.monotonic()
+    manifest = store.publish(name, version, files, lineage(layout))
+    log.info("published %s %s: %d files, %.1f MB in %.1f s to %s", name, version, len(files),
+             sum(f["size"] for f in manifest["files"]) / 1e6, time.monotonic() - started, store.settings.where())
+    return {"name": name, "version": version, "files": len(files)}
+
+
+def run(config: PublishConfig, layout: Layout) -> dict:
+    """The pipeline's last stage: publish when an S3 store is configured, and write a receipt
+    (data/published.json) saying what was published, or that nothing was."""
+    settings = S3Settings.from_env()
+    if settings.configured:
+        receipt = {"published": True, **upload(config.model_name, layout, settings)}
+    else:
+        receipt = {"published": False,
+                   "reason": "no S3 store configured (run `make up`, or set DISTILLERY_BUCKET and the AWS "
+                             "settings); `distillery publish` publishes this run later"}
+        log.warning("not published: %s", receipt["reason"])
+    with atomic_file(layout.published) as tmp:
+        tmp.write_text(json.dumps(receipt, indent=2))
+    return receipt
+
+
+def describe(manifest: dict) -> str:
+    return json.dumps({k: manifest[k] for k in ("name", "version", "files")} | {
+        "dataset": manifest["lineage"]["dataset"], "git_commit": manifest["lineage"]["git_commit"]}, indent=2)
+
+
+if __name__ == "__main__":
+    from tasks.cli import main
+
+    main(run, ("publish",))

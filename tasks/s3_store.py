@@ -1,0 +1,163 @@
+"""The S3 artifact store: published model versions, each verified object by object.
+
+Layout under the bucket: ``models/<name>/<version>/<files>`` with ``manifest.json`` written
+last, and ``models/<name>/latest.json`` moved only after the manifest is in place. Endpoint and
+credentials come from the standard AWS settings (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL), so the same code serves AWS S3, MinIO and SeaweedFS.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from distillery.errors import DistilleryError
+from distillery.files import atomic_dir
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Names become S3 keys and local paths: letters, digits, '.', '_', '-' only, no '..'."""
+    if not NAME.match(value) or ".." in value:
+        raise DistilleryError(f"Invalid {kind} {value!r}: use letters, digits, '.', '_' and '-' (no '..').")
+    return value
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    endpoint_url: str | None
+
+    configured: bool = True
+
+    @classmethod
+    def from_env(cls) -> "S3Settings":
+        """DISTILLERY_BUCKET names the bucket; setting it (or an endpoint) turns publishing on."""
+        bucket = os.environ.get("DISTILLERY_BUCKET")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return cls(bucket or "distillery", endpoint, configured=bool(bucket or endpoint))
+
+    def where(self) -> str:
+        return f"bucket {self.bucket!r} at {self.endpoint_url or 'AWS S3'}"
+
+
+class ArtifactStore:
+    def __init__(self, settings: S3Settings):
+        import boto3
+        from botocore.config import Config
+
+        self.settings = settings
+        session = boto3.session.Session()  # reads the environment now, not when boto3 was first used
+        self.client = session.client("s3", endpoint_url=settings.endpoint_url,
+                                   config=Config(retries={"max_attempts": 5, "mode": "standard"},
+                                                 connect_timeout=5, read_timeout=60))
+
+    def call(self, operation: str, **kwargs):
+        """One S3 call; failures become a DistilleryError naming the endpoint and bucket, never a secret."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, operation)(Bucket=self.settings.bucket, **kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "?")
+            hint = {"SignatureDoesNotMatch": "the secret key is wrong",
+                    "InvalidAccessKeyId": "the access key is unknown",
+                    "NoSuchBucket": "the bucket does not exist",
+                    "AccessDenied": "these credentials may not do this"}.get(code, "see the error code")
+            raise DistilleryError(f"S3 refused {operation} on {self.settings.where()}: {code} ({hint}).") from e
+        except BotoCoreError as e:
+            raise DistilleryError(f"S3 {operation} on {self.settings.where()} failed: {e}") from e
+
+    def upload_verified(self, path: Path, key: str) -> str:
+        """PUT with a SHA-256 checksum the server checks, then HEAD to confirm size and checksum.
+        Returns the file's sha256 (hex)."""
+        digest = sha256_file(path)
+        b64 = base64.b64encode(bytes.fromhex(digest)).decode()
+        with path.open("rb") as body:
+            self.call("put_object", Key=key, Body=body, ChecksumSHA256=b64)
+        head = self.call("head_object", Key=key, ChecksumMode="ENABLED")
+        if head["ContentLength"] != path.stat().st_size or head.get("ChecksumSHA256", b64) != b64:
+            raise DistilleryError(f"Upload of {path} to {key} on {self.settings.where()} did not verify.")
+        return digest
+
+    def publish(self, name: str, version: str, files: dict[str, Path], lineage: dict) -> dict:
+        """Upload every file (verified), then the manifest, then move `latest.json`."""
+        prefix = f"models/{check_name('model name', name)}/{check_name('version', version)}"
+        if self.manifest_or_none(name, version) is not None:
+            raise DistilleryError(f"Version {version} of {name} is already published on {self.settings.where()}.")
+        entries = [{"path": relative, "size": path.stat().st_size,
+                    "sha256": self.upload_verified(path, f"{prefix}/{check_relative(relative)}")}
+                   for relative, path in sorted(files.items())]
+        manifest = {"name": name, "version": version, "files": entries, "lineage": lineage}
+        self.put_json(f"{prefix}/manifest.json", manifest)
+        self.put_json(f"models/{name}/latest.json", {"version": version, "manifest": f"{prefix}/manifest.json"})
+        return manifest
+
+    def put_json(self, key: str, data: dict) -> None:
+        body = json.dumps(data, indent=2, sort_keys=True).encode()
+        b64 = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        self.call("put_object", Key=key, Body=body, ChecksumSHA256=b64, ContentType="application/json")
+
+    def get_json(self, key: str) -> dict:
+        return json.loads(self.call("get_object", Key=key)["Body"].read())
+
+    def manifest_or_none(self, name: str, version: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        key = f"models/{check_name('model name', name)}/{check_name('version', version)}/manifest.json"
+        try:
+            return json.loads(self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read())
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            return self.get_json(key)  # re-raise through `call` for a clear message
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions only: those whose manifest exists."""
+        prefix = f"models/{check_name('model name', name)}/"
+        found, token = [], {}
+        while True:
+            page = self.call("list_objects_v2", Prefix=prefix, **token)
+            found += [o["Key"][len(prefix):-len("/manifest.json")] for o in page.get("Contents", [])
+                      if o["Key"].endswith("/manifest.json")]
+            if not page.get("IsTruncated"):
+                return sorted(found)
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def latest(self, name: str) -> str:
+        return self.get_json(f"models/{check_name('model name', name)}/latest.json")["version"]
+
+    def download(self, name: str, version: str, dest: Path) -> dict:
+        """Fetch every file of a version into `dest`, verifying each against the manifest's sha256."""
+        manifest = self.manifest_or_none(name, version)
+        if manifest is None:
+            raise DistilleryError(f"{name} version {version} is not published on {self.settings.where()}.")
+        with atomic_dir(dest) as out:
+            for entry in manifest["files"]:
+                target = out / check_relative(entry["path"])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.client.download_file(self.settings.bucket, f"models/{name}/{version}/{entry['path']}", str(target))
+                if sha256_file(target) != entry["sha256"]:
+                    raise DistilleryError(f"{entry['path']} of {name} {version} does not match its manifest sha256.")
+            (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        return manifest
+
+
+def check_relative(path: str) -> str:
+    """A manifest path must stay inside the download folder."""
+    parts = Path(path).parts
+    if Path(path).is_absolute() or ".." in parts or not parts:
+        raise DistilleryError(f"Manifest path {path!r} escapes the download folder.")
+    return path
