@@ -34,5 +34,17 @@ class DvcTracker:
         with chdir(self.repo.root_dir):
             self.repo.commit(stage, force=True)
 
+    def push(self) -> int:
+        """`dvc push`: send data and checkpoints to the default remote (the S3 store)."""
+        from dvc.exceptions import DvcException
+
+        from distillery.errors import DistilleryError
+
+        with chdir(self.repo.root_dir):
+            try:
+                return self.repo.push()
+            except DvcException as e:
+                raise DistilleryError(f"dvc push to the default remote failed: {e}") from e
+
     def close(self) -> None:
         self.repo.close()

@@ -1,7 +1,8 @@
 """The Prefect flow: the same stage functions as dvc.yaml, in the same order, as tasks.
 
 Inside a DVC project the flow asks DVC which stages are stale, runs only those, and commits
-each one, so that `dvc status` is clean and `dvc repro` has nothing to do afterwards.
+each one, so that `dvc status` is clean and `dvc repro` has nothing to do afterwards; with an
+S3 store configured it ends with `dvc push`.
 """
 
 from pathlib import Path
@@ -16,6 +17,7 @@ from tasks import distill, export, ingest, prune, publish, quantize, report, tra
 from tasks.config import PipelineParams, read_params_file
 from tasks.layout import Layout
 from tasks.runtime import read_json
+from tasks.s3_store import S3Settings
 
 DEFAULT_PARAMS = PipelineParams()
 STAGES = ("ingest", "validate", "train_teachers", "distill", "prune", "quantize", "export", "report", "publish")
@@ -79,6 +81,8 @@ def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".") -> dict:
             ran[name] = fn(*args)
             if tracker:
                 tracker.commit(name)
+        if tracker and S3Settings.from_env().configured:
+            logger.info("dvc push: %d files sent to the S3 remote", tracker.push())
     finally:
         if tracker:
             tracker.close()

@@ -2,11 +2,13 @@
 Prefect flow both run end to end on tiny params; a flow run leaves DVC with nothing to do."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import yaml
 
+from distillery import checkpoint
 from flows.pipeline import STAGES, compress, stage_calls
 from tasks.layout import Layout
 from tests.conftest import ROOT, TINY, copy_project, tiny_params, venv_env
@@ -33,6 +35,7 @@ def test_dvc_repro_runs_the_pipeline(project):
 
 
 def test_flow_run_leaves_dvc_up_to_date(project, prefect_server, s3_env):
+    dvc(project, "remote", "modify", "--local", "store", "endpointurl", s3_env["endpoint"])
     result = compress(params=tiny_params(), root=str(project))
     assert result["ran"] == list(STAGES)
     receipt = json.loads((project / "data/published.json").read_text())
@@ -46,6 +49,12 @@ def test_flow_run_leaves_dvc_up_to_date(project, prefect_server, s3_env):
     assert compress(params=changed, root=str(project))["ran"] == ["export", "report", "publish"]
     assert yaml.safe_load((project / "params.yaml").read_text())["export"]["max_accuracy_gap_pp"] == 0.9
     assert_artifacts_published()
+
+    shutil.rmtree(project / ".dvc" / "cache")  # the flow pushed: an empty cache can be refilled
+    shutil.rmtree(project / "data" / "models")
+    dvc(project, "pull")
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+    assert checkpoint.load(project / "data/models/pruned/pruned.safetensors")[1]["arch"] == "student_cnn"
 
 
 def assert_artifacts_published():
