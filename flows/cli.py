@@ -63,6 +63,23 @@ def run(args: argparse.Namespace) -> None:
     print(f"\nReport: {root / 'data' / 'reports' / 'report.md'}")
 
 
+def serve(args: argparse.Namespace) -> None:
+    """Create (or update) the deployment and serve it: scheduled runs, and runs from the UI or
+    `prefect deployment run distillery/NAME --param ...`, one at a time."""
+    root = args.root.resolve()
+    prefect_environment(root)
+    from tasks.config import load_params
+
+    with user_errors(args.debug, str(args.params)):
+        params = load_params(args.params)
+    from flows.pipeline import compress
+
+    logging.getLogger("distillery").setLevel(logging.INFO)
+    compress.serve(name=args.name, cron=args.cron or None, global_limit=1, limit=1,
+                   parameters={"params": params.to_yaml_dict(), "root": str(root)},
+                   description="Distillery pipeline: ensemble → distilled, pruned, int8 ONNX student")
+
+
 def publish(args: argparse.Namespace) -> None:
     from tasks import publish as publish_stage
     from tasks.layout import Layout
@@ -100,6 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", parents=[common], help="run the whole pipeline as a Prefect flow")
     run_parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    serve_parser = commands.add_parser("serve", parents=[common], help="serve the flow as a scheduled deployment")
+    serve_parser.add_argument("--name", default="nightly", help="deployment name")
+    serve_parser.add_argument("--cron", default="0 2 * * *", help="schedule (cron, server time zone); '' for none")
+    serve_parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="default parameters")
     publish_parser = commands.add_parser("publish", parents=[common],
                                          help="upload the finished run to the S3 model store")
     publish_parser.add_argument("--name", default="distillery-student", help="model name")
@@ -112,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     models_parser.add_argument("--dest", type=Path, help="download folder")
     args = parser.parse_args(argv)
     use_local_stack(args.root.resolve())
-    {"run": run, "publish": publish, "models": models}[args.command](args)
+    {"run": run, "serve": serve, "publish": publish, "models": models}[args.command](args)
 
 
 if __name__ == "__main__":
