@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.dvc_sync import DvcTracker
@@ -62,6 +62,16 @@ def publish_artifacts(layout: Layout) -> None:
                           description="Accuracy, size and latency of every model")
     create_markdown_artifact((layout.reports / "report.md").read_text(), key="distillery-report",
                              description="Distillery report")
+    create_link_artifact((layout.data_docs / "index.html").as_uri(), link_text="Data Docs",
+                         key="distillery-data-docs", description="great-expectations validation results")
+    receipt = read_json(layout.published) if layout.published.exists() else {}
+    if receipt.get("published"):
+        settings = S3Settings.from_env()
+        base = settings.endpoint_url or f"https://{settings.bucket}.s3.amazonaws.com"
+        bucket = f"/{settings.bucket}" if settings.endpoint_url else ""
+        create_link_artifact(f"{base}{bucket}/{receipt['manifest']}", key="distillery-model",
+                             link_text=f"{receipt['name']} {receipt['version']}",
+                             description="Manifest of the published model version")
 
 
 @flow(name="distillery", task_runner=ThreadPoolTaskRunner(max_workers=3), log_prints=True)

@@ -68,7 +68,8 @@ def upload(name: str, layout: Layout, settings: S3Settings | None = None, versio
     manifest = store.publish(name, version, files, lineage(layout))
     log.info("published %s %s: %d files, %.1f MB in %.1f s to %s", name, version, len(files),
              sum(f["size"] for f in manifest["files"]) / 1e6, time.monotonic() - started, store.settings.where())
-    return {"name": name, "version": version, "files": len(files)}
+    return {"name": name, "version": version, "files": len(files),
+            "manifest": f"models/{name}/{version}/manifest.json"}
 
 
 def run(config: PublishConfig, layout: Layout) -> dict:

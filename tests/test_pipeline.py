@@ -63,8 +63,10 @@ def assert_artifacts_published():
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["distillery-metrics", "distillery-report"])))
-    assert {a.key for a in found} == {"distillery-metrics", "distillery-report"}
+            key=ArtifactFilterKey(any_=["distillery-metrics", "distillery-report", "distillery-model"])))
+    assert {a.key for a in found} == {"distillery-metrics", "distillery-report", "distillery-model"}
+    link = next(a for a in found if a.key == "distillery-model").data
+    assert "/distillery/models/distillery-student/" in link and link.endswith("/manifest.json)")
     table = next(a for a in found if a.key == "distillery-metrics").data
     assert "int8" in str(table)
 
