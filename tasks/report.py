@@ -21,11 +21,9 @@ MODELS = ("ensemble", "student_alone", "student_kd", "pruned", "int8")
 
 
 def md5(path: Path) -> str:
-    digest = hashlib.md5()
+    """The md5 DVC records for this file."""
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def git_commit(root: Path) -> str | None:
