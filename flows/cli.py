@@ -8,6 +8,7 @@ from pathlib import Path
 
 from distillery.errors import DistilleryError
 from tasks.cli import use_local_stack, user_errors
+from tasks.layout import Layout
 
 
 def prefect_environment(root: Path) -> None:
@@ -41,48 +42,47 @@ def hide_user_error_tracebacks() -> None:
     logging.setLogRecordFactory(factory)
 
 
-def run(args: argparse.Namespace) -> None:
-    root = args.root.resolve()
-    prefect_environment(root)
+def flow_params(args: argparse.Namespace):
+    """Set up Prefect's environment and our progress logging; return the checked params file."""
+    prefect_environment(args.root.resolve())
     from tasks.config import load_params
 
     with user_errors(args.debug, str(args.params)):
         params = load_params(args.params)
+    logging.getLogger("distillery").setLevel(logging.INFO)
+    return params
+
+
+def run(args: argparse.Namespace) -> None:
+    params = flow_params(args)
+    layout = Layout(args.root.resolve())
     from flows.pipeline import compress
     from tasks.report import markdown_table
     from tasks.runtime import read_json
 
-    logging.getLogger("distillery").setLevel(logging.INFO)
     for quiet in ("dvc", "great_expectations"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
     if not args.debug:
         hide_user_error_tracebacks()
     with user_errors(args.debug, str(args.params)):
-        compress(params=params, root=str(root))
-    print("\n" + markdown_table(read_json(root / "data" / "reports" / "metrics.json")))
-    print(f"\nReport: {root / 'data' / 'reports' / 'report.md'}")
+        compress(params=params, root=str(layout.root))
+    print("\n" + markdown_table(read_json(layout.metrics)))
+    print(f"\nReport: {layout.reports / 'report.md'}")
 
 
 def serve(args: argparse.Namespace) -> None:
     """Create (or update) the deployment and serve it: scheduled runs, and runs from the UI or
     `prefect deployment run distillery/NAME --param ...`, one at a time."""
-    root = args.root.resolve()
-    prefect_environment(root)
-    from tasks.config import load_params
-
-    with user_errors(args.debug, str(args.params)):
-        params = load_params(args.params)
+    params = flow_params(args)
     from flows.pipeline import compress
 
-    logging.getLogger("distillery").setLevel(logging.INFO)
     compress.serve(name=args.name, cron=args.cron or None, global_limit=1, limit=1,
-                   parameters={"params": params.to_yaml_dict(), "root": str(root)},
+                   parameters={"params": params.to_yaml_dict(), "root": str(args.root.resolve())},
                    description="Distillery pipeline: ensemble → distilled, pruned, int8 ONNX student")
 
 
 def publish(args: argparse.Namespace) -> None:
     from tasks import publish as publish_stage
-    from tasks.layout import Layout
 
     with user_errors(args.debug):
         print(publish_stage.upload(args.name, Layout(args.root.resolve()), version=args.version))

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import yaml
 
+from distillery.errors import DistilleryError
+
 
 class DvcTracker:
     """`dvc status` and `dvc commit` for single stages, through DVC's Python API."""
@@ -37,8 +39,6 @@ class DvcTracker:
     def push(self) -> int:
         """`dvc push`: send data and checkpoints to the default remote (the S3 store)."""
         from dvc.exceptions import DvcException
-
-        from distillery.errors import DistilleryError
 
         with chdir(self.repo.root_dir):
             try:

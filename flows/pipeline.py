@@ -66,10 +66,7 @@ def publish_artifacts(layout: Layout) -> None:
                          key="distillery-data-docs", description="great-expectations validation results")
     receipt = read_json(layout.published) if layout.published.exists() else {}
     if receipt.get("published"):
-        settings = S3Settings.from_env()
-        base = settings.endpoint_url or f"https://{settings.bucket}.s3.amazonaws.com"
-        bucket = f"/{settings.bucket}" if settings.endpoint_url else ""
-        create_link_artifact(f"{base}{bucket}/{receipt['manifest']}", key="distillery-model",
+        create_link_artifact(S3Settings.from_env().url(receipt["manifest"]), key="distillery-model",
                              link_text=f"{receipt['name']} {receipt['version']}",
                              description="Manifest of the published model version")
 

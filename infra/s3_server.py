@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -42,10 +40,15 @@ class Credentials:
             "credentials": [{"accessKey": made.access_key, "secretKey": made.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(identities, f, indent=2)
+        write_private(path, json.dumps(identities, indent=2))
         return made
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (credentials)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def weed_binary() -> str:
@@ -79,27 +82,27 @@ def start(state: Path, bucket: str, s3_port: int = 8333, timeout_s: float = 60) 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"SeaweedFS exited with code {process.returncode}; see {state / 'logs'}.")
-        try:
-            requests.get(f"http://127.0.0.1:{s3_port}/{bucket}", timeout=1)
-            if bucket_ready(s3_port, bucket, credentials):
-                return process, credentials
-        except requests.ConnectionError:
-            pass
+        if bucket_ready(s3_port, bucket, credentials):
+            return process, credentials
         time.sleep(0.3)
     stop(process)
     raise RuntimeError(f"SeaweedFS S3 did not answer on 127.0.0.1:{s3_port} within {timeout_s:.0f} s.")
 
 
 def bucket_ready(port: int, bucket: str, credentials: Credentials) -> bool:
+    """One quick signed HEAD of the bucket, no retries: is the server up and the bucket made?"""
     import boto3
-    from botocore.exceptions import ClientError, EndpointConnectionError
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key)
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+        aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key,
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2))
     try:
         client.head_bucket(Bucket=bucket)
         return True
-    except (ClientError, EndpointConnectionError):
+    except (ClientError, BotoCoreError):
         return False
 
 

@@ -66,9 +66,7 @@ def write_env(credentials: s3_server.Credentials) -> Path:
     lines = [f"AWS_ACCESS_KEY_ID={credentials.access_key}", f"AWS_SECRET_ACCESS_KEY={credentials.secret_key}",
              f"AWS_ENDPOINT_URL_S3=http://127.0.0.1:{S3_PORT}", "AWS_DEFAULT_REGION=us-east-1",
              f"DISTILLERY_BUCKET={BUCKET}", f"PREFECT_API_URL=http://127.0.0.1:{PREFECT_PORT}/api"]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    s3_server.write_private(path, "\n".join(lines) + "\n")
     return path
 
 

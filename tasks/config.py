@@ -92,8 +92,11 @@ class ReportConfig(Section):
     latency_budget_s: PositiveFloat = Field(1.0, description="Timing budget per model and batch size")
 
 
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # model names and versions: S3 keys and folder names
+
+
 class PublishConfig(Section):
-    model_name: str = Field("distillery-student", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+    model_name: str = Field("distillery-student", pattern=SAFE_NAME,
                             description="Published as models/<model_name>/<version>/ in the S3 store")
 
 

@@ -16,7 +16,7 @@ from distillery.files import atomic_file
 from tasks.config import PublishConfig
 from tasks.layout import Layout
 from tasks.runtime import read_json
-from tasks.s3_store import ArtifactStore, S3Settings, check_name
+from tasks.s3_store import ArtifactStore, S3Settings, check_name, manifest_key
 
 log = logging.getLogger("distillery")
 PACKAGES = ("torch", "torchvision", "torchao", "torch-pruning", "onnx", "onnxruntime", "numpy", "prefect", "dvc",
@@ -39,8 +39,7 @@ def run_files(layout: Layout) -> dict[str, Path]:
     return files
 
 
-def lineage(layout: Layout) -> dict:
-    metrics = read_json(layout.metrics)
+def lineage(metrics: dict) -> dict:
     versions = {}
     for name in PACKAGES:
         try:
@@ -52,24 +51,24 @@ def lineage(layout: Layout) -> dict:
             "packages": versions}
 
 
-def new_version(layout: Layout) -> str:
+def new_version(metrics: dict) -> str:
     """UTC time plus the dataset's md5 prefix: sortable, and says which data made it."""
-    md5 = read_json(layout.metrics)["dataset"]["md5"][:8]
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{md5}"
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{metrics['dataset']['md5'][:8]}"
 
 
 def upload(name: str, layout: Layout, settings: S3Settings | None = None, version: str | None = None) -> dict:
     """Upload the run in `layout` as `models/<name>/<version>/` and move `latest.json` to it."""
     check_name("model name", name)
     files = run_files(layout)
-    version = check_name("version", version or new_version(layout))
+    metrics = read_json(layout.metrics)
+    version = check_name("version", version or new_version(metrics))
     store = ArtifactStore(settings or S3Settings.from_env())
     started = time.monotonic()
-    manifest = store.publish(name, version, files, lineage(layout))
+    manifest = store.publish(name, version, files, lineage(metrics))
     log.info("published %s %s: %d files, %.1f MB in %.1f s to %s", name, version, len(files),
              sum(f["size"] for f in manifest["files"]) / 1e6, time.monotonic() - started, store.settings.where())
     return {"name": name, "version": version, "files": len(files),
-            "manifest": f"models/{name}/{version}/manifest.json"}
+            "manifest": manifest_key(name, version)}
 
 
 def run(config: PublishConfig, layout: Layout) -> dict:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir
+from tasks.config import SAFE_NAME
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME = re.compile(SAFE_NAME)
 
 
 def check_name(kind: str, value: str) -> str:
@@ -48,6 +49,20 @@ class S3Settings:
 
     def where(self) -> str:
         return f"bucket {self.bucket!r} at {self.endpoint_url or 'AWS S3'}"
+
+    def url(self, key: str) -> str:
+        """The object's address (path style on a custom endpoint, virtual-host style on AWS)."""
+        if self.endpoint_url:
+            return f"{self.endpoint_url.rstrip('/')}/{self.bucket}/{key}"
+        return f"https://{self.bucket}.s3.amazonaws.com/{key}"
+
+
+def version_prefix(name: str, version: str) -> str:
+    return f"models/{check_name('model name', name)}/{check_name('version', version)}"
+
+
+def manifest_key(name: str, version: str) -> str:
+    return f"{version_prefix(name, version)}/manifest.json"
 
 
 class ArtifactStore:
@@ -91,15 +106,15 @@ class ArtifactStore:
 
     def publish(self, name: str, version: str, files: dict[str, Path], lineage: dict) -> dict:
         """Upload every file (verified), then the manifest, then move `latest.json`."""
-        prefix = f"models/{check_name('model name', name)}/{check_name('version', version)}"
+        prefix = version_prefix(name, version)
         if self.manifest_or_none(name, version) is not None:
             raise DistilleryError(f"Version {version} of {name} is already published on {self.settings.where()}.")
         entries = [{"path": relative, "size": path.stat().st_size,
                     "sha256": self.upload_verified(path, f"{prefix}/{check_relative(relative)}")}
                    for relative, path in sorted(files.items())]
         manifest = {"name": name, "version": version, "files": entries, "lineage": lineage}
-        self.put_json(f"{prefix}/manifest.json", manifest)
-        self.put_json(f"models/{name}/latest.json", {"version": version, "manifest": f"{prefix}/manifest.json"})
+        self.put_json(manifest_key(name, version), manifest)
+        self.put_json(f"models/{name}/latest.json", {"version": version, "manifest": manifest_key(name, version)})
         return manifest
 
     def put_json(self, key: str, data: dict) -> None:
@@ -113,13 +128,13 @@ class ArtifactStore:
     def manifest_or_none(self, name: str, version: str) -> dict | None:
         from botocore.exceptions import ClientError
 
-        key = f"models/{check_name('model name', name)}/{check_name('version', version)}/manifest.json"
         try:
-            return json.loads(self.client.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read())
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return self.get_json(manifest_key(name, version))
+        except DistilleryError as e:
+            cause = e.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
-            return self.get_json(key)  # re-raise through `call` for a clear message
+            raise
 
     def versions(self, name: str) -> list[str]:
         """Complete versions only: those whose manifest exists."""
@@ -145,7 +160,8 @@ class ArtifactStore:
             for entry in manifest["files"]:
                 target = out / check_relative(entry["path"])
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.client.download_file(self.settings.bucket, f"models/{name}/{version}/{entry['path']}", str(target))
+                self.client.download_file(self.settings.bucket, f"{version_prefix(name, version)}/{entry['path']}",
+                                          str(target))
                 if sha256_file(target) != entry["sha256"]:
                     raise DistilleryError(f"{entry['path']} of {name} {version} does not match its manifest sha256.")
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
