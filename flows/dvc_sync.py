@@ -36,6 +36,22 @@ class DvcTracker:
         with chdir(self.repo.root_dir):
             self.repo.commit(stage, force=True)
 
+    def update_import(self, path: Path) -> bool | None:
+        """`dvc update` the DVC import at `path` (e.g. an S3 prefix brought in with `dvc import-url`):
+        True when new or changed data arrived, False when none did, None when `path` is no import."""
+        from dvc.exceptions import DvcException
+
+        dvcfile = path.with_name(path.name + ".dvc")
+        if not dvcfile.is_file() or not yaml.safe_load(dvcfile.read_text()).get("deps"):
+            return None
+        before = dvcfile.read_text()
+        with chdir(self.repo.root_dir):
+            try:
+                self.repo.update([str(dvcfile)])
+            except DvcException as e:
+                raise DistilleryError(f"dvc update {dvcfile} (the ingest source) failed: {e}") from e
+        return dvcfile.read_text() != before
+
     def push(self) -> int:
         """`dvc push`: send data and checkpoints to the default remote (the S3 store)."""
         from dvc.exceptions import DvcException

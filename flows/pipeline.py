@@ -1,8 +1,9 @@
 """The Prefect flow: the same stage functions as dvc.yaml, in the same order, as tasks.
 
-Inside a DVC project the flow asks DVC which stages are stale, runs only those, and commits
-each one, so that `dvc status` is clean and `dvc repro` has nothing to do afterwards; with an
-S3 store configured it ends with `dvc push`.
+Inside a DVC project the flow first fetches new data for an ingest source that is a DVC import
+(`dvc update`), then asks DVC which stages are stale, runs only those, and commits each one, so
+that `dvc status` is clean and `dvc repro` has nothing to do afterwards; with an S3 store
+configured it ends with `dvc push`.
 """
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.dvc_sync import DvcTracker
@@ -71,9 +73,28 @@ def publish_artifacts(layout: Layout) -> None:
                              description="Manifest of the published model version")
 
 
+@task(name="update_source", cache_policy=NO_CACHE)  # its input is an open DVC repo
+def update_source(tracker: DvcTracker, path: Path) -> None:
+    """Fetch new objects for an ingest source that is a DVC import (e.g. an S3 prefix)."""
+    changed = tracker.update_import(path)
+    if changed is not None:
+        get_run_logger().info("ingest source %s: %s", path, "new data fetched" if changed else "no new data")
+
+
+def unpublished(layout: Layout) -> bool:
+    """A finished run that was not published, now that a store is configured (e.g. after `make up`)."""
+    if not layout.published.exists() or not S3Settings.from_env().configured:
+        return False
+    return not read_json(layout.published)["published"]
+
+
 @flow(name="distillery", task_runner=ThreadPoolTaskRunner(max_workers=3), log_prints=True)
-def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".") -> dict:
-    """Ingest, validate, train teachers, distil, prune, quantize, export, report and publish."""
+def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".", update_data: bool = True) -> dict:
+    """Ingest, validate, train teachers, distil, prune, quantize, export, report and publish.
+
+    With `update_data`, an ingest source tracked by `dvc import-url` is updated first: a run
+    with no new data reruns nothing and publishes nothing new.
+    """
     logger = get_run_logger()
     layout = Layout(Path(root).resolve())
     tracker = DvcTracker.for_root(layout.root)
@@ -81,8 +102,10 @@ def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".") -> dict:
         sync_params_file(params, layout)
     ran = {}
     try:
+        if tracker and update_data and params.ingest.source in ("folder", "npz"):
+            update_source(tracker, layout.root / params.ingest.path)
         for name, (fn, args) in stage_calls(params, layout).items():
-            if tracker and tracker.is_fresh(name):
+            if tracker and tracker.is_fresh(name) and not (name == "publish" and unpublished(layout)):
                 logger.info("stage %s is up to date (dvc status); skipped", name)
                 continue
             ran[name] = fn(*args)

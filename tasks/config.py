@@ -16,19 +16,15 @@ class Section(BaseModel):
 
 class IngestConfig(Section):
     source: Literal["mnist5k", "digits", "folder", "npz"] = "mnist5k"
-    path: Path | None = Field(None, description="Image folder or .npz file, for those sources")
+    path: Path = Field(Path("data/source"), description=(
+        "For the folder and npz sources: an image folder, an .npz file or a folder of .npz shards, relative "
+        "to the project root. dvc.yaml makes it a dependency of ingest, so new data there reruns the pipeline"))
     image_size: tuple[PositiveInt, PositiveInt] | None = Field(
         None, description="Resize folder images to (height, width); unset, all must share one size")
     color: Literal["gray", "rgb"] = Field("gray", description="Convert folder images to this")
     val_fraction: float = Field(0.08, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     seed: int = 0
-
-    @model_validator(mode="after")
-    def path_matches_source(self):
-        if self.source in ("folder", "npz") and self.path is None:
-            raise ValueError(f"source {self.source!r} needs ingest.path")
-        return self
 
 
 class ValidateConfig(Section):

@@ -34,10 +34,8 @@ def digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.round(d.images * (255 / 16))[:, None], d.target, [str(i) for i in range(10)]
 
 
-def npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """An .npz with `x` (N,H,W), (N,H,W,C) or (N,C,H,W) pixels in 0..255, and integer `y`."""
-    if not path.is_file():
-        raise DistilleryError(f"ingest.path {path} does not exist or is not a file.")
+def npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One .npz with `x` (N,H,W), (N,H,W,C) or (N,C,H,W) pixels in 0..255 and integer `y`; x as NCHW."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
             missing = {"x", "y"} - set(arrays.files)
@@ -58,6 +56,26 @@ def npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim != 4:
         raise DistilleryError(f"{path}: `x` must be (N,H,W), (N,H,W,C) or (N,C,H,W); got shape {x.shape}.")
+    return x, y
+
+
+def npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An .npz file, or a folder of .npz shards joined in name order (new data lands as new shards)."""
+    if path.is_dir():
+        shards = sorted(path.glob("*.npz"))
+        if not shards:
+            raise DistilleryError(f"ingest.path {path} is a folder without .npz files.")
+    elif path.is_file():
+        shards = [path]
+    else:
+        raise DistilleryError(f"ingest.path {path} does not exist; it must be an .npz file or a folder of them.")
+    parts = [npz_arrays(shard) for shard in shards]
+    for shard, (x, _) in zip(shards, parts, strict=True):
+        if x.shape[1:] != parts[0][0].shape[1:]:
+            raise DistilleryError(f"{shard} holds images of shape {x.shape[1:]} but {shards[0]} holds "
+                                  f"{parts[0][0].shape[1:]}; every shard must share one image shape.")
+    x = np.concatenate([x for x, _ in parts])
+    y = np.concatenate([y for _, y in parts])
     return x, y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
 
 
@@ -94,14 +112,15 @@ def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> tuple[
     return np.stack(images), np.array(labels), classes
 
 
-def load_source(config: IngestConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_source(config: IngestConfig, root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The source's images, labels and class names; `ingest.path` is relative to the project root."""
     if config.source == "mnist5k":
         return mnist5k()
     if config.source == "digits":
         return digits()
     if config.source == "npz":
-        return npz(config.path)
-    return image_folder(config.path, config.color, config.image_size)
+        return npz(root / config.path)
+    return image_folder(root / config.path, config.color, config.image_size)
 
 
 def stratified_split(y: np.ndarray, config: IngestConfig) -> np.ndarray:
@@ -137,7 +156,7 @@ def image_facts(x: np.ndarray, y: np.ndarray, split: np.ndarray) -> pd.DataFrame
 
 def run(config: IngestConfig, layout: Layout) -> dict:
     """Write data/raw/: dataset.npz (x float32 NxCxHxW in 0..255, y, split), facts.csv, info.json."""
-    x, y, class_names = load_source(config)
+    x, y, class_names = load_source(config, layout.root)
     if len(y) == 0:
         raise DistilleryError(f"Source {config.source!r} holds no images.")
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -27,7 +27,7 @@ def test_params_yaml_is_the_complete_default():
     ({"kd": {"temperature": 0}}, "kd.temperature"),
     ({"kd": {"alpha": 1.5}}, "kd.alpha"),
     ({"prune": {"ratio": 1.0}}, "prune.ratio"),
-    ({"ingest": {"source": "npz"}}, "ingest"),
+    ({"ingest": {"source": "s3"}}, "ingest.source"),
 ])
 def test_bad_values_are_rejected_naming_the_key(raw, key):
     with pytest.raises(ValidationError) as info:

@@ -47,6 +47,30 @@ def test_npz_source(tmp_path):
     assert info["shape"] == [3, 6, 6] and info["images"] == 60
 
 
+def test_npz_folder_joins_shards_in_name_order_relative_to_the_root(tmp_path):
+    shards = tmp_path / "data" / "source" / "batches"
+    shards.mkdir(parents=True)
+    x = np.arange(60 * 16).reshape(60, 4, 4) % 256
+    y = np.repeat(np.arange(3), 20)
+    write_npz(shards / "b.npz", x=x[30:], y=y[30:])
+    write_npz(shards / "a.npz", x=x[:30], y=y[:30])
+    layout = Layout(tmp_path)
+    info = ingest.run(IngestConfig(source="npz", path="data/source/batches"), layout)
+    assert info["images"] == 60 and info["classes"] == ["0", "1", "2"]
+    with np.load(layout.dataset) as a:
+        assert np.array_equal(a["x"][:, 0], x) and np.array_equal(a["y"], y)
+
+
+def test_npz_shards_must_share_one_image_shape(tmp_path):
+    write_npz(tmp_path / "a.npz", x=np.zeros((4, 5, 5)), y=np.zeros(4, int))
+    write_npz(tmp_path / "b.npz", x=np.zeros((4, 6, 6)), y=np.zeros(4, int))
+    with pytest.raises(DistilleryError, match="b.npz holds images of shape"):
+        ingest.run(IngestConfig(source="npz", path=tmp_path), Layout(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DistilleryError, match="folder without .npz files"):
+        ingest.run(IngestConfig(source="npz", path="empty"), Layout(tmp_path))
+
+
 @pytest.mark.parametrize("arrays, message", [
     ({"x": np.zeros((4, 5, 5))}, "lacks array(s) y"),
     ({"x": np.zeros((4, 5, 5)), "y": np.zeros(3, int)}, "4 images but `y` has 3"),

@@ -26,11 +26,17 @@ def test_dvc_yaml_and_flow_list_the_same_stages_in_order():
         assert stage["cmd"] == f"python -m tasks.{name}"
 
 
-def test_dvc_repro_runs_the_pipeline(project):
+def test_dvc_repro_runs_the_pipeline(project, prefect_server, request):
     dvc(project, "repro")
     metrics = json.loads((project / "data/reports/metrics.json").read_text())
     assert metrics["dataset"]["name"] == "digits" and metrics["params"]["teachers"]["epochs"] == 1
     assert json.loads((project / "data/published.json").read_text())["published"] is False  # no store set
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+    s3_env = request.getfixturevalue("s3_env")  # the store comes up: the next flow run publishes that run
+    dvc(project, "remote", "modify", "--local", "store", "endpointurl", s3_env["endpoint"])
+    assert compress(params=tiny_params(), root=str(project))["ran"] == ["publish"]
+    assert json.loads((project / "data/published.json").read_text())["published"] is True
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
 

@@ -1,0 +1,57 @@
+"""Retraining on new data: the ingest source is an S3 prefix imported with `dvc import-url`.
+A flow run with no new objects there reruns nothing and publishes nothing; new objects lead the
+next run to retrain and publish a new version whose manifest names the new dataset."""
+
+import io
+
+import boto3
+import numpy as np
+from sklearn.datasets import load_digits
+
+from flows.pipeline import STAGES, compress
+from tasks.config import PipelineParams
+from tasks.layout import Layout
+from tasks.report import md5
+from tasks.s3_store import ArtifactStore, S3Settings
+from tests.conftest import TINY, copy_project
+from tests.test_pipeline import dvc
+
+PREFIX = "retrain/incoming"
+PARAMS = {**TINY, "ingest": {"source": "npz", "path": "data/source/incoming"},
+          "export": {"max_accuracy_gap_pp": 1.0},  # 280 test images: one image is 0.36 points
+          "publish": {"model_name": "retrain-student"}}
+
+
+def land_shard(name: str, x: np.ndarray, y: np.ndarray) -> None:
+    """New data arriving: one .npz object under the watched S3 prefix."""
+    body = io.BytesIO()
+    np.savez(body, x=x, y=y)
+    boto3.session.Session().client("s3").put_object(Bucket="distillery", Key=f"{PREFIX}/{name}", Body=body.getvalue())
+
+
+def test_new_objects_under_the_s3_prefix_retrain_and_none_is_a_no_op(tmp_path, prefect_server, s3_env):
+    digits = load_digits()
+    x, y = np.round(digits.images * (255 / 16)).astype(np.uint8), digits.target
+    land_shard("batch-000.npz", x[:1400], y[:1400])
+    project = copy_project(tmp_path, PARAMS)
+    dvc(project, "remote", "modify", "--local", "store", "endpointurl", s3_env["endpoint"])
+    dvc(project, "import-url", f"s3://distillery/{PREFIX}", "data/source/incoming")
+    params = PipelineParams.model_validate(PARAMS)
+    layout = Layout(project)
+    store = ArtifactStore(S3Settings.from_env())
+
+    assert compress(params=params, root=str(project))["ran"] == list(STAGES)
+    first = store.latest("retrain-student")
+    first_md5 = store.manifest_or_none("retrain-student", first)["lineage"]["dataset"]["md5"]
+
+    assert compress(params=params, root=str(project))["ran"] == []  # no new objects: a no-op
+    assert store.versions("retrain-student") == [first]
+
+    land_shard("batch-001.npz", x[1400:], y[1400:])
+    assert compress(params=params, root=str(project))["ran"] == list(STAGES)
+    second = store.latest("retrain-student")
+    assert store.versions("retrain-student") == [first, second]
+    dataset = store.manifest_or_none("retrain-student", second)["lineage"]["dataset"]
+    assert dataset["md5"] == md5(layout.dataset) != first_md5
+    assert dataset["n_train"] + dataset["n_val"] + dataset["n_test"] == len(y)
+    assert sorted(p.name for p in (project / "data/source/incoming").iterdir()) == ["batch-000.npz", "batch-001.npz"]
