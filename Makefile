@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run repro test lint up down clean
+.PHONY: install run repro bench test lint up down clean
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ run: $(STAMP)  ## the whole pipeline as a Prefect flow on the bundled MNIST subs
 
 repro: $(STAMP)  ## the same pipeline through `dvc repro`
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+bench: $(STAMP)  ## 3 seeds, Distillery vs the baselines side by side: bench/results/latest.{json,md}
+	$(BIN)/python -m bench.run
 
 up: $(STAMP)  ## local stack on 127.0.0.1: SeaweedFS S3 + Prefect server and UI
 	$(BIN)/python -m infra.stack up

@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", parents=[common], help="run the whole pipeline as a Prefect flow")
-    run_parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    run_parser.add_argument("--params", type=Path, help="params file (default: ROOT/params.yaml)")
     serve_parser = commands.add_parser("serve", parents=[common], help="serve the flow as a scheduled deployment")
     serve_parser.add_argument("--name", default="nightly", help="deployment name")
     serve_parser.add_argument("--cron", default="0 2 * * *", help="schedule (cron, server time zone); '' for none")
-    serve_parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="default parameters")
+    serve_parser.add_argument("--params", type=Path, help="default parameters (default: ROOT/params.yaml)")
     publish_parser = commands.add_parser("publish", parents=[common],
                                          help="upload the finished run to the S3 model store")
     publish_parser.add_argument("--name", default="distillery-student", help="model name")
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     models_parser.add_argument("version", nargs="?", help="version (default: latest)")
     models_parser.add_argument("--dest", type=Path, help="download folder")
     args = parser.parse_args(argv)
+    if "params" in args and args.params is None:
+        args.params = args.root / "params.yaml"
     use_local_stack(args.root.resolve())
     {"run": run, "serve": serve, "publish": publish, "models": models}[args.command](args)
 

@@ -6,6 +6,7 @@ that `dvc status` is clean and `dvc repro` has nothing to do afterwards; with an
 configured it ends with `dvc push`.
 """
 
+import time
 from pathlib import Path
 
 import yaml
@@ -15,14 +16,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.dvc_sync import DvcTracker
-from tasks import distill, export, ingest, prune, publish, quantize, report, train_teachers, validate
+from tasks import report
 from tasks.config import PipelineParams, read_params_file
 from tasks.layout import Layout
 from tasks.runtime import read_json
 from tasks.s3_store import S3Settings
+from tasks.stages import stage_calls
 
 DEFAULT_PARAMS = PipelineParams()
-STAGES = ("ingest", "validate", "train_teachers", "distill", "prune", "quantize", "export", "report", "publish")
 
 
 @task(name="train_teacher", task_run_name="train_teacher-{index}")
@@ -34,21 +35,6 @@ def submit_each(train_one, indices) -> list[dict]:
     """Train teachers concurrently on the flow's task runner."""
     futures = [train_teacher_task.submit(train_one, i) for i in indices]
     return [f.result() for f in futures]
-
-
-def stage_calls(params: PipelineParams, layout: Layout) -> dict:
-    """Each stage's function and arguments, keyed by the stage name dvc.yaml uses."""
-    return {
-        "ingest": (task(ingest.run, name="ingest"), (params.ingest, layout)),
-        "validate": (task(validate.run, name="validate"), (params.validate_, layout)),
-        "train_teachers": (train_teachers.run, (params.teachers, layout, submit_each)),
-        "distill": (task(distill.run, name="distill"), (params.distill, params.kd, layout)),
-        "prune": (task(prune.run, name="prune"), (params.prune, params.kd, layout)),
-        "quantize": (task(quantize.run, name="quantize"), (params.quantize, params.kd, layout)),
-        "export": (task(export.run, name="export"), (params.export, layout)),
-        "report": (task(report.run, name="report"), (params.report, params, layout)),
-        "publish": (task(publish.run, name="publish"), (params.publish, layout)),
-    }
 
 
 def sync_params_file(params: PipelineParams, layout: Layout) -> None:
@@ -108,7 +94,13 @@ def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".", update_da
             if tracker and tracker.is_fresh(name) and not (name == "publish" and unpublished(layout)):
                 logger.info("stage %s is up to date (dvc status); skipped", name)
                 continue
-            ran[name] = fn(*args)
+            started = time.monotonic()
+            if name == "train_teachers":
+                fn(*args, submit_each)
+            else:
+                task(fn, name=name)(*args)
+            ran[name] = round(time.monotonic() - started, 1)
+            logger.info("stage %s done in %.1f s", name, ran[name])
             if tracker:
                 tracker.commit(name)
         if tracker and S3Settings.from_env().configured:
@@ -117,4 +109,4 @@ def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".", update_da
         if tracker:
             tracker.close()
     publish_artifacts(layout)
-    return {"ran": list(ran), "metrics": str(layout.metrics)}
+    return {"ran": list(ran), "seconds": ran, "metrics": str(layout.metrics)}

@@ -71,10 +71,11 @@ def main(stage: Callable, sections: tuple[str, ...]) -> None:
     """Run `stage(*configs, layout)` with its sections of params.yaml; print its result as JSON."""
     name = stage.__module__.rsplit(".", 1)[-1]
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{name}", description=stage.__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument("--params", type=Path, help="params file (default: ROOT/params.yaml)")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (data/ lives here)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args()
+    args.params = args.params or args.root / "params.yaml"
     configure_logging()
     use_local_stack(args.root.resolve())
     with user_errors(args.debug, str(args.params)):

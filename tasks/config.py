@@ -88,6 +88,14 @@ class ReportConfig(Section):
     latency_budget_s: PositiveFloat = Field(1.0, description="Timing budget per model and batch size")
 
 
+class ShipConfig(Section):
+    max_accuracy_drop_pp: NonNegativeFloat = Field(
+        1.0, description="Accuracy floor: the shipped model may be at most this many points below the teacher "
+                         "ensemble on the validation split; if no model meets it, nothing is published")
+    latency_batch: Literal[1, 256] = Field(
+        1, description="The batch size whose measured latency picks between the fp32 and int8 student")
+
+
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # model names and versions: S3 keys and folder names
 
 
@@ -106,6 +114,7 @@ class PipelineParams(Section):
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
     report: ReportConfig = ReportConfig()
+    ship: ShipConfig = ShipConfig()
     publish: PublishConfig = PublishConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -30,12 +30,16 @@ def run_files(layout: Layout) -> dict[str, Path]:
         raise DistilleryError(f"No finished run in {layout.data}: run the pipeline before publishing.")
     if not read_json(verification)["passed"]:
         raise DistilleryError("The export did not pass verification; nothing is published.")
+    shipped = read_json(layout.metrics)["shipped"]
+    if not shipped["model"]:
+        raise DistilleryError(f"Nothing is published: {shipped['reason']}.")
     files = {f"models/{p.name}": p for p in sorted(layout.export.glob("*.onnx"))}
     files.update({f"reports/{p.name}": p for p in sorted(layout.reports.iterdir()) if p.is_file()})
     files.update({f"data_docs/{p.relative_to(layout.data_docs)}": p
                   for p in sorted(layout.data_docs.rglob("*")) if p.is_file()})
-    if "models/int8.onnx" not in files:
-        raise DistilleryError(f"{layout.export / 'int8.onnx'} is missing; rerun the export stage.")
+    if f"models/{shipped['model']}.onnx" not in files:
+        raise DistilleryError(f"{layout.export / shipped['model']}.onnx is missing; rerun the export stage.")
+    files["model.onnx"] = files[f"models/{shipped['model']}.onnx"]  # the deployable model, under a fixed name
     return files
 
 
@@ -88,8 +92,10 @@ def run(config: PublishConfig, layout: Layout) -> dict:
 
 
 def describe(manifest: dict) -> str:
+    lineage = manifest["lineage"]
     return json.dumps({k: manifest[k] for k in ("name", "version", "files")} | {
-        "dataset": manifest["lineage"]["dataset"], "git_commit": manifest["lineage"]["git_commit"]}, indent=2)
+        "shipped": lineage["metrics"]["shipped"], "dataset": lineage["dataset"], "git_commit": lineage["git_commit"]},
+        indent=2)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,13 @@ from distillery import checkpoint, onnx_export
 from distillery.data import load_dataset
 from distillery.files import atomic_dir
 from distillery.models import count_params
-from tasks.config import PipelineParams, ReportConfig
+from tasks.config import PipelineParams, ReportConfig, ShipConfig
 from tasks.layout import Layout
 from tasks.runtime import read_json, write_json
 
 log = logging.getLogger("distillery")
 MODELS = ("ensemble", "student_alone", "student_kd", "pruned", "int8")
+DEPLOYABLE = ("pruned", "int8")  # the fp32 and the int8 student: the faster one that meets the floor ships
 
 
 def md5(path: Path) -> str:
@@ -30,11 +31,13 @@ def git_commit(root: Path) -> str | None:
     """HEAD's commit, with "-dirty" when tracked files differ from it; None outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        if not head:
+            return None
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!dvc.lock", ":!params.yaml"],
                                cwd=root).returncode
     except OSError:
         return None
-    return (head + ("-dirty" if dirty else "")) if head else None
+    return head + ("-dirty" if dirty else "")
 
 
 def param_counts(layout: Layout) -> dict[str, int]:
@@ -54,15 +57,31 @@ def measure(path: Path, x: np.ndarray, y: np.ndarray, params: int, budget_s: flo
                            "b256": onnx_export.latency_ms(sess, x, 256, budget_s)}}
 
 
-def summary(models: dict, teachers: list[dict]) -> dict:
-    ensemble, int8 = models["ensemble"], models["int8"]
-    best = max(teachers, key=lambda t: t["accuracy"])
+def choose_shipped(val_accuracy: dict[str, float], measured: dict, ship: ShipConfig) -> dict:
+    """The deployable model: of the fp32 and int8 student, those within the accuracy floor of the
+    ensemble on the validation split, the one with the lower latency measured on this machine."""
+    floor = val_accuracy["ensemble"] - ship.max_accuracy_drop_pp / 100
+    meeting = [m for m in DEPLOYABLE if val_accuracy[m] >= floor]
+    batch = f"b{ship.latency_batch}"
+    choice = min(meeting, key=lambda m: measured[m]["latency_ms"][batch], default=None)
+    return {"model": choice, "floor_val_accuracy": floor, "latency_batch": ship.latency_batch,
+            "val_accuracy": {m: val_accuracy[m] for m in ("ensemble", *DEPLOYABLE)},
+            "reason": (f"{choice} meets the floor with the lowest {batch} latency" if choice else
+                       f"no model reaches the floor ({floor:.4f} val accuracy, ship.max_accuracy_drop_pp "
+                       f"{ship.max_accuracy_drop_pp} below the ensemble); nothing ships")}
+
+
+def summary(metrics: dict) -> dict:
+    """Headline ratios of the shipped model (the int8 one when none ships) against the teachers."""
+    ensemble = metrics["ensemble"]
+    shipped = metrics[metrics["shipped"]["model"] or "int8"]
+    best = max(metrics["teachers"], key=lambda t: t["accuracy"])
     return {
-        "compression_ratio_vs_ensemble": ensemble["bytes"] / int8["bytes"],
-        "compression_ratio_vs_best_teacher": best["bytes"] / int8["bytes"],
-        "speedup_b1_vs_ensemble": ensemble["latency_ms"]["b1"] / int8["latency_ms"]["b1"],
-        "speedup_b256_vs_ensemble": ensemble["latency_ms"]["b256"] / int8["latency_ms"]["b256"],
-        "accuracy_drop_pp_vs_ensemble": (ensemble["accuracy"] - int8["accuracy"]) * 100,
+        "compression_ratio_vs_ensemble": ensemble["bytes"] / shipped["bytes"],
+        "compression_ratio_vs_best_teacher": best["bytes"] / shipped["bytes"],
+        "speedup_b1_vs_ensemble": ensemble["latency_ms"]["b1"] / shipped["latency_ms"]["b1"],
+        "speedup_b256_vs_ensemble": ensemble["latency_ms"]["b256"] / shipped["latency_ms"]["b256"],
+        "accuracy_drop_pp_vs_ensemble": (ensemble["accuracy"] - shipped["accuracy"]) * 100,
         "best_teacher": best["name"],
     }
 
@@ -75,7 +94,8 @@ def row(m: dict) -> dict:
 
 def table_rows(metrics: dict) -> list[dict]:
     rows = [{"model": f"teacher {t['name']}", **row(t)} for t in metrics["teachers"]]
-    return rows + [{"model": m, **row(metrics[m])} for m in MODELS]
+    shipped = metrics["shipped"]["model"]
+    return rows + [{"model": m + (" (shipped)" if m == shipped else ""), **row(metrics[m])} for m in MODELS]
 
 
 def markdown_table(metrics: dict) -> str:
@@ -87,11 +107,14 @@ def markdown_table(metrics: dict) -> str:
 
 def markdown_report(metrics: dict) -> str:
     d = metrics["dataset"]
+    shipped = metrics["shipped"]
     return "\n".join([
         "# Distillery report", "",
+        f"**Shipped model: {shipped['model'] or 'none'}** ({shipped['reason']}).", "",
         f"Dataset `{d['name']}` (md5 {d['md5']}): {d['n_train']} train / {d['n_val']} val / {d['n_test']} test images.",
         f"Git commit: `{metrics['git_commit']}`. Latency: onnxruntime on CPU, median of repeated runs.", "",
         markdown_table(metrics), "",
+        f"Ratios below are for {shipped['model'] or 'the int8 model'}.", "",
         f"- Compression vs the ensemble: **{metrics['compression_ratio_vs_ensemble']:.0f}x** fewer bytes; "
         f"vs the best teacher ({metrics['best_teacher']}): {metrics['compression_ratio_vs_best_teacher']:.0f}x.",
         f"- Batch-1 speed-up vs the ensemble: **{metrics['speedup_b1_vs_ensemble']:.0f}x**; "
@@ -159,14 +182,18 @@ def run(config: ReportConfig, params: PipelineParams, layout: Layout) -> dict:
         "onnxruntime": {"version": ort.__version__, "threads": "default"},
         "params": params.to_yaml_dict(),
     }
-    metrics.update(summary(metrics, metrics["teachers"]))
+    val = {m: onnx_export.accuracy(onnx_export.session(layout.export / f"{m}.onnx"), data.val.x.numpy(),
+                                   data.val.y.numpy()) for m in ("ensemble", *DEPLOYABLE)}
+    metrics["shipped"] = choose_shipped(val, measured, params.ship)
+    metrics.update(summary(metrics))
     with atomic_dir(layout.reports) as out:
         write_json(out / "metrics.json", metrics)
         (out / "report.md").write_text(markdown_report(metrics))
         plot(metrics, histories(layout), out)
     log.info("report written to %s", layout.reports)
-    return {k: metrics[k] for k in ("compression_ratio_vs_ensemble", "speedup_b1_vs_ensemble",
-                                    "accuracy_drop_pp_vs_ensemble")}
+    log.info("shipped: %s", metrics["shipped"]["reason"])
+    return {"shipped": metrics["shipped"]["model"], **{k: metrics[k] for k in (
+        "compression_ratio_vs_ensemble", "speedup_b1_vs_ensemble", "accuracy_drop_pp_vs_ensemble")}}
 
 
 if __name__ == "__main__":

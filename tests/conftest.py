@@ -26,6 +26,7 @@ TINY = {
     "quantize": {"epochs": 1},
     "export": {"max_accuracy_gap_pp": 0.6},  # digits has 360 test images: one image is 0.28 points
     "report": {"latency_budget_s": 0.05},
+    "ship": {"max_accuracy_drop_pp": 30},  # one-epoch teachers and a 3-epoch student are far apart
 }
 
 

@@ -9,8 +9,9 @@ import sys
 import yaml
 
 from distillery import checkpoint
-from flows.pipeline import STAGES, compress, stage_calls
+from flows.pipeline import compress
 from tasks.layout import Layout
+from tasks.stages import STAGES, stage_calls
 from tests.conftest import ROOT, TINY, copy_project, tiny_params, venv_env
 
 

@@ -25,8 +25,10 @@ def test_publish_round_trip(staged, s3_env, tmp_path):
     manifest = s3.download("digits-student", "v1", tmp_path / "v1")
     for entry in manifest["files"]:
         assert sha256_file(tmp_path / "v1" / entry["path"]) == entry["sha256"]
-    local = {e["path"]: e for e in manifest["files"]}["models/int8.onnx"]
-    assert local["sha256"] == sha256_file(staged.export / "int8.onnx")
+    entries = {e["path"]: e for e in manifest["files"]}
+    assert entries["models/int8.onnx"]["sha256"] == sha256_file(staged.export / "int8.onnx")
+    shipped = manifest["lineage"]["metrics"]["shipped"]["model"]  # the deployable model under a fixed name
+    assert entries["model.onnx"]["sha256"] == sha256_file(staged.export / f"{shipped}.onnx")
     lineage = manifest["lineage"]
     assert lineage["dataset"]["md5"] == json.loads(staged.metrics.read_text())["dataset"]["md5"]
     assert lineage["params"]["ingest"]["source"] == "digits" and lineage["packages"]["torch"]

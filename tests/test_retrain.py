@@ -8,11 +8,12 @@ import boto3
 import numpy as np
 from sklearn.datasets import load_digits
 
-from flows.pipeline import STAGES, compress
+from flows.pipeline import compress
 from tasks.config import PipelineParams
 from tasks.layout import Layout
 from tasks.report import md5
 from tasks.s3_store import ArtifactStore, S3Settings
+from tasks.stages import STAGES
 from tests.conftest import TINY, copy_project
 from tests.test_pipeline import dvc
 

@@ -1,6 +1,7 @@
 """Each stage on tiny data (digits, one or two epochs), run once per session by the `staged` fixture."""
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -10,8 +11,9 @@ import torch
 from distillery import checkpoint, onnx_export
 from distillery.errors import DistilleryError
 from distillery.models import StudentCNN, count_params
-from tasks import export, train_teachers
-from tasks.config import TeachersConfig
+from tasks import export, publish, report, train_teachers
+from tasks.config import ShipConfig, TeachersConfig
+from tasks.layout import Layout
 from tasks.report import MODELS
 from tests.conftest import TINY
 
@@ -96,7 +98,34 @@ def test_metrics_json_has_every_required_field(staged):
     assert metrics["dataset"]["name"] == "digits" and len(metrics["dataset"]["md5"]) == 32
     assert metrics["compression_ratio_vs_ensemble"] > 100
     assert (staged.reports / "accuracy_vs_size.png").stat().st_size > 1000
-    assert "| int8 |" in (staged.reports / "report.md").read_text()
+    shipped = metrics["shipped"]["model"]
+    assert shipped in ("pruned", "int8") and f"| {shipped} (shipped) |" in (staged.reports / "report.md").read_text()
+
+
+def latencies(pruned_ms: float, int8_ms: float) -> dict:
+    return {"pruned": {"latency_ms": {"b1": pruned_ms, "b256": 100}},
+            "int8": {"latency_ms": {"b1": int8_ms, "b256": 50}}}
+
+
+@pytest.mark.parametrize("val, measured, ship, expected", [
+    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08), ShipConfig(), "pruned"),
+    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08), ShipConfig(latency_batch=256), "int8"),
+    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.960}, latencies(0.09, 0.08), ShipConfig(), "pruned"),
+    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08),
+     ShipConfig(max_accuracy_drop_pp=0.3), None),
+])
+def test_the_faster_model_that_meets_the_floor_ships(val, measured, ship, expected):
+    assert report.choose_shipped(val, measured, ship)["model"] == expected
+
+
+def test_nothing_is_published_when_no_model_meets_the_floor(staged, tmp_path):
+    layout = Layout(tmp_path)
+    shutil.copytree(staged.data, layout.data)
+    metrics = json.loads(layout.metrics.read_text())
+    metrics["shipped"] = report.choose_shipped({"ensemble": 0.99, "pruned": 0.9, "int8": 0.9}, metrics, ShipConfig())
+    layout.metrics.write_text(json.dumps(metrics))
+    with pytest.raises(DistilleryError, match="Nothing is published: no model reaches the floor"):
+        publish.run_files(layout)
 
 
 def test_checkpoints_never_unpickle(staged, tmp_path):

@@ -1,0 +1,80 @@
+"""The alternatives a user would reach for, built from the same run's models: KD from the best
+single teacher, masked (unstructured) pruning, and onnxruntime's post-training int8 quantization."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from distillery import checkpoint, models
+from distillery.data import Dataset
+from distillery.training import KDSettings, TrainSettings, fit, make_loss, optimizer_for, seeded, train_epoch
+
+
+def kd_from_one_teacher(teacher: nn.Module, spec: dict, data: Dataset, settings: TrainSettings, kd: KDSettings,
+                        device: torch.device) -> nn.Module:
+    """The distill stage's recipe with one teacher (an Ensemble of one) instead of the ensemble."""
+
+    student = seeded(settings.seed, lambda: models.build(spec))
+    fit(student, data.train, data.val, settings, device, make_loss(teacher, kd),
+        name="student_kd_best_teacher")
+    return student.eval()
+
+
+def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def masked_prune(model: nn.Module, remove: int, data: Dataset, steps: int, settings: TrainSettings, loss_fn,
+                 device: torch.device) -> nn.Module:
+    """Zero the `remove` smallest-magnitude conv/linear weights (global L1) in `steps` steps, one per
+    epoch, with the prune stage's fine-tuning schedule. The model keeps its dense shape."""
+    model.to(device)
+    total = sum(m.weight.numel() for m, _ in prunable(model))
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = optimizer_for(model, settings)  # pruning re-registers `weight` as `weight_orig`, same tensor
+    removed = 0
+    for epoch in range(1, settings.epochs + 1):
+        if epoch <= steps:
+            target = round(min(remove, total - 1) * epoch / steps)
+            prune.global_unstructured(prunable(model), prune.L1Unstructured, amount=target - removed)
+            removed = target
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / settings.epochs))
+        model.train()
+        train_epoch(model, optimizer, data.train, settings, loss_fn, generator, device)
+    for module, name in prunable(model):
+        prune.remove(module, name)
+    return model.eval()
+
+
+def nonzero_params(model: nn.Module) -> int:
+    return int(sum((p != 0).sum() for p in model.parameters()))
+
+
+def ort_static_int8(fp32_onnx: Path, calibration: np.ndarray, out: Path) -> Path:
+    """onnxruntime post-training static quantization (QDQ, per-channel, reduce_range as our QAT)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"images": calibration[i : i + 64]} for i in range(0, len(calibration), 64)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    prepared = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_onnx), str(prepared))
+    quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared.unlink()
+    return out
+
+
+def checkpoint_model(path: Path) -> tuple[nn.Module, dict]:
+    model, spec = checkpoint.load(path)
+    return model.eval(), spec

@@ -1,0 +1,246 @@
+"""`make bench`: Distillery and the alternatives a user would reach for, side by side, over seeds.
+
+For each seed the stage functions run directly in `bench/work/seed-N` (each stage timed); then
+the baselines are built from that run's models (bench/baselines.py). At the end every ONNX model
+of every seed is timed in this one process with the same onnxruntime threads. The first seed
+also runs as the Prefect flow (`distillery run`) in a clone of this repo, which measures the
+orchestration overhead. Writes bench/results/latest.json and latest.md.
+"""
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from bench import baselines
+from distillery import models, onnx_export
+from distillery.data import load_dataset
+from distillery.models import Ensemble
+from distillery.training import make_loss
+from tasks.config import PipelineParams, load_params
+from tasks.layout import Layout
+from tasks.report import git_commit
+from tasks.runtime import device, kd_settings, read_json, train_settings
+from tasks.stages import stage_calls
+from tasks.teachers import load_ensemble
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("distillery")
+SEEDED = ("teachers", "distill", "prune", "quantize")
+MODELS = ("ensemble", "best_teacher", "student_alone", "student_kd_best_teacher", "student_kd", "masked_pruned",
+          "pruned", "ptq_int8", "int8", "shipped")
+
+
+def seed_params(params: PipelineParams, seed: int) -> PipelineParams:
+    """The same run with every training seed set to `seed` (the data split stays fixed)."""
+    return params.model_copy(update={s: params.section(s).model_copy(update={"seed": seed}) for s in SEEDED})
+
+
+def run_stages(params: PipelineParams, layout: Layout) -> dict[str, float]:
+    """Every stage but publish, called directly; wall seconds per stage."""
+    seconds = {}
+    for name, (fn, args) in stage_calls(params, layout).items():
+        if name != "publish":
+            started = time.perf_counter()
+            fn(*args)
+            seconds[name] = time.perf_counter() - started
+    return seconds
+
+
+def build_baselines(params: PipelineParams, layout: Layout) -> dict[str, dict]:
+    """The alternatives, from this run's models: ONNX path and parameter count of each."""
+    out = layout.root / "baselines"
+    out.mkdir(exist_ok=True)
+    data = load_dataset(layout.dataset)
+    example, dev = data.test.x[:2], device()
+    teachers = sorted(layout.teachers.glob("*.json"))
+    best = max(teachers, key=lambda f: read_json(f)["val_accuracy"]).stem  # chosen on validation, not test
+    student, spec = baselines.checkpoint_model(layout.student / "student_kd.safetensors")
+    teacher, _ = baselines.checkpoint_model(layout.teachers / f"{best}.safetensors")
+    kd_one = baselines.kd_from_one_teacher(Ensemble([teacher]).to(dev), spec, data, train_settings(params.distill),
+                                           kd_settings(params.kd), dev)
+    pruned_params = models.count_params(baselines.checkpoint_model(layout.pruned / "pruned.safetensors")[0])
+    loss = make_loss(load_ensemble(layout).to(dev), kd_settings(params.kd))
+    masked = baselines.masked_prune(student, models.count_params(student) - pruned_params, data,
+                                    params.prune.steps, train_settings(params.prune), loss, dev)
+    found = {"best_teacher": {"onnx": layout.export / f"teacher_{best}.onnx", "name": best,
+                              "params": read_json(layout.teachers / f"{best}.json")["params"]}}
+    for name, model in (("student_kd_best_teacher", kd_one), ("masked_pruned", masked)):
+        onnx_export.export(model.cpu().eval(), example, out / f"{name}.onnx")
+        found[name] = {"onnx": out / f"{name}.onnx", "params": baselines.nonzero_params(model)}
+    calibration = data.train.x[:512].numpy()
+    found["ptq_int8"] = {"onnx": baselines.ort_static_int8(layout.export / "pruned.onnx", calibration,
+                                                           out / "ptq_int8.onnx"), "params": pruned_params}
+    return found
+
+
+def pipeline_models(layout: Layout) -> dict[str, dict]:
+    metrics = read_json(layout.metrics)
+    found = {m: {"onnx": layout.export / f"{m}.onnx", "params": metrics[m]["params"]}
+             for m in ("ensemble", "student_alone", "student_kd", "pruned", "int8")}
+    shipped = metrics["shipped"]["model"]
+    found["shipped"] = {**found[shipped or "int8"], "name": shipped}
+    return found
+
+
+def measure(entry: dict, data, threads: int, budget_s: float) -> dict:
+    sess = onnx_export.session(entry["onnx"], threads)
+    x, y = data.test.x.numpy(), data.test.y.numpy()
+    return {"accuracy": onnx_export.accuracy(sess, x, y), "bytes": entry["onnx"].stat().st_size,
+            "params": entry.get("params"), "name": entry.get("name"),
+            "latency_ms": {f"b{b}": onnx_export.latency_ms(sess, x, b, budget_s) for b in (1, 256)}}
+
+
+def flow_wall_time(params: PipelineParams, work: Path) -> float:
+    """`distillery run` of these params in a fresh clone of the repo: the user's path, with DVC."""
+    clone = work / "flow"
+    shutil.rmtree(clone, ignore_errors=True)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    (clone / "params.yaml").write_text(json.dumps(params.to_yaml_dict()))  # JSON is YAML; the clone's own
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DISTILLERY_BUCKET")}
+    env["DISTILLERY_STACK_DIR"] = str(clone / "no-stack")  # nothing is published from a benchmark
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "flows.cli", "run", "--root", str(clone)], cwd=ROOT, env=env, check=True)
+    return time.perf_counter() - started
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    table = {}
+    for m in MODELS:
+        entries = [r["models"][m] for r in runs]
+        table[m] = {"accuracy": spread([e["accuracy"] for e in entries]),
+                    "bytes": spread([e["bytes"] for e in entries]),
+                    "params": spread([e["params"] for e in entries if e["params"] is not None] or [0]),
+                    "latency_ms": {b: spread([e["latency_ms"][b] for e in entries]) for b in ("b1", "b256")},
+                    "names": sorted({str(e["name"]) for e in entries if e["name"]})}
+    stages = {s: spread([r["stage_seconds"][s] for r in runs]) for s in runs[0]["stage_seconds"]}
+    return {"models": table, "stage_seconds": stages}
+
+
+def targets(runs: list[dict], summary: dict, orchestration: dict | None) -> list[dict]:
+    """The issue's targets, each computed from the medians of the seeds."""
+    acc = {m: summary["models"][m]["accuracy"]["median"] for m in MODELS}
+    lat = {m: summary["models"][m]["latency_ms"] for m in ("ensemble", "shipped", "pruned", "int8")}
+    gap = acc["ensemble"] - acc["student_alone"]  # KD's share of it; undefined when the student matches the ensemble
+    gap_closed = (acc["student_kd"] - acc["student_alone"]) / gap if gap > 0 else float("nan")
+    bytes_vs_teacher = [r["models"]["best_teacher_by_test"]["bytes"] / r["models"]["int8"]["bytes"] for r in runs]
+    rows = [
+        ("shipped accuracy >= ensemble - 0.3 pt", (acc["shipped"] - acc["ensemble"]) * 100, ">=", -0.3),
+        ("int8 accuracy >= ensemble - 0.5 pt", (acc["int8"] - acc["ensemble"]) * 100, ">=", -0.5),
+        ("KD from the ensemble closes >= 50% of the alone-ensemble gap", gap_closed, ">=", 0.5),
+        ("int8 bytes <= 20 KB", summary["models"]["int8"]["bytes"]["median"] / 1000, "<=", 20),
+        ("int8 >= 100x fewer bytes than the most accurate teacher", statistics.median(bytes_vs_teacher), ">=", 100),
+        ("shipped batch-1 latency >= 50x lower than the ensemble",
+         lat["ensemble"]["b1"]["median"] / lat["shipped"]["b1"]["median"], ">=", 50),
+        ("shipped batch-256 throughput >= 40x the ensemble",
+         lat["ensemble"]["b256"]["median"] / lat["shipped"]["b256"]["median"], ">=", 40),
+        ("QAT int8 accuracy >= onnxruntime PTQ", (acc["int8"] - acc["ptq_int8"]) * 100, ">=", 0),
+        ("int8 >= 1.5x faster than fp32 pruned at batch 256 (needs VNNI)",
+         lat["pruned"]["b256"]["median"] / lat["int8"]["b256"]["median"], ">=", 1.5),
+    ]
+    if orchestration:
+        rows.append(("orchestration overhead <= 10% of the flow's wall time", orchestration["overhead_share"],
+                     "<=", 0.10))
+    return [{"target": t, "value": v, "goal": f"{op} {g}", "met": v >= g if op == ">=" else v <= g}
+            for t, v, op, g in rows]
+
+
+def machine() -> dict:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags, "torch": torch.__version__,
+            "onnxruntime": ort.__version__, "device": str(device())}
+
+
+def markdown(result: dict) -> str:
+    def cell(s: dict, fmt: str, scale: float = 1) -> str:
+        return f"{s['median'] * scale:{fmt}} [{s['min'] * scale:{fmt}}–{s['max'] * scale:{fmt}}]"
+
+    lines = [f"# Distillery benchmark ({len(result['seeds'])} seeds: median [min–max])", "",
+             f"Commit `{result['git_commit']}`, {result['machine']}.", "",
+             "| model | test accuracy (%) | params | ONNX bytes | latency b1 (ms) | latency b256 (ms) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for m, s in result["summary"]["models"].items():
+        name = f"{m} ({', '.join(s['names'])})" if s["names"] else m
+        lines.append(f"| {name} | {cell(s['accuracy'], '.2f', 100)} | {cell(s['params'], ',.0f')} | "
+                     f"{cell(s['bytes'], ',.0f')} | {cell(s['latency_ms']['b1'], '.3f')} | "
+                     f"{cell(s['latency_ms']['b256'], '.2f')} |")
+    lines += ["", "| stage | wall time (s) |", "|---|---:|"]
+    lines += [f"| {s} | {cell(v, '.1f')} |" for s, v in result["summary"]["stage_seconds"].items()]
+    if result["orchestration"]:
+        o = result["orchestration"]
+        lines += ["", f"Orchestration: `distillery run` (Prefect flow + DVC, fresh clone) {o['flow_s']:.0f} s vs the "
+                      f"stage functions called directly {o['direct_s']:.0f} s, same seed: overhead "
+                      f"{o['overhead_share'] * 100:.1f}% of the flow's wall time."]
+    lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
+    lines += [f"| {t['target']} | {t['value']:.3g} | {t['goal']} | {'yes' if t['met'] else '**no**'} |"
+              for t in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--no-flow", action="store_true", help="skip the orchestration-overhead run")
+    parser.add_argument("--latency-budget-s", type=float, default=1.0)
+    args = parser.parse_args()
+    os.environ["DISTILLERY_DEVICE"] = args.device
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)
+    params = load_params(args.params)
+    threads = os.cpu_count() or 1
+
+    runs, found = [], {}
+    for seed in args.seeds:
+        layout = Layout(args.work / f"seed-{seed}")
+        shutil.rmtree(layout.root, ignore_errors=True)
+        layout.root.mkdir(parents=True)
+        p = seed_params(params, seed)
+        stage_seconds = run_stages(p, layout)
+        started = time.perf_counter()
+        found[seed] = pipeline_models(layout) | build_baselines(p, layout)
+        stage_seconds["baselines (bench only)"] = time.perf_counter() - started
+        runs.append({"seed": seed, "stage_seconds": stage_seconds, "layout": layout})
+    orchestration = None
+    if not args.no_flow:
+        flow_s = flow_wall_time(seed_params(params, args.seeds[0]), args.work)
+        direct_s = sum(v for k, v in runs[0]["stage_seconds"].items() if k != "baselines (bench only)")
+        orchestration = {"flow_s": flow_s, "direct_s": direct_s, "overhead_share": (flow_s - direct_s) / flow_s}
+
+    for run in runs:  # one process, one thread setting, every model of every seed
+        data = load_dataset(run.pop("layout").dataset)
+        run["models"] = {m: measure(e, data, threads, args.latency_budget_s) for m, e in found[run["seed"]].items()}
+        teachers = [measure({"onnx": p, "name": p.stem}, data, threads, 0.05)
+                    for p in sorted(found[run["seed"]]["ensemble"]["onnx"].parent.glob("teacher_*.onnx"))]
+        run["models"]["best_teacher_by_test"] = max(teachers, key=lambda t: t["accuracy"])
+
+    summary = summarize(runs)
+    result = {"seeds": args.seeds, "params": params.to_yaml_dict(), "git_commit": git_commit(ROOT),
+              "machine": machine(), "onnxruntime_threads": threads, "runs": runs, "summary": summary,
+              "orchestration": orchestration, "targets": targets(runs, summary, orchestration)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out / "latest.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The benchmark harness end to end on tiny params, one seed (the real run is `make bench`)."""
+
+import json
+import subprocess
+import sys
+
+import onnx
+import yaml
+
+from bench.run import MODELS
+from tests.conftest import ROOT, TINY, venv_env
+
+
+def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
+    params = {**TINY, "export": {"max_accuracy_gap_pp": 5.0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run([sys.executable, "-m", "bench.run", "--params", str(tmp_path / "params.yaml"), "--seeds", "3",
+                    "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--no-flow",
+                    "--latency-budget-s", "0.02"], cwd=ROOT, env=venv_env(), check=True, capture_output=True)
+    result = json.loads((tmp_path / "out" / "latest.json").read_text())
+    run = result["runs"][0]
+    assert run["seed"] == 3 and set(MODELS) <= set(run["models"])
+    seed = json.loads((tmp_path / "work/seed-3/data/reports/metrics.json").read_text())["params"]
+    assert {seed[s]["seed"] for s in ("teachers", "distill", "prune", "quantize")} == {3}
+    for entry in run["models"].values():
+        assert 0 <= entry["accuracy"] <= 1 and entry["latency_ms"]["b1"] > 0 and entry["latency_ms"]["b256"] > 0
+    models = run["models"]
+    # masked pruning zeroes as many weights as structured pruning removes, but the file stays dense
+    assert models["masked_pruned"]["params"] == models["pruned"]["params"]
+    assert models["masked_pruned"]["bytes"] == models["student_kd"]["bytes"] > models["pruned"]["bytes"]
+    ptq = onnx.load(str(tmp_path / "work/seed-3/baselines/ptq_int8.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in ptq.graph.node}
+    assert models["shipped"]["name"] in ("pruned", "int8")
+    assert models["shipped"]["bytes"] == models[models["shipped"]["name"]]["bytes"]
+    assert all(isinstance(t["met"], bool) for t in result["targets"]) and len(result["targets"]) == 9
+    assert "| masked_pruned |" in (tmp_path / "out" / "latest.md").read_text()
