@@ -59,5 +59,16 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 
     tx, ty = ((torch.rand(2, n, generator=generator) * 2 - 1) * shift * 2).unbind(0)
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid.to(x.device), padding_mode="border", align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def to_device(split: Split, device: torch.device) -> Split:
+    """On CUDA: the whole split in GPU memory when it takes under a quarter of what is free, else
+    in pinned host memory so batches copy asynchronously. On the CPU: unchanged."""
+    if device.type != "cuda":
+        return split
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    if split.x.nbytes + split.y.nbytes < free_bytes // 4:
+        return Split(split.x.to(device), split.y.to(device))
+    return Split(split.x.pin_memory(), split.y.pin_memory())

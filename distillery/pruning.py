@@ -1,10 +1,17 @@
-"""Gradual structured channel pruning that slices channels out (torch-pruning), with KD fine-tuning."""
+"""Gradual structured channel pruning that slices channels out (torch-pruning), with KD fine-tuning.
 
+Controls: the schedule of the pruning steps (linear, or AGP's cubic one), per-layer ratios from a
+sensitivity scan, and a stop once the model is fast enough.
+"""
+
+import copy
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 import torch_pruning as tp
+from torch import nn
 
 from distillery.data import Split
 from distillery.models import StudentCNN
@@ -13,24 +20,71 @@ from distillery.training import TrainSettings, accuracy, optimizer_for, train_ep
 log = logging.getLogger("distillery")
 
 
-def prune_gradually(model: StudentCNN, train: Split, val: Split, ratio: float, steps: int,
-                    round_to: int, settings: TrainSettings, loss_fn, device) -> list[dict]:
-    """Remove `ratio` of each conv layer's channels in `steps` equal steps, one per epoch,
-    fine-tuning after each; the remaining epochs only fine-tune. The model shrinks in place."""
-    model.to(device)
-    example = train.x[:2].to(device)
-    pruner = tp.pruner.MetaPruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio, iterative_steps=steps, ignored_layers=[model.classifier],
+def agp_schedule(ratio: float, steps: int) -> list[float]:
+    """Zhu & Gupta's automated gradual pruning: cubic, most channels go early while the model is
+    still redundant, few at the end. Entry i is the ratio reached after step i."""
+    return [ratio * (1 - (1 - i / steps) ** 3) for i in range(steps + 1)]
+
+
+SCHEDULES: dict[str, Callable[[float, int], list[float]]] = {
+    "linear": tp.pruner.algorithms.scheduler.linear_scheduler, "agp": agp_schedule}
+
+
+def conv_layers(model: StudentCNN) -> dict[str, nn.Conv2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def make_pruner(model: StudentCNN, example: torch.Tensor, ratio: float, steps: int, round_to: int,
+                schedule: str = "agp", layer_ratios: dict[str, float] | None = None) -> tp.pruner.MetaPruner:
+    layers = conv_layers(model)
+    return tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
+        pruning_ratio_dict={layers[n]: r for n, r in (layer_ratios or {}).items()}, iterative_steps=steps,
+        iterative_pruning_ratio_scheduler=SCHEDULES[schedule], ignored_layers=[model.classifier],
         round_to=round_to or None,
     )
+
+
+def sensitivity_scan(model: StudentCNN, val: Split, grid: list[float],
+                     device: torch.device) -> dict[str, list[float | None]]:
+    """Validation accuracy with one conv layer at a time pruned by each ratio in `grid`, no fine-tuning
+    (channel counts not rounded, so that each ratio is what it says). None where torch-pruning
+    declines a ratio (it would leave the layer almost empty)."""
+    example = val.x[:2].to(device)
+    scan = {}
+    for name, layer in conv_layers(model).items():
+        scan[name] = []
+        for ratio in grid:
+            trial = copy.deepcopy(model).to(device).eval()
+            make_pruner(trial, example, 0.0, 1, 0, "linear", {name: ratio}).step()
+            pruned = conv_layers(trial)[name].out_channels < layer.out_channels
+            scan[name].append(accuracy(trial, val, device) if pruned else None)
+    return scan
+
+
+def ratios_from_scan(scan: dict[str, list[float | None]], grid: list[float], baseline: float, max_drop_pp: float,
+                     cap: float) -> dict[str, float]:
+    """Per layer, the largest ratio (up to `cap`) whose accuracy drop stays within `max_drop_pp`."""
+    return {name: max([0.0] + [r for r, acc in zip(grid, accs, strict=True)
+                               if acc is not None and r <= cap and (baseline - acc) * 100 <= max_drop_pp])
+            for name, accs in scan.items()}
+
+
+def prune_gradually(model: StudentCNN, train: Split, val: Split, pruner: tp.pruner.MetaPruner, steps: int,
+                    settings: TrainSettings, loss_fn, device,
+                    fast_enough: Callable[[StudentCNN], bool] | None = None) -> list[dict]:
+    """Take `steps` pruning steps, one per epoch, fine-tuning after each; the remaining epochs only
+    fine-tune. Steps stop early once `fast_enough(model)` holds. The model shrinks in place."""
+    model.to(device)
     generator = torch.Generator().manual_seed(settings.seed)
-    history = []
+    history, pruning = [], not (fast_enough and fast_enough(model))
+    optimizer = optimizer_for(model, settings)
     for epoch in range(1, settings.epochs + 1):
-        if epoch <= steps:
+        if pruning and epoch <= steps:
             model.eval()
             pruner.step()
             optimizer = optimizer_for(model, settings)  # parameter shapes changed
+            pruning = not (fast_enough and fast_enough(model))
         for group in optimizer.param_groups:  # cosine decay over all epochs
             group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / settings.epochs))
         model.train()

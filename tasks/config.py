@@ -57,14 +57,26 @@ class DistillConfig(TrainConfig):
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-2
     widths: list[PositiveInt] = Field([16, 32, 48], min_length=1, description="Student conv channels")
+    width_scales: list[PositiveFloat] = Field([1.0], min_length=1, description=(
+        "Student sizes tried, as multiples of `widths`, smallest first: the smallest whose distilled validation "
+        "accuracy meets the ship floor is kept (the largest when none does)"))
 
 
 class PruneConfig(TrainConfig):
     epochs: PositiveInt = 12
     lr: PositiveFloat = 5e-3
-    ratio: float = Field(0.3, ge=0, lt=1, description="Share of each conv layer's channels removed")
+    ratio: float = Field(0.3, ge=0, lt=1, description=(
+        "Share of each conv layer's channels removed; with per_layer: sensitivity, the most any layer loses"))
+    schedule: Literal["agp", "linear"] = Field(
+        "agp", description="How the ratio grows over the steps: agp (cubic, most channels go early) or linear")
     steps: PositiveInt = Field(4, description="Pruning steps, one per epoch from the first")
     round_to: int = Field(4, ge=0, description="Keep channel counts multiples of this (0: off)")
+    per_layer: Literal["uniform", "sensitivity"] = Field("uniform", description=(
+        "sensitivity: each layer's ratio from a scan (that layer pruned alone, no fine-tuning, validation "
+        "split): the largest ratio up to `ratio` that costs at most sensitivity_max_drop_pp"))
+    sensitivity_max_drop_pp: PositiveFloat = 2.0
+    target_latency_ms: PositiveFloat | None = Field(None, description=(
+        "Stop pruning once the onnxruntime latency at ship.latency_batch is this low (`ratio` still caps it)"))
 
     @model_validator(mode="after")
     def steps_fit_epochs(self):
@@ -90,7 +102,7 @@ class ReportConfig(Section):
 
 class ShipConfig(Section):
     max_accuracy_drop_pp: NonNegativeFloat = Field(
-        1.0, description="Accuracy floor: the shipped model may be at most this many points below the teacher "
+        2.0, description="Accuracy floor: the shipped model may be at most this many points below the teacher "
                          "ensemble on the validation split; if no model meets it, nothing is published")
     latency_batch: Literal[1, 256] = Field(
         1, description="The batch size whose measured latency picks between the fp32 and int8 student")

@@ -1,13 +1,16 @@
 """Distill: the student learns from the ensemble's averaged soft targets; the same student
-trained alone on hard labels, with the same seed and recipe, is the baseline."""
+trained alone on hard labels, with the same seed and recipe, is the baseline. With several
+`width_scales`, the smallest student that meets the ship floor is kept."""
 
 import logging
 
+from torch import nn
+
 from distillery import checkpoint, models
-from distillery.data import load_dataset
+from distillery.data import Dataset, load_dataset
 from distillery.files import atomic_dir
 from distillery.training import accuracy, fit, make_loss, seeded
-from tasks.config import DistillConfig, KDConfig
+from tasks.config import DistillConfig, KDConfig, ShipConfig
 from tasks.layout import Layout
 from tasks.runtime import device, kd_settings, train_settings, write_json
 from tasks.teachers import load_ensemble
@@ -15,27 +18,46 @@ from tasks.teachers import load_ensemble
 log = logging.getLogger("distillery")
 
 
-def run(config: DistillConfig, kd: KDConfig, layout: Layout) -> dict:
+def candidate_widths(config: DistillConfig) -> list[list[int]]:
+    """`widths` scaled by each of `width_scales`, smallest first, in multiples of 4 channels."""
+    found = {tuple(max(4, 4 * round(w * scale / 4)) for w in config.widths) for scale in config.width_scales}
+    return [list(w) for w in sorted(found, key=sum)]
+
+
+def train_student(spec: dict, teacher: nn.Module | None, data: Dataset, config: DistillConfig, kd: KDConfig,
+                  name: str) -> tuple[nn.Module, dict]:
+    model = seeded(config.seed, lambda: models.build(spec))
+    history = fit(model, data.train, data.val, train_settings(config), device(), make_loss(teacher, kd_settings(kd)),
+                  name=name)
+    return model, {"params": models.count_params(model), "widths": spec["widths"],
+                   "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history}
+
+
+def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
     """Write data/models/student/: student_alone and student_kd (safetensors + history JSON)."""
     data = load_dataset(layout.dataset)
     ensemble = load_ensemble(layout).to(device())
-    spec = {"arch": "student_cnn", "in_channels": data.in_channels, "num_classes": data.num_classes,
-            "widths": config.widths}
-    settings = train_settings(config)
-    results = {}
+    floor = accuracy(ensemble, data.val, device()) - ship.max_accuracy_drop_pp / 100
+    base = {"arch": "student_cnn", "in_channels": data.in_channels, "num_classes": data.num_classes}
+    search = []
+    for widths in candidate_widths(config):
+        kd_model, kd_result = train_student({**base, "widths": widths}, ensemble, data, config, kd, "student_kd")
+        search.append({k: kd_result[k] for k in ("widths", "params", "val_accuracy")})
+        if kd_result["val_accuracy"] >= floor:
+            break
+    log.info("student widths %s chosen (floor %.4f val accuracy): %s", widths, floor, search)
+    spec = {**base, "widths": widths}
+    alone_model, alone_result = train_student(spec, None, data, config, kd, "student_alone")
+    kd_result |= {"width_search": search, "floor_val_accuracy": floor}
     with atomic_dir(layout.student) as out:
-        for name, teacher in (("student_alone", None), ("student_kd", ensemble)):
-            model = seeded(config.seed, lambda: models.build(spec))
-            loss = make_loss(teacher, kd_settings(kd))
-            history = fit(model, data.train, data.val, settings, device(), loss, name=name)
+        for name, model, result in (("student_alone", alone_model, alone_result),
+                                    ("student_kd", kd_model, kd_result)):
             checkpoint.save(model, spec, out / f"{name}.safetensors")
-            results[name] = {"params": models.count_params(model),
-                             "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history}
-            write_json(out / f"{name}.json", results[name])
-    return {name: r["val_accuracy"] for name, r in results.items()}
+            write_json(out / f"{name}.json", result)
+    return {"widths": widths, "student_alone": alone_result["val_accuracy"], "student_kd": kd_result["val_accuracy"]}
 
 
 if __name__ == "__main__":
     from tasks.cli import main
 
-    main(run, ("distill", "kd"))
+    main(run, ("distill", "kd", "ship"))

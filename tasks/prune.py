@@ -1,34 +1,104 @@
 """Prune: gradual structured channel pruning of the distilled student, fine-tuned with KD."""
 
-from distillery import checkpoint, models
-from distillery.data import load_dataset
+import copy
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from distillery import checkpoint, models, onnx_export
+from distillery.data import Dataset, load_dataset
 from distillery.files import atomic_dir
-from distillery.pruning import prune_gradually
+from distillery.models import StudentCNN
+from distillery.pruning import make_pruner, prune_gradually, ratios_from_scan, sensitivity_scan
 from distillery.training import accuracy, make_loss
-from tasks.config import KDConfig, PruneConfig
+from tasks.config import KDConfig, PruneConfig, ShipConfig
 from tasks.layout import Layout
 from tasks.runtime import device, kd_settings, train_settings, write_json
 from tasks.teachers import load_ensemble
 
+log = logging.getLogger("distillery")
+SENSITIVITY_GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
-def run(config: PruneConfig, kd: KDConfig, layout: Layout) -> dict:
+
+def onnx_latency_ms(model: StudentCNN, data: Dataset, batch: int) -> float:
+    """The model's onnxruntime latency on this machine, as the report measures it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx_export.export(copy.deepcopy(model).cpu().eval(), data.val.x[:2], path)
+        return onnx_export.latency_ms(onnx_export.session(path), data.val.x.numpy(), batch, budget_s=0.5)
+
+
+def latency_check(target_ms: float, data: Dataset, batch: int) -> Callable[[StudentCNN], bool]:
+    def fast_enough(model: StudentCNN) -> bool:
+        ms = onnx_latency_ms(model, data, batch)
+        log.info("widths %s: %.4f ms at batch %d (target %.4f)", model.widths(), ms, batch, target_ms)
+        return ms <= target_ms
+
+    return fast_enough
+
+
+def plot_sensitivity(scan: dict[str, list[float | None]], baseline: float, ratios: dict[str, float],
+                     path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, accs in scan.items():
+        percent = [a * 100 if a is not None else float("nan") for a in accs]  # gaps where not prunable
+        ax.plot(SENSITIVITY_GRID, percent, marker=".", label=f"{name} (chosen {ratios[name]:.1f})")
+    ax.axhline(baseline * 100, color="gray", linestyle="--", linewidth=1, label="unpruned")
+    ax.set(xlabel="share of the layer's channels removed (that layer alone, no fine-tuning)",
+           ylabel="validation accuracy (%)", title="Pruning sensitivity per layer")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
     """Write data/models/pruned/: a physically smaller student (new widths in its spec)."""
     data = load_dataset(layout.dataset)
     model, spec = checkpoint.load(layout.student / "student_kd.safetensors")
+    model.to(device()).eval()
     before = models.count_params(model)
+    result: dict = {"params_before": before, "schedule": config.schedule}
+    layer_ratios = None
+    if config.per_layer == "sensitivity":
+        baseline = accuracy(model, data.val, device())
+        scan = sensitivity_scan(model, data.val, SENSITIVITY_GRID, device())
+        layer_ratios = ratios_from_scan(scan, SENSITIVITY_GRID, baseline, config.sensitivity_max_drop_pp, config.ratio)
+        result["sensitivity"] = {"grid": SENSITIVITY_GRID, "val_accuracy": scan, "baseline": baseline,
+                                 "layer_ratios": layer_ratios}
+        log.info("per-layer prune ratios from the sensitivity scan: %s", layer_ratios)
+    target = config.target_latency_ms
+    fast_enough = latency_check(target, data, ship.latency_batch) if target else None
+    pruner = make_pruner(model, data.train.x[:2].to(device()), config.ratio, config.steps, config.round_to,
+                         config.schedule, layer_ratios)
     loss = make_loss(load_ensemble(layout).to(device()), kd_settings(kd))
-    history = prune_gradually(model, data.train, data.val, config.ratio, config.steps, config.round_to,
-                              train_settings(config), loss, device())
+    history = prune_gradually(model, data.train, data.val, pruner, config.steps, train_settings(config), loss,
+                              device(), fast_enough)
     spec = {**spec, "widths": model.widths()}
-    result = {"params_before": before, "params": models.count_params(model), "widths": spec["widths"],
-              "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history}
+    result |= {"params": models.count_params(model), "widths": spec["widths"],
+               "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history}
+    if config.target_latency_ms:
+        result["latency_ms"] = onnx_latency_ms(model, data, ship.latency_batch)
+        result["target_latency_met"] = result["latency_ms"] <= config.target_latency_ms
+        if not result["target_latency_met"]:
+            log.warning("prune.target_latency_ms %.4f not reached at ratio %.2f: %.4f ms",
+                        config.target_latency_ms, config.ratio, result["latency_ms"])
     with atomic_dir(layout.pruned) as out:
         checkpoint.save(model, spec, out / "pruned.safetensors")
         write_json(out / "pruned.json", result)
+        if layer_ratios is not None:
+            plot_sensitivity(scan, baseline, layer_ratios, out / "sensitivity.png")
     return {k: result[k] for k in ("params_before", "params", "widths", "val_accuracy")}
 
 
 if __name__ == "__main__":
     from tasks.cli import main
 
-    main(run, ("prune", "kd"))
+    main(run, ("prune", "kd", "ship"))

@@ -41,7 +41,7 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict:
     """Write data/models/teachers/: one safetensors and one history JSON per teacher.
 
     `map_fn(train_one, indices)` runs `train_one(i)` for each teacher; the flow passes one that
-    submits each to its task runner, so teachers train in parallel."""
+    makes each a task run of its own."""
     require_valid(layout)
     with atomic_dir(layout.teachers) as out:
         results = list(map_fn(lambda i: train_teacher(config, i, layout, out), range(len(config.models))))

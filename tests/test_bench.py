@@ -34,3 +34,20 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     assert models["shipped"]["bytes"] == models[models["shipped"]["name"]]["bytes"]
     assert all(isinstance(t["met"], bool) for t in result["targets"]) and len(result["targets"]) == 9
     assert "| masked_pruned |" in (tmp_path / "out" / "latest.md").read_text()
+
+
+def test_gpu_benchmark_script_runs_with_torch_and_onnxruntime_alone(staged, tmp_path):
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, "-m", "bench.gpu", "--dataset", str(staged.dataset), "--onnx-dir",
+                    str(staged.export), "--out", str(out), "--device", "cpu", "--archs", "small_resnet",
+                    "--epochs", "1", "--replicate", "1", "--batch-size", "128"],
+                   cwd=ROOT, env=venv_env(), check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    training = result["training"]["small_resnet"]
+    assert training["plain_images_per_s"] > 0 and training["distillery_images_per_s"] > 0
+    assert set(result["cpu_latency_ms"]) == {"pruned", "int8", "int8_speedup"}
+    assert result["device"] == "cpu" and "avx512_vnni" in result["cpu"]
+    imported = subprocess.run([sys.executable, "-c", "import sys, bench.gpu; print(sorted(sys.modules))"], cwd=ROOT,
+                              env=venv_env(), check=True, capture_output=True, text=True).stdout
+    for absent in ("torchao", "torch_pruning", "prefect", "dvc", "great_expectations"):  # not on the GPU machines
+        assert f"'{absent}'" not in imported

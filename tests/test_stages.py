@@ -108,9 +108,9 @@ def latencies(pruned_ms: float, int8_ms: float) -> dict:
 
 
 @pytest.mark.parametrize("val, measured, ship, expected", [
-    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08), ShipConfig(), "pruned"),
-    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08), ShipConfig(latency_batch=256), "int8"),
-    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.960}, latencies(0.09, 0.08), ShipConfig(), "pruned"),
+    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08), ShipConfig(max_accuracy_drop_pp=1.0), "pruned"),
+    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08), ShipConfig(max_accuracy_drop_pp=1.0, latency_batch=256), "int8"),
+    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.960}, latencies(0.09, 0.08), ShipConfig(max_accuracy_drop_pp=1.0), "pruned"),
     ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08),
      ShipConfig(max_accuracy_drop_pp=0.3), None),
 ])

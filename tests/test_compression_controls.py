@@ -1,0 +1,69 @@
+"""Compression controls: a search over student widths against the accuracy floor; the prune stage's
+AGP schedule, per-layer ratios from a sensitivity scan, and pruning toward a target latency."""
+
+import json
+import shutil
+
+import pytest
+
+from distillery import checkpoint
+from distillery.pruning import agp_schedule, ratios_from_scan
+from tasks import distill, prune
+from tasks.config import DistillConfig, KDConfig, PruneConfig, ShipConfig
+from tasks.layout import Layout
+
+
+def test_agp_prunes_most_channels_early_and_reaches_the_ratio():
+    ratios = agp_schedule(0.5, 4)
+    assert ratios[0] == 0 and ratios[-1] == pytest.approx(0.5)
+    steps = [b - a for a, b in zip(ratios, ratios[1:], strict=False)]
+    assert steps == sorted(steps, reverse=True) and steps[0] > 0.5 / 4  # front-loaded vs linear
+
+
+def test_each_layer_gets_the_largest_ratio_within_the_allowed_drop():
+    grid = [0.25, 0.5, 0.75]
+    scan = {"robust": [0.98, 0.975, 0.97], "sensitive": [0.97, 0.90, 0.50], "fragile": [0.90, 0.8, 0.5]}
+    assert ratios_from_scan(scan, grid, baseline=0.98, max_drop_pp=1.5, cap=0.6) == {
+        "robust": 0.5, "sensitive": 0.25, "fragile": 0.0}
+
+
+def pruned_copy(staged, tmp_path, **settings) -> tuple[Layout, dict]:
+    layout = Layout(tmp_path)
+    shutil.copytree(staged.data, layout.data, ignore=shutil.ignore_patterns("pruned"))
+    config = PruneConfig(epochs=2, steps=2, ratio=0.5, round_to=4, **settings)
+    prune.run(config, KDConfig(), ShipConfig(), layout)
+    return layout, json.loads((layout.pruned / "pruned.json").read_text())
+
+
+def test_sensitivity_scan_chooses_per_layer_ratios_and_plots_them(staged, tmp_path):
+    layout, result = pruned_copy(staged, tmp_path, per_layer="sensitivity", sensitivity_max_drop_pp=5.0)
+    sensitivity = result["sensitivity"]
+    assert set(sensitivity["layer_ratios"]) == set(sensitivity["val_accuracy"]) and len(sensitivity["grid"]) == 9
+    assert all(0 <= r <= 0.5 for r in sensitivity["layer_ratios"].values())
+    for accs in sensitivity["val_accuracy"].values():  # removing most of a layer hurts more than removing little
+        measured = [a for a in accs if a is not None]
+        assert len(measured) >= 2 and measured[-1] < measured[0]
+    before = checkpoint.load(staged.student / "student_kd.safetensors")[0].widths()
+    assert all(a <= b for a, b in zip(result["widths"], before, strict=True))
+    assert (layout.pruned / "sensitivity.png").stat().st_size > 1000
+
+
+def test_pruning_stops_once_the_latency_target_is_met(staged, tmp_path):
+    _, reached = pruned_copy(staged, tmp_path / "easy", target_latency_ms=1e6)  # already fast enough: no cuts
+    assert reached["target_latency_met"] and reached["params"] == reached["params_before"]
+    _, unreachable = pruned_copy(staged, tmp_path / "hard", target_latency_ms=1e-6)  # prunes up to the cap
+    assert not unreachable["target_latency_met"] and unreachable["params"] < unreachable["params_before"]
+
+
+def test_width_search_keeps_the_smallest_student_that_meets_the_floor(staged, tmp_path):
+    def search(ship: ShipConfig, **settings) -> dict:
+        layout = Layout(tmp_path / str(len(list(tmp_path.iterdir()))))
+        shutil.copytree(staged.data, layout.data, ignore=shutil.ignore_patterns("student", "pruned", "qat"))
+        config = DistillConfig(epochs=1, widths=[8, 16], width_scales=[1.0, 0.5], **settings)
+        distill.run(config, KDConfig(), ship, layout)
+        return json.loads((layout.student / "student_kd.json").read_text())
+
+    easy = search(ShipConfig(max_accuracy_drop_pp=100))
+    assert easy["widths"] == [4, 8] and len(easy["width_search"]) == 1
+    never = search(ShipConfig(max_accuracy_drop_pp=0), lr=1e-7)  # students that learn nothing miss the floor
+    assert [s["widths"] for s in never["width_search"]] == [[4, 8], [8, 16]] and never["widths"] == [8, 16]
