@@ -107,12 +107,15 @@ def latencies(pruned_ms: float, int8_ms: float) -> dict:
             "int8": {"latency_ms": {"b1": int8_ms, "b256": 50}}}
 
 
+FLOOR_1PT = ShipConfig(max_accuracy_drop_pp=1.0)
+CLOSE = {"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}
+
+
 @pytest.mark.parametrize("val, measured, ship, expected", [
-    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08), ShipConfig(max_accuracy_drop_pp=1.0), "pruned"),
-    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08), ShipConfig(max_accuracy_drop_pp=1.0, latency_batch=256), "int8"),
-    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.960}, latencies(0.09, 0.08), ShipConfig(max_accuracy_drop_pp=1.0), "pruned"),
-    ({"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}, latencies(0.05, 0.08),
-     ShipConfig(max_accuracy_drop_pp=0.3), None),
+    (CLOSE, latencies(0.05, 0.08), FLOOR_1PT, "pruned"),
+    (CLOSE, latencies(0.05, 0.08), FLOOR_1PT.model_copy(update={"latency_batch": 256}), "int8"),
+    ({**CLOSE, "int8": 0.960}, latencies(0.09, 0.08), FLOOR_1PT, "pruned"),
+    (CLOSE, latencies(0.05, 0.08), ShipConfig(max_accuracy_drop_pp=0.3), None),
 ])
 def test_the_faster_model_that_meets_the_floor_ships(val, measured, ship, expected):
     assert report.choose_shipped(val, measured, ship)["model"] == expected
