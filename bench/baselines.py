@@ -1,7 +1,7 @@
-"""The alternatives a user would reach for, built from the same run's models: KD from the best
-single teacher, masked (unstructured) pruning, and onnxruntime's post-training int8 quantization."""
+"""The alternatives a user would reach for, built from the same run's models: masked (unstructured)
+pruning and onnxruntime's post-training int8 quantization (KD from the best single teacher is the
+distill stage's own `train_student` with one teacher)."""
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +9,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from distillery import checkpoint, models
+from distillery import checkpoint
 from distillery.data import Dataset
-from distillery.training import KDSettings, TrainSettings, fit, make_loss, optimizer_for, seeded, train_epoch
-
-
-def kd_from_one_teacher(teacher: nn.Module, spec: dict, data: Dataset, settings: TrainSettings, kd: KDSettings,
-                        device: torch.device) -> nn.Module:
-    """The distill stage's recipe with one teacher (an Ensemble of one) instead of the ensemble."""
-
-    student = seeded(settings.seed, lambda: models.build(spec))
-    fit(student, data.train, data.val, settings, device, make_loss(teacher, kd),
-        name="student_kd_best_teacher")
-    return student.eval()
+from distillery.training import TrainSettings, optimizer_for, set_cosine_lr, train_epoch
 
 
 def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -42,8 +32,7 @@ def masked_prune(model: nn.Module, remove: int, data: Dataset, steps: int, setti
             target = round(min(remove, total - 1) * epoch / steps)
             prune.global_unstructured(prunable(model), prune.L1Unstructured, amount=target - removed)
             removed = target
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / settings.epochs))
+        set_cosine_lr(optimizer, settings, epoch)
         model.train()
         train_epoch(model, optimizer, data.train, settings, loss_fn, generator, device)
     for module, name in prunable(model):

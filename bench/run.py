@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,13 +22,14 @@ import onnxruntime as ort
 import torch
 
 from bench import baselines
+from bench.gpu import cpu_flags
 from distillery import models, onnx_export
 from distillery.data import load_dataset
 from distillery.models import Ensemble
 from distillery.training import make_loss
+from tasks import distill, report
 from tasks.config import PipelineParams, load_params
 from tasks.layout import Layout
-from tasks.report import git_commit
 from tasks.runtime import device, kd_settings, read_json, train_settings
 from tasks.stages import stage_calls
 from tasks.teachers import load_ensemble
@@ -67,8 +67,8 @@ def build_baselines(params: PipelineParams, layout: Layout) -> dict[str, dict]:
     best = max(teachers, key=lambda f: read_json(f)["val_accuracy"]).stem  # chosen on validation, not test
     student, spec = baselines.checkpoint_model(layout.student / "student_kd.safetensors")
     teacher, _ = baselines.checkpoint_model(layout.teachers / f"{best}.safetensors")
-    kd_one = baselines.kd_from_one_teacher(Ensemble([teacher]).to(dev), spec, data, train_settings(params.distill),
-                                           kd_settings(params.kd), dev)
+    kd_one, _ = distill.train_student(spec, Ensemble([teacher]).to(dev), data, params.distill, params.kd,
+                                      "student_kd_best_teacher")
     pruned_params = models.count_params(baselines.checkpoint_model(layout.pruned / "pruned.safetensors")[0])
     loss = make_loss(load_ensemble(layout).to(dev), kd_settings(params.kd))
     masked = baselines.masked_prune(student, models.count_params(student) - pruned_params, data,
@@ -94,11 +94,8 @@ def pipeline_models(layout: Layout) -> dict[str, dict]:
 
 
 def measure(entry: dict, data, threads: int, budget_s: float) -> dict:
-    sess = onnx_export.session(entry["onnx"], threads)
-    x, y = data.test.x.numpy(), data.test.y.numpy()
-    return {"accuracy": onnx_export.accuracy(sess, x, y), "bytes": entry["onnx"].stat().st_size,
-            "params": entry.get("params"), "name": entry.get("name"),
-            "latency_ms": {f"b{b}": onnx_export.latency_ms(sess, x, b, budget_s) for b in (1, 256)}}
+    """The report stage's measurement, with this benchmark's thread count, plus the entry's name."""
+    return report.measure(entry["onnx"], data, entry.get("params"), budget_s, threads) | {"name": entry.get("name")}
 
 
 def flow_wall_time(params: PipelineParams, work: Path) -> float:
@@ -160,10 +157,7 @@ def targets(runs: list[dict], summary: dict, orchestration: dict | None) -> list
 
 
 def machine() -> dict:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags, "torch": torch.__version__,
-            "onnxruntime": ort.__version__, "device": str(device())}
+    return {"cpu": cpu_flags(), "torch": torch.__version__, "onnxruntime": ort.__version__, "device": str(device())}
 
 
 def markdown(result: dict) -> str:
@@ -233,7 +227,7 @@ def main() -> None:
         run["models"]["best_teacher_by_test"] = max(teachers, key=lambda t: t["accuracy"])
 
     summary = summarize(runs)
-    result = {"seeds": args.seeds, "params": params.to_yaml_dict(), "git_commit": git_commit(ROOT),
+    result = {"seeds": args.seeds, "params": params.to_yaml_dict(), "git_commit": report.git_commit(ROOT),
               "machine": machine(), "onnxruntime_threads": threads, "runs": runs, "summary": summary,
               "orchestration": orchestration, "targets": targets(runs, summary, orchestration)}
     args.out.mkdir(parents=True, exist_ok=True)

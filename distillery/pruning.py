@@ -6,7 +6,6 @@ sensitivity scan, and a stop once the model is fast enough.
 
 import copy
 import logging
-import math
 from collections.abc import Callable
 
 import torch
@@ -15,7 +14,7 @@ from torch import nn
 
 from distillery.data import Split
 from distillery.models import StudentCNN
-from distillery.training import TrainSettings, accuracy, optimizer_for, train_epoch
+from distillery.training import TrainSettings, accuracy, optimizer_for, set_cosine_lr, train_epoch
 
 log = logging.getLogger("distillery")
 
@@ -85,8 +84,7 @@ def prune_gradually(model: StudentCNN, train: Split, val: Split, pruner: tp.prun
             pruner.step()
             optimizer = optimizer_for(model, settings)  # parameter shapes changed
             pruning = not (fast_enough and fast_enough(model))
-        for group in optimizer.param_groups:  # cosine decay over all epochs
-            group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / settings.epochs))
+        set_cosine_lr(optimizer, settings, epoch)
         model.train()
         loss = train_epoch(model, optimizer, train, settings, loss_fn, generator, device)
         model.eval()

@@ -2,6 +2,7 @@
 data in GPU or pinned memory)."""
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,12 @@ def make_loss(teacher: nn.Module | None, kd: KDSettings | None):
 
 def optimizer_for(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def set_cosine_lr(optimizer: torch.optim.Optimizer, settings: TrainSettings, epoch: int) -> None:
+    """Cosine decay over all epochs, for loops that rebuild their optimizer (pruning changes shapes)."""
+    for group in optimizer.param_groups:
+        group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / settings.epochs))
 
 
 def train_epoch(model, optimizer, data: Split, settings: TrainSettings, loss_fn, generator, device,

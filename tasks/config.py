@@ -107,6 +107,10 @@ class ShipConfig(Section):
     latency_batch: Literal[1, 256] = Field(
         1, description="The batch size whose measured latency picks between the fp32 and int8 student")
 
+    def floor(self, ensemble_val_accuracy: float) -> float:
+        """The lowest validation accuracy a model may have and still ship (or end the width search)."""
+        return ensemble_val_accuracy - self.max_accuracy_drop_pp / 100
+
 
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # model names and versions: S3 keys and folder names
 

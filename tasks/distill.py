@@ -37,7 +37,7 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     """Write data/models/student/: student_alone and student_kd (safetensors + history JSON)."""
     data = load_dataset(layout.dataset)
     ensemble = load_ensemble(layout).to(device())
-    floor = accuracy(ensemble, data.val, device()) - ship.max_accuracy_drop_pp / 100
+    floor = ship.floor(accuracy(ensemble, data.val, device()))
     base = {"arch": "student_cnn", "in_channels": data.in_channels, "num_classes": data.num_classes}
     search = []
     for widths in candidate_widths(config):
