@@ -5,7 +5,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 TeacherArch = Literal["wide_cnn", "small_resnet", "resnet18"]
 
@@ -56,21 +65,25 @@ class DistillConfig(TrainConfig):
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-2
-    widths: list[PositiveInt] = Field([16, 32, 48], min_length=1, description="Student conv channels")
+    widths: list[PositiveInt] = Field([16, 32, 64, 64], min_length=1, description="Student conv channels, per block")
+    pooled_blocks: NonNegativeInt = Field(1, description=(
+        "How many leading blocks downsample by max pooling after a full-resolution conv; the rest use a stride-2 "
+        "conv (a quarter of the work). More pooled blocks: a little more accuracy, much slower"))
     width_scales: list[PositiveFloat] = Field([1.0], min_length=1, description=(
         "Student sizes tried, as multiples of `widths`, smallest first: the smallest whose distilled validation "
         "accuracy meets the ship floor is kept (the largest when none does)"))
 
 
 class PruneConfig(TrainConfig):
-    epochs: PositiveInt = 12
+    epochs: PositiveInt = 20
     lr: PositiveFloat = 5e-3
-    ratio: float = Field(0.3, ge=0, lt=1, description=(
+    ratio: float = Field(0.6, ge=0, lt=1, description=(
         "Share of each conv layer's channels removed; with per_layer: sensitivity, the most any layer loses"))
     schedule: Literal["agp", "linear"] = Field(
         "agp", description="How the ratio grows over the steps: agp (cubic, most channels go early) or linear")
     steps: PositiveInt = Field(4, description="Pruning steps, one per epoch from the first")
-    round_to: int = Field(4, ge=0, description="Keep channel counts multiples of this (0: off)")
+    round_to: int = Field(8, ge=0, description=(
+        "Keep channel counts multiples of this (0: off); onnxruntime's CPU kernels are fastest at multiples of 8"))
     per_layer: Literal["uniform", "sensitivity"] = Field("uniform", description=(
         "sensitivity: each layer's ratio from a scan (that layer pruned alone, no fine-tuning, validation "
         "split): the largest ratio up to `ratio` that costs at most sensitivity_max_drop_pp"))

@@ -38,7 +38,8 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     data = load_dataset(layout.dataset)
     ensemble = load_ensemble(layout).to(device())
     floor = ship.floor(accuracy(ensemble, data.val, device()))
-    base = {"arch": "student_cnn", "in_channels": data.in_channels, "num_classes": data.num_classes}
+    base = {"arch": "student_cnn", "in_channels": data.in_channels, "num_classes": data.num_classes,
+            "pooled_blocks": config.pooled_blocks}
     search = []
     for widths in candidate_widths(config):
         kd_model, kd_result = train_student({**base, "widths": widths}, ensemble, data, config, kd, "student_kd")

@@ -10,7 +10,7 @@ import torch
 
 from distillery import checkpoint, onnx_export
 from distillery.errors import DistilleryError
-from distillery.models import StudentCNN, count_params
+from distillery.models import StudentCNN, build, count_params
 from tasks import export, publish, report, train_teachers
 from tasks.config import ShipConfig, TeachersConfig
 from tasks.layout import Layout
@@ -47,8 +47,24 @@ def test_pruning_physically_shrinks_the_student(staged):
     before, _ = checkpoint.load(staged.student / "student_kd.safetensors")
     after, spec = checkpoint.load(staged.pruned / "pruned.safetensors")
     assert isinstance(after, StudentCNN) and spec["widths"] == after.widths() == [4, 8]
+    assert spec["pooled_blocks"] == 1 and [type(m) for m in after.features][:4] == [torch.nn.Sequential,
+                                                                                     torch.nn.MaxPool2d,
+                                                                                     torch.nn.Sequential,
+                                                                                     torch.nn.AdaptiveAvgPool2d]
     assert count_params(after) < 0.4 * count_params(before)
     assert (staged.export / "pruned.onnx").stat().st_size < (staged.export / "student_kd.onnx").stat().st_size
+
+
+def test_student_blocks_pool_then_stride():
+    spec = {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [8, 16, 16]}
+    strided = build({**spec, "pooled_blocks": 1})
+    convs = [m for m in strided.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(1, 1), (2, 2), (2, 2)]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in strided.modules()) == 1
+    old = build(spec)  # checkpoints written before pooled_blocks existed: every block pools
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in old.modules()) == 3
+    x = torch.rand(2, 1, 28, 28)
+    assert strided(x).shape == old(x).shape == (2, 10)
 
 
 def test_int8_onnx_holds_int8_weights_and_qdq_ops(staged):
