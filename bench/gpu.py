@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from distillery import latency, models
+from distillery import models, onnx_export
 from distillery.data import Split, load_dataset
 from distillery.training import TrainSettings, fit, pick_device, seeded
 
@@ -88,8 +88,9 @@ def training_throughput(dataset: Path, archs: list[str], epochs: int, batch_size
 def cpu_latency(onnx_dir: Path, dataset: Path, threads: int) -> dict:
     x = load_dataset(dataset).test.x.numpy()
     results = {}
-    for name in ("pruned", "int8"):  # in a fresh process each: the training above left torch threads here
-        results[name] = latency.measure(onnx_dir / f"{name}.onnx", x, (1, 256), budget_s=2.0, threads=threads)
+    for name in ("pruned", "int8"):
+        sess = onnx_export.session(onnx_dir / f"{name}.onnx", threads)
+        results[name] = {f"b{b}": onnx_export.latency_ms(sess, x, b, budget_s=2.0) for b in (1, 256)}
     results["int8_speedup"] = {b: results["pruned"][b] / results["int8"][b] for b in ("b1", "b256")}
     print(f"onnxruntime CPU ({threads} threads): {results}", flush=True)
     return results

@@ -1,5 +1,7 @@
 """ONNX export (dynamo exporter, dynamic batch) and onnxruntime evaluation and timing."""
 
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +56,19 @@ def predict(sess: ort.InferenceSession, x: np.ndarray, batch_size: int = 512) ->
 
 def accuracy(sess: ort.InferenceSession, x: np.ndarray, y: np.ndarray) -> float:
     return float((predict(sess, x) == y).mean())
+
+
+def latency_ms(sess: ort.InferenceSession, sample: np.ndarray, batch: int, budget_s: float = 2.0,
+               max_runs: int = 200) -> float:
+    """Median wall time of one `sess.run` on a batch of `batch` images, after a warm-up."""
+    name = sess.get_inputs()[0].name
+    x = np.ascontiguousarray(np.resize(sample, (batch, *sample.shape[1:])).astype(np.float32))
+    for _ in range(3):
+        sess.run(None, {name: x})
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < max_runs and (len(times) < 5 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from distillery import checkpoint, latency, models, onnx_export
+from distillery import checkpoint, models, onnx_export
 from distillery.data import Dataset, load_dataset
 from distillery.files import atomic_dir
 from distillery.models import StudentCNN
@@ -26,7 +26,7 @@ def onnx_latency_ms(model: StudentCNN, data: Dataset, batch: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx_export.export(copy.deepcopy(model).cpu().eval(), data.val.x[:2], path)
-        return latency.measure(path, data.val.x.numpy(), (batch,), budget_s=0.5)[f"b{batch}"]
+        return onnx_export.latency_ms(onnx_export.session(path), data.val.x.numpy(), batch, budget_s=0.5)
 
 
 def latency_check(target_ms: float, data: Dataset, batch: int) -> Callable[[StudentCNN], bool]:
