@@ -1,17 +1,24 @@
-"""Atomic writes: an output appears complete or not at all."""
+"""Atomic writes (an output appears complete or not at all) and the workspace lock."""
 
+import fcntl
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+
+from distillery.errors import DistilleryError
 
 
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a staging folder beside `final`; on success it replaces `final` in one rename."""
+    """Yield a staging folder beside `final`; on success it replaces `final` in one rename.
+    Staging folders left by a killed run (one run holds the workspace at a time) are removed first."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     staging.chmod(0o755)
     try:
@@ -40,3 +47,26 @@ def atomic_file(final: Path) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` for the block, or fail at once naming the holder.
+    The operating system drops the lock when its process ends, so a killed run leaves none behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise DistilleryError(f"{what} is busy: {holder} holds {path}. Wait for that run to end, or stop "
+                                  "it; two runs at once would overwrite each other's outputs.") from None
+        f.truncate(0)
+        f.write(f"run pid {os.getpid()} started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)

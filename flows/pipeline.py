@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from distillery.files import exclusive_lock
 from flows.dvc_sync import DvcTracker
 from tasks import report
 from tasks.config import PipelineParams, read_params_file
@@ -80,8 +81,13 @@ def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".", update_da
     With `update_data`, an ingest source tracked by `dvc import-url` is updated first: a run
     with no new data reruns nothing and publishes nothing new.
     """
-    logger = get_run_logger()
     layout = Layout(Path(root).resolve())
+    with exclusive_lock(layout.lock, f"The workspace {layout.root}"):
+        return run_stages(params, layout, update_data)
+
+
+def run_stages(params: PipelineParams, layout: Layout, update_data: bool) -> dict:
+    logger = get_run_logger()
     tracker = DvcTracker.for_root(layout.root)
     if tracker:
         sync_params_file(params, layout)

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from distillery.errors import DistilleryError
+from distillery.files import exclusive_lock
 from tasks.config import PipelineParams, Section, read_params_file
 from tasks.layout import Layout
 
@@ -81,5 +82,7 @@ def main(stage: Callable, sections: tuple[str, ...]) -> None:
     with user_errors(args.debug, str(args.params)):
         raw = read_params_file(args.params)
         configs = [section_config(raw, section) for section in sections]
-        result = stage(*configs, Layout(args.root.resolve()))
+        layout = Layout(args.root.resolve())
+        with exclusive_lock(layout.lock, f"The workspace {layout.root}"):
+            result = stage(*configs, layout)
     print(json.dumps(result, indent=2, default=str))

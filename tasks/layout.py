@@ -28,3 +28,4 @@ class Layout:
     reports = under_root("data", "reports")
     metrics = under_root("data", "reports", "metrics.json")
     published = under_root("data", "published.json")
+    lock = under_root(".distillery", "run.lock")

@@ -1,0 +1,121 @@
+"""Reliability: runs that cannot both write one workspace, what a killed run leaves behind, and
+an S3 server that goes down in the middle of a publish."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from distillery.errors import DistilleryError
+from distillery.files import exclusive_lock
+from flows.pipeline import compress
+from tasks import publish
+from tasks.layout import Layout
+from tasks.s3_store import ArtifactStore, S3Settings
+from tests.conftest import ROOT, tiny_params, venv_env
+from tests.test_pipeline import dvc
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from distillery.files import exclusive_lock
+with exclusive_lock(Path(sys.argv[1]), "test"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def ingest(project) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tasks.ingest", "--root", str(project)], cwd=ROOT,
+                          env=venv_env(), capture_output=True, text=True)
+
+
+def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, prefect_server):
+    layout = Layout(project)
+    with exclusive_lock(layout.lock, "test"):  # a run in progress
+        stage = ingest(project)
+        assert stage.returncode == 2 and "Traceback" not in stage.stderr
+        assert "is busy" in stage.stderr and f"pid {os.getpid()}" in stage.stderr and str(layout.lock) in stage.stderr
+        with pytest.raises(DistilleryError, match="is busy"):
+            compress(params=tiny_params(), root=str(project))
+        assert not layout.raw.exists()
+    assert ingest(project).returncode == 0 and layout.dataset.exists()  # released when the run ends
+
+
+def test_a_killed_run_leaves_no_lock_behind(project):
+    layout = Layout(project)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(layout.lock)], cwd=ROOT, env=venv_env(),
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert "is busy" in ingest(project).stderr
+    holder.kill()
+    holder.wait()
+    assert ingest(project).returncode == 0
+
+
+def watch_and_stop(client, bucket: str, prefix: str, server) -> None:
+    """Stop the S3 server as soon as the first object under `prefix` lands: mid-publish."""
+    from infra import s3_server as weed
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("KeyCount"):
+        time.sleep(0.005)
+    weed.stop(server)
+
+
+def test_s3_down_mid_publish_fails_cleanly_and_a_rerun_completes(staged, tmp_path, monkeypatch):
+    from infra import s3_server as weed
+
+    state, port = tmp_path / "s3", weed.free_port()
+    server, creds = weed.start(state, "faults", port)
+    for key, value in {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+                       "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1",
+                       "DISTILLERY_BUCKET": "faults"}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        publish.upload("faulty", staged, version="v1")
+        watcher = threading.Thread(target=watch_and_stop, args=(
+            ArtifactStore(S3Settings.from_env()).client, "faults", "models/faulty/v2/", server))
+        watcher.start()
+        started = time.monotonic()
+        with pytest.raises(DistilleryError, match=f"bucket 'faults' at http://127.0.0.1:{port}") as failed:
+            publish.upload("faulty", staged, version="v2")
+        retried_s = time.monotonic() - started
+        watcher.join()
+        assert creds.secret_key not in str(failed.value)
+
+        server, _ = weed.start(state, "faults", port)  # the server comes back
+        store = ArtifactStore(S3Settings.from_env())
+        assert store.versions("faulty") == ["v1"] and store.latest("faulty") == "v1"  # v2 is not complete
+        assert store.download("faulty", "v1", tmp_path / "v1")["version"] == "v1"  # v1 untouched
+        publish.upload("faulty", staged, version="v2")  # the rerun completes the version
+        assert store.versions("faulty") == ["v1", "v2"] and store.latest("faulty") == "v2"
+        assert store.download("faulty", "v2", tmp_path / "v2")["version"] == "v2"
+    finally:
+        weed.stop(server)
+    assert retried_s > 1  # botocore retried with backoff before giving up
+
+
+def test_a_run_killed_in_teacher_training_resumes_from_the_last_completed_stage(project):
+    layout = Layout(project)
+    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=venv_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(layout.teachers.parent.glob(".teachers.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until train_teachers is writing its staging folder
+    os.killpg(repro.pid, signal.SIGKILL)
+    repro.wait()
+    assert layout.validation_summary.exists() and not layout.teachers.exists()  # nothing half-made looks done
+    status = json.loads(dvc(project, "status", "--json").stdout)
+    assert "ingest" not in status and "validate" not in status and "train_teachers" in status
+
+    rerun = dvc(project, "repro").stdout
+    assert "Stage 'ingest' didn't change" in rerun and "Stage 'validate' didn't change" in rerun
+    assert "Running stage 'train_teachers'" in rerun and layout.metrics.exists()
+    assert not list(layout.teachers.parent.glob(".teachers.*"))  # the killed run's staging folder is gone
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
