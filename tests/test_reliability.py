@@ -1,7 +1,8 @@
-"""Reliability: runs that cannot both write one workspace, what a killed run leaves behind, and
-an S3 server that goes down in the middle of a publish."""
+"""Reliability: runs that cannot both write one workspace, what a killed run leaves behind, an
+S3 server that goes down in the middle of a publish, and no secret in anything a run leaves."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -119,3 +120,32 @@ def test_a_run_killed_in_teacher_training_resumes_from_the_last_completed_stage(
     assert "Running stage 'train_teachers'" in rerun and layout.metrics.exists()
     assert not list(layout.teachers.parent.glob(".teachers.*"))  # the killed run's staging folder is gone
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+
+def prefect_records() -> list[str]:
+    """Every log message and artifact the Prefect server holds."""
+    from prefect.client.orchestration import get_client
+
+    texts: list[str] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(limit=200, offset=len(texts)):
+            texts += [log.message for log in page]
+        texts += [f"{a.data} {a.description}" for a in client.read_artifacts()]
+    return texts
+
+
+def test_a_published_run_leaks_no_secret(project, prefect_server, s3_env, tmp_path, caplog):
+    secret = s3_env["credentials"].secret_key
+    dvc(project, "remote", "modify", "--local", "store", "endpointurl", s3_env["endpoint"])
+    caplog.set_level(logging.INFO)
+    compress(params=tiny_params(), root=str(project))
+    receipt = json.loads(Layout(project).published.read_text())
+    assert receipt["published"]
+    store = ArtifactStore(S3Settings.from_env())
+    store.download(receipt["name"], receipt["version"], tmp_path / "published")
+
+    files = [p for folder in (project, tmp_path / "published") for p in folder.rglob("*") if p.is_file()]
+    assert len(files) > 50 and [p for p in files if secret.encode() in p.read_bytes()] == []
+    records = prefect_records()
+    assert any("published" in r for r in records) and not any(secret in r for r in records)
+    assert caplog.text and secret not in caplog.text
