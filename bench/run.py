@@ -76,7 +76,7 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     loss = make_loss(ensemble, kd_settings(params.kd))
     masked = baselines.masked_prune(student, models.count_params(student) - pruned_params, data,
                                     params.prune.steps, train_settings(params.prune), loss, dev)
-    probe = {**spec, "widths": [max(1, round(w * probe_scale)) for w in spec["widths"]]}
+    probe = {**spec, "widths": distill.scaled_widths(spec["widths"], probe_scale)}
     probe_alone, _ = distill.train_student(probe, None, data, params.distill, params.kd, "probe_alone")
     probe_kd, _ = distill.train_student(probe, ensemble, data, params.distill, params.kd, "probe_kd")
     found = {"best_teacher": {"onnx": layout.export / f"teacher_{best}.onnx", "name": best,

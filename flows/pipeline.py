@@ -14,12 +14,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from distillery.files import exclusive_lock
 from flows.dvc_sync import DvcTracker
 from tasks import report
 from tasks.config import PipelineParams, read_params_file
 from tasks.layout import Layout
-from tasks.runtime import read_json
+from tasks.runtime import read_json, workspace_lock
 from tasks.s3_store import S3Settings
 from tasks.stages import stage_calls
 
@@ -82,7 +81,7 @@ def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".", update_da
     with no new data reruns nothing and publishes nothing new.
     """
     layout = Layout(Path(root).resolve())
-    with exclusive_lock(layout.lock, f"The workspace {layout.root}"):
+    with workspace_lock(layout):
         return run_stages(params, layout, update_data)
 
 

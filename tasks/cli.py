@@ -12,9 +12,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from distillery.errors import DistilleryError
-from distillery.files import exclusive_lock
 from tasks.config import PipelineParams, Section, read_params_file
 from tasks.layout import Layout
+from tasks.runtime import workspace_lock
 
 
 def describe(error: ValidationError, source: str) -> str:
@@ -83,6 +83,6 @@ def main(stage: Callable, sections: tuple[str, ...]) -> None:
         raw = read_params_file(args.params)
         configs = [section_config(raw, section) for section in sections]
         layout = Layout(args.root.resolve())
-        with exclusive_lock(layout.lock, f"The workspace {layout.root}"):
+        with workspace_lock(layout):
             result = stage(*configs, layout)
     print(json.dumps(result, indent=2, default=str))

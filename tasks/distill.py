@@ -18,9 +18,14 @@ from tasks.teachers import load_ensemble
 log = logging.getLogger("distillery")
 
 
+def scaled_widths(widths: list[int], scale: float) -> list[int]:
+    """`widths` times `scale`, in multiples of 4 channels (at least 4)."""
+    return [max(4, 4 * round(w * scale / 4)) for w in widths]
+
+
 def candidate_widths(config: DistillConfig) -> list[list[int]]:
-    """`widths` scaled by each of `width_scales`, smallest first, in multiples of 4 channels."""
-    found = {tuple(max(4, 4 * round(w * scale / 4)) for w in config.widths) for scale in config.width_scales}
+    """`widths` scaled by each of `width_scales`, smallest first."""
+    found = {tuple(scaled_widths(config.widths, scale)) for scale in config.width_scales}
     return [list(w) for w in sorted(found, key=sum)]
 
 

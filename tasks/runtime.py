@@ -2,12 +2,15 @@
 
 import json
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
 
+from distillery.files import exclusive_lock
 from distillery.training import KDSettings, TrainSettings, pick_device
 from tasks.config import KDConfig, TrainConfig
+from tasks.layout import Layout
 
 
 def device() -> torch.device:
@@ -30,3 +33,8 @@ def write_json(path: Path, data: dict) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def workspace_lock(layout: Layout) -> AbstractContextManager[None]:
+    """One run at a time in a workspace: the flow and every stage command hold this."""
+    return exclusive_lock(layout.lock, f"The workspace {layout.root}")
