@@ -1,6 +1,8 @@
-"""Atomic writes (an output appears complete or not at all) and the workspace lock."""
+"""Atomic writes (an output appears complete or not at all), file hashes and the workspace lock."""
 
+import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -11,42 +13,64 @@ from pathlib import Path
 
 from distillery.errors import DistilleryError
 
+CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@contextmanager
+def explain_write_failures(final: Path) -> Iterator[None]:
+    """A full disk, a file-size limit or a read-only folder becomes one clear error naming `final`."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in CANNOT_WRITE:
+            raise
+        raise DistilleryError(
+            f"Cannot write {final}: {e.strerror} ({e.filename or final}). Nothing was replaced: any earlier "
+            "output there is intact. Free disk space or make the folder writable, then rerun.") from e
+
 
 @contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a staging folder beside `final`; on success it replaces `final` in one rename.
     Staging folders left by a killed run (one run holds the workspace at a time) are removed first."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    staging.chmod(0o755)
-    try:
-        yield staging
-        if final.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
-            os.replace(final, trash / final.name)
-            os.replace(staging, final)
-            shutil.rmtree(trash)
-        else:
-            os.replace(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with explain_write_failures(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        staging.chmod(0o755)
+        try:
+            yield staging
+            if final.exists():
+                trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+                os.replace(final, trash / final.name)
+                os.replace(staging, final)
+                shutil.rmtree(trash)
+            else:
+                os.replace(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; on success it is renamed onto `final`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
-    os.close(fd)
-    os.chmod(name, 0o644)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with explain_write_failures(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
+        os.close(fd)
+        os.chmod(name, 0o644)
+        tmp = Path(name)
+        try:
+            yield tmp
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @contextmanager

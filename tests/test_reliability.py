@@ -1,16 +1,21 @@
 """Reliability: runs that cannot both write one workspace, what a killed run leaves behind, an
-S3 server that goes down in the middle of a publish, and no secret in anything a run leaves."""
+S3 server that goes down in the middle of a publish, a full disk or read-only output folder, and
+no secret in anything a run leaves."""
 
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import yaml
 
 from distillery.errors import DistilleryError
 from distillery.files import exclusive_lock
@@ -31,9 +36,9 @@ with exclusive_lock(Path(sys.argv[1]), "test"):
 """
 
 
-def ingest(project) -> subprocess.CompletedProcess:
+def ingest(project, preexec_fn=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tasks.ingest", "--root", str(project)], cwd=ROOT,
-                          env=venv_env(), capture_output=True, text=True)
+                          env=venv_env(), capture_output=True, text=True, preexec_fn=preexec_fn)
 
 
 def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, prefect_server):
@@ -149,3 +154,63 @@ def test_a_published_run_leaks_no_secret(project, prefect_server, s3_env, tmp_pa
     records = prefect_records()
     assert any("published" in r for r in records) and not any(secret in r for r in records)
     assert caplog.text and secret not in caplog.text
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def rewrite_ingest_seed(project: Path, seed: int) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["ingest"]["seed"] = seed  # a new split: a rerun would rewrite every file of data/raw
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_a_full_disk_fails_clearly_and_leaves_the_earlier_output_intact(project):
+    layout = Layout(project)
+    assert ingest(project).returncode == 0
+    before = files_of(layout.raw)
+    rewrite_ingest_seed(project, 1)
+
+    def small_disk() -> None:  # writes past 64 KB fail with EFBIG, as writes to a full disk fail with ENOSPC
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    full = ingest(project, preexec_fn=small_disk)
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert f"error: Cannot write {layout.raw}: File too large" in full.stderr
+    assert "Nothing was replaced" in full.stderr
+    assert files_of(layout.raw) == before  # the earlier, complete output
+    assert not list(layout.data.glob(".raw.*"))  # no staging folder left
+    assert ingest(project).returncode == 0 and files_of(layout.raw) != before  # with space, the rerun writes
+
+
+@contextmanager
+def read_only(folder: Path):
+    """Make `folder` read-only: by its mode for a normal user; root ignores modes, so for root by a
+    read-only bind mount (skipped where mounts are not allowed)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], capture_output=True).returncode:
+        pytest.skip("root without the right to mount: cannot make a folder read-only")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_output_folder_fails_clearly_and_changes_nothing(project):
+    layout = Layout(project)
+    assert ingest(project).returncode == 0
+    before = files_of(layout.raw)
+    rewrite_ingest_seed(project, 1)
+    with read_only(layout.data):
+        refused = ingest(project)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert f"error: Cannot write {layout.raw}:" in refused.stderr
+    assert "Read-only file system" in refused.stderr or "Permission denied" in refused.stderr
+    assert files_of(layout.raw) == before and not list(layout.data.glob(".raw.*"))
