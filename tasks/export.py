@@ -14,6 +14,7 @@ from distillery.errors import DistilleryError
 from distillery.files import atomic_dir
 from distillery.quantize import convert, load_prepared
 from distillery.training import accuracy
+from tasks import exported
 from tasks.config import ExportConfig
 from tasks.layout import Layout
 from tasks.runtime import write_json
@@ -33,7 +34,8 @@ def float_models(layout: Layout) -> dict[str, torch.nn.Module]:
 
 
 def run(config: ExportConfig, layout: Layout) -> dict:
-    """Write data/export/: <model>.onnx for every model, int8.onnx, and verification.json."""
+    """Write data/export/: <model>.onnx for every model, int8.onnx, and verification.json (with
+    every file's sha256, which the report and publish stages check)."""
     data = load_dataset(layout.dataset)
     example, test = data.test.x[:2], data.test
     int8 = convert(load_prepared(layout.qat / "qat.safetensors", example)[0])
@@ -51,7 +53,8 @@ def run(config: ExportConfig, layout: Layout) -> dict:
             raise DistilleryError(
                 f"Export verification failed: int8 test accuracy is {onnx_acc:.4f} in onnxruntime but "
                 f"{torch_acc:.4f} in PyTorch ({gap_pp:.2f} points apart, allowed {config.max_accuracy_gap_pp}).")
-        write_json(out / "verification.json", verification)
+        verification["sha256"] = exported.onnx_hashes(out)
+        write_json(out / exported.VERIFICATION, verification)
     log.info("exported; int8 verified: torch %.4f vs onnxruntime %.4f", torch_acc, onnx_acc)
     return verification
 

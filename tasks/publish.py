@@ -13,6 +13,7 @@ from pathlib import Path
 
 from distillery.errors import DistilleryError
 from distillery.files import atomic_file
+from tasks import exported
 from tasks.config import PublishConfig
 from tasks.layout import Layout
 from tasks.runtime import read_json
@@ -25,15 +26,15 @@ PACKAGES = ("torch", "torchvision", "torchao", "torch-pruning", "onnx", "onnxrun
 
 def run_files(layout: Layout) -> dict[str, Path]:
     """Every file of a finished run, by its path inside the published version."""
-    verification = layout.export / "verification.json"
-    if not layout.metrics.exists() or not verification.exists():
+    if not layout.metrics.exists() or not (layout.export / exported.VERIFICATION).exists():
         raise DistilleryError(f"No finished run in {layout.data}: run the pipeline before publishing.")
-    if not read_json(verification)["passed"]:
-        raise DistilleryError("The export did not pass verification; nothing is published.")
     shipped = read_json(layout.metrics)["shipped"]
     if not shipped["model"]:
         raise DistilleryError(f"Nothing is published: {shipped['reason']}.")
-    files = {f"models/{p.name}": p for p in sorted(layout.export.glob("*.onnx"))}
+    try:
+        files = {f"models/{p.name}": p for p in exported.verified_onnx(layout).values()}
+    except DistilleryError as e:
+        raise DistilleryError(f"Nothing is published: {e}") from e
     files.update({f"reports/{p.name}": p for p in sorted(layout.reports.iterdir()) if p.is_file()})
     files.update({f"data_docs/{p.relative_to(layout.data_docs)}": p
                   for p in sorted(layout.data_docs.rglob("*")) if p.is_file()})

@@ -11,6 +11,7 @@ from distillery import checkpoint, onnx_export
 from distillery.data import Dataset, load_dataset
 from distillery.files import atomic_dir
 from distillery.models import count_params
+from tasks import exported
 from tasks.config import PipelineParams, ReportConfig, ShipConfig
 from tasks.layout import Layout
 from tasks.runtime import read_json, write_json
@@ -171,8 +172,8 @@ def run(config: ReportConfig, params: PipelineParams, layout: Layout) -> dict:
     """Write data/reports/: metrics.json, report.md and PNG plots."""
     data = load_dataset(layout.dataset)
     counts = param_counts(layout)
-    measured = {p.stem: measure(p, data, counts[p.stem], config.latency_budget_s)
-                for p in sorted(layout.export.glob("*.onnx"))}
+    measured = {name: measure(path, data, counts[name], config.latency_budget_s)
+                for name, path in exported.verified_onnx(layout).items()}
     info = read_json(layout.raw / "info.json")
     metrics = {
         "teachers": [{"name": k.removeprefix("teacher_"), **v}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distillery.errors import DistilleryError
-from distillery.files import atomic_dir
+from distillery.files import atomic_dir, sha256_file
 from tasks.config import SAFE_NAME
 
 NAME = re.compile(SAFE_NAME)
@@ -26,11 +26,6 @@ def check_name(kind: str, value: str) -> str:
     if not NAME.match(value) or ".." in value:
         raise DistilleryError(f"Invalid {kind} {value!r}: use letters, digits, '.', '_' and '-' (no '..').")
     return value
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -65,6 +60,14 @@ def manifest_key(name: str, version: str) -> str:
     return f"{version_prefix(name, version)}/manifest.json"
 
 
+def max_attempts() -> int:
+    """Tries per S3 call, with backoff between them: the standard AWS_MAX_ATTEMPTS, 5 by default."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "5")
+    if not value.isdigit() or int(value) < 1:
+        raise DistilleryError(f"AWS_MAX_ATTEMPTS must be a whole number of at least 1, got {value!r}.")
+    return int(value)
+
+
 class ArtifactStore:
     def __init__(self, settings: S3Settings):
         import boto3
@@ -73,7 +76,7 @@ class ArtifactStore:
         self.settings = settings
         session = boto3.session.Session()  # reads the environment now, not when boto3 was first used
         self.client = session.client("s3", endpoint_url=settings.endpoint_url,
-                                   config=Config(retries={"max_attempts": 5, "mode": "standard"},
+                                   config=Config(retries={"max_attempts": max_attempts(), "mode": "standard"},
                                                  connect_timeout=5, read_timeout=60))
 
     def call(self, operation: str, **kwargs):

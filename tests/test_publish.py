@@ -7,10 +7,11 @@ import psutil
 import pytest
 
 from distillery.errors import DistilleryError
+from distillery.files import sha256_file
 from tasks import publish
 from tasks.config import PublishConfig
 from tasks.layout import Layout
-from tasks.s3_store import ArtifactStore, S3Settings, sha256_file
+from tasks.s3_store import ArtifactStore, S3Settings
 
 
 def store() -> ArtifactStore:
