@@ -43,12 +43,13 @@ def hide_user_error_tracebacks() -> None:
 
 
 def flow_params(args: argparse.Namespace):
-    """Set up Prefect's environment and our progress logging; return the checked params file."""
-    prefect_environment(args.root.resolve())
+    """Check the params file (a bad one leaves nothing behind), then set up Prefect's environment and
+    our progress logging."""
     from tasks.config import load_params
 
     with user_errors(args.debug, str(args.params)):
         params = load_params(args.params)
+    prefect_environment(args.root.resolve())
     logging.getLogger("distillery").setLevel(logging.INFO)
     return params
 

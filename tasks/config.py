@@ -163,7 +163,9 @@ def read_params_file(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise DistilleryError(f"Params file {path} is not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise DistilleryError(f"Params file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}.") from e
     if not isinstance(raw, dict):
         raise DistilleryError(f"Params file {path} must hold a mapping of sections.")
     return raw

@@ -123,7 +123,7 @@ def load_source(config: IngestConfig, root: Path) -> tuple[np.ndarray, np.ndarra
     return image_folder(root / config.path, config.color, config.image_size)
 
 
-def stratified_split(y: np.ndarray, config: IngestConfig) -> np.ndarray:
+def stratified_split(y: np.ndarray, config: IngestConfig, where: str) -> np.ndarray:
     """Split ids (0 train, 1 val, 2 test), stratified by label and fixed by the seed."""
     index = np.arange(len(y))
     try:
@@ -132,7 +132,8 @@ def stratified_split(y: np.ndarray, config: IngestConfig) -> np.ndarray:
         _, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=config.seed)
     except ValueError as e:
         raise DistilleryError(
-            f"Cannot make a stratified train/val/test split: {e}. Each class needs a few images in every split.") from e
+            f"Cannot make a stratified train/val/test split of {where}: {e}. Each class needs a few images in "
+            "every split.") from e
     split = np.zeros(len(y), dtype=np.int8)
     split[val], split[test] = 1, 2
     return split
@@ -157,11 +158,12 @@ def image_facts(x: np.ndarray, y: np.ndarray, split: np.ndarray) -> pd.DataFrame
 def run(config: IngestConfig, layout: Layout) -> dict:
     """Write data/raw/: dataset.npz (x float32 NxCxHxW in 0..255, y, split), facts.csv, info.json."""
     x, y, class_names = load_source(config, layout.root)
+    where = str(layout.root / config.path) if config.source in ("folder", "npz") else f"the {config.source} data"
     if len(y) == 0:
-        raise DistilleryError(f"Source {config.source!r} holds no images.")
+        raise DistilleryError(f"{where} holds no images.")
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = y.astype(np.int64)
-    split = stratified_split(y, config)
+    split = stratified_split(y, config, where)
     with atomic_dir(layout.raw) as out:
         np.savez(out / "dataset.npz", x=x, y=y, split=split, num_classes=len(class_names),
                  class_names=np.array(class_names))

@@ -57,8 +57,25 @@ def class_expectations(gx, config: ValidateConfig, num_classes: int) -> list:
     ]
 
 
+MEANING = {  # what a failed expectation on each column says about the data, in plain words
+    "label": "labels outside 0..classes-1",
+    "pixel_min": "pixels below 0",
+    "pixel_max": "pixels above 255",
+    "non_finite": "NaN or infinite pixels",
+    "channels": "images with another channel count",
+    "height": "images of another height",
+    "width": "images of another width",
+    "sha256": "duplicate images (a copy in two splits leaks test data into training)",
+    "n_images": "a class with fewer images than validate.min_images_per_class",
+    "n_test": "a class with no test image",
+    "n_val": "a class with no validation image",
+    "share_of_largest": "classes more imbalanced than validate.max_class_imbalance",
+    None: "fewer than two classes",
+}
+
+
 def describe_failure(result) -> str:
-    """`table: expectation(column): observed/offending values` for one failed expectation."""
+    """`meaning — expectation(column): observed/offending values` for one failed expectation."""
     cfg = result.expectation_config
     column = cfg.kwargs.get("column")
     details = result.result or {}
@@ -67,7 +84,7 @@ def describe_failure(result) -> str:
         found = f"{details.get('unexpected_count')} offending rows, e.g. {shown}"
     else:
         found = f"observed {details.get('observed_value')!r}"
-    return f"{cfg.type}({column or ''}): {found}"
+    return f"{MEANING.get(column, 'failed')} — {cfg.type}({column or ''}): {found}"
 
 
 def run_checkpoint(tables: dict[str, tuple[pd.DataFrame, list]], docs_dir) -> tuple[bool, list[str]]:

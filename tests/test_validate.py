@@ -61,7 +61,8 @@ def label_gap(x, y):
     (nan_pixels, "expect_column_values_to_be_in_set(non_finite)"),
     (out_of_range, "expect_column_values_to_be_between(pixel_max)"),
     (starve_class, "expect_column_values_to_be_between(n_images)"),
-    (label_gap, "classes: expect_column_values_to_be_between(n_images)"),
+    (label_gap, "classes: a class with fewer images than validate.min_images_per_class — "
+                "expect_column_values_to_be_between(n_images)"),
 ])
 def test_bad_data_fails_naming_the_expectation(tmp_path, corrupt, expectation):
     layout = ingest_npz(tmp_path, *corrupt(*clean_data()))
