@@ -23,6 +23,7 @@ def prefect_environment(root: Path) -> None:
         "DVC_NO_ANALYTICS": "1",
         "GX_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "distillery",
+        "DASK_LOGGING__DISTRIBUTED": "warning",  # Dask's per-worker chatter, here and in the workers
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
@@ -54,8 +55,22 @@ def flow_params(args: argparse.Namespace):
     return params
 
 
+def flow_runner(args: argparse.Namespace):
+    """Where the teachers train: --dask-address (an existing scheduler) or --dask-cluster (a
+    temporary cluster of that class for the run); neither: in the flow's process."""
+    from flows.runners import RunnerConfig
+
+    if not (args.dask_address or args.dask_cluster or args.dask_workers):
+        return RunnerConfig()
+    with user_errors(args.debug, "the command line"):
+        return RunnerConfig(kind="dask", dask_address=args.dask_address,
+                            dask_cluster_class=None if args.dask_cluster in (None, "local") else args.dask_cluster,
+                            dask_cluster_kwargs={"n_workers": args.dask_workers} if args.dask_workers else {})
+
+
 def run(args: argparse.Namespace) -> None:
     params = flow_params(args)
+    runner = flow_runner(args)
     layout = Layout(args.root.resolve())
     from flows.pipeline import compress
     from tasks.report import markdown_table
@@ -66,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
     if not args.debug:
         hide_user_error_tracebacks()
     with user_errors(args.debug, str(args.params)):
-        compress(params=params, root=str(layout.root))
+        compress(params=params, root=str(layout.root), runner=runner)
     print("\n" + markdown_table(read_json(layout.metrics)))
     print(f"\nReport: {layout.reports / 'report.md'}")
 
@@ -75,10 +90,12 @@ def serve(args: argparse.Namespace) -> None:
     """Create (or update) the deployment and serve it: scheduled runs, and runs from the UI or
     `prefect deployment run distillery/NAME --param ...`, one at a time."""
     params = flow_params(args)
+    runner = flow_runner(args)
     from flows.pipeline import compress
 
     compress.serve(name=args.name, cron=args.cron or None, global_limit=1, limit=1,
-                   parameters={"params": params.to_yaml_dict(), "root": str(args.root.resolve())},
+                   parameters={"params": params.to_yaml_dict(), "root": str(args.root.resolve()),
+                               "runner": runner.model_dump()},
                    description="Distillery pipeline: ensemble → distilled, pruned, int8 ONNX student")
 
 
@@ -114,11 +131,17 @@ def main(argv: list[str] | None = None) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", type=Path, default=Path("."), help="project root")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
+    dask = argparse.ArgumentParser(add_help=False)
+    dask.add_argument("--dask-address", help="train the teachers on this Dask scheduler (e.g. tcp://HOST:8786)")
+    dask.add_argument("--dask-cluster", nargs="?", const="local", help=(
+        "train the teachers on a temporary Dask cluster of this class (default: a LocalCluster on this machine)"))
+    dask.add_argument("--dask-workers", type=int, help="workers of the temporary cluster")
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", parents=[common], help="run the whole pipeline as a Prefect flow")
+    run_parser = commands.add_parser("run", parents=[common, dask], help="run the whole pipeline as a Prefect flow")
     run_parser.add_argument("--params", type=Path, help="params file (default: ROOT/params.yaml)")
-    serve_parser = commands.add_parser("serve", parents=[common], help="serve the flow as a scheduled deployment")
+    serve_parser = commands.add_parser("serve", parents=[common, dask],
+                                       help="serve the flow as a scheduled deployment")
     serve_parser.add_argument("--name", default="nightly", help="deployment name")
     serve_parser.add_argument("--cron", default="0 2 * * *", help="schedule (cron, server time zone); '' for none")
     serve_parser.add_argument("--params", type=Path, help="default parameters (default: ROOT/params.yaml)")

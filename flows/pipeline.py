@@ -15,6 +15,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from flows.dvc_sync import DvcTracker
+from flows.runners import RunnerConfig, teacher_map
 from tasks import report
 from tasks.config import PipelineParams, read_params_file
 from tasks.layout import Layout
@@ -23,17 +24,7 @@ from tasks.s3_store import S3Settings
 from tasks.stages import stage_calls
 
 DEFAULT_PARAMS = PipelineParams()
-
-
-@task(name="train_teacher", task_run_name="train_teacher-{index}")
-def train_teacher_task(train_one, index: int) -> dict:
-    return train_one(index)
-
-
-def each_as_task(train_one, indices) -> list[dict]:
-    """Each teacher as its own task run, in this thread. Not on a thread pool: torch in worker
-    threads ran 1.35x slower here, and every later stage 1.8x slower while those threads lived."""
-    return [train_teacher_task(train_one, i) for i in indices]
+DEFAULT_RUNNER = RunnerConfig()
 
 
 def sync_params_file(params: PipelineParams, layout: Layout) -> None:
@@ -74,18 +65,20 @@ def unpublished(layout: Layout) -> bool:
 
 
 @flow(name="distillery", log_prints=True)
-def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".", update_data: bool = True) -> dict:
+def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".", update_data: bool = True,
+             runner: RunnerConfig = DEFAULT_RUNNER) -> dict:
     """Ingest, validate, train teachers, distil, prune, quantize, export, report and publish.
 
     With `update_data`, an ingest source tracked by `dvc import-url` is updated first: a run
-    with no new data reruns nothing and publishes nothing new.
+    with no new data reruns nothing and publishes nothing new. `runner` says where the teachers
+    train: in this process one after another, or all at once on a Dask cluster.
     """
     layout = Layout(Path(root).resolve())
     with workspace_lock(layout):
-        return run_stages(params, layout, update_data)
+        return run_stages(params, layout, update_data, runner)
 
 
-def run_stages(params: PipelineParams, layout: Layout, update_data: bool) -> dict:
+def run_stages(params: PipelineParams, layout: Layout, update_data: bool, runner: RunnerConfig) -> dict:
     logger = get_run_logger()
     tracker = DvcTracker.for_root(layout.root)
     if tracker:
@@ -100,7 +93,7 @@ def run_stages(params: PipelineParams, layout: Layout, update_data: bool) -> dic
                 continue
             started = time.monotonic()
             if name == "train_teachers":
-                fn(*args, each_as_task)
+                fn(*args, teacher_map(runner))
             else:
                 task(fn, name=name)(*args)
             ran[name] = round(time.monotonic() - started, 1)

@@ -1,9 +1,14 @@
 """Train teachers: K diverse architectures, each with its own seed; any map function runs them."""
 
 import logging
+import os
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from distillery import checkpoint, models
 from distillery.data import load_dataset
@@ -24,6 +29,7 @@ def teacher_names(config: TeachersConfig) -> list[str]:
 
 def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path) -> dict:
     """Train teacher `index` with seed `config.seed + index`; write its weights and history to `out`."""
+    started = time.monotonic()
     name = teacher_names(config)[index]
     data = load_dataset(layout.dataset)
     spec = {"arch": config.models[index], "in_channels": data.in_channels, "num_classes": data.num_classes}
@@ -32,19 +38,24 @@ def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path)
     history = fit(model, data.train, data.val, settings, device(), name=name)
     checkpoint.save(model, spec, out / f"{name}.safetensors")
     result = {"name": name, "arch": spec["arch"], "params": models.count_params(model),
-              "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history}
+              "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history,
+              "seconds": round(time.monotonic() - started, 1), "torch_threads": torch.get_num_threads(),
+              "process": f"{socket.gethostname()}:{os.getpid()}"}
     write_json(out / f"{name}.json", result)
     return result
 
 
-def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict:
+def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[str, float]:
     """Write data/models/teachers/: one safetensors and one history JSON per teacher.
 
     `map_fn(train_one, indices)` runs `train_one(i)` for each teacher; the flow passes one that
-    makes each a task run of its own."""
+    makes each a task run of its own, in turn or on a Dask cluster. The largest model comes first,
+    so on a cluster the longest training starts at once."""
     require_valid(layout)
+    largest_first = sorted(range(len(config.models)), key=lambda i: -models.count_params(
+        models.build({"arch": config.models[i], "in_channels": 1, "num_classes": 10})))
     with atomic_dir(layout.teachers) as out:
-        results = list(map_fn(lambda i: train_teacher(config, i, layout, out), range(len(config.models))))
+        results = list(map_fn(lambda i: train_teacher(config, i, layout, out), largest_first))
     return {r["name"]: r["val_accuracy"] for r in results}
 
 
