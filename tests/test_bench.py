@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import yaml
 
@@ -53,3 +54,13 @@ def test_gpu_benchmark_script_runs_with_torch_and_onnxruntime_alone(staged, tmp_
                               env=venv_env(), check=True, capture_output=True, text=True).stdout
     for absent in ("torchao", "torch_pruning", "prefect", "dvc", "great_expectations"):  # not on the GPU machines
         assert f"'{absent}'" not in imported
+
+
+def test_scaled_source_has_distinct_images_in_shards(tmp_path):
+    from bench.scale import write_source
+
+    assert write_source(tmp_path, 3) == 15_000
+    shards = [np.load(p) for p in sorted(tmp_path.glob("*.npz"))]
+    assert len(shards) == 3 and all(s["x"].shape == (5000, 28, 28) and s["x"].dtype == np.uint8 for s in shards)
+    images = np.concatenate([s["x"] for s in shards]).reshape(15_000, -1)
+    assert len(np.unique(images, axis=0)) == 15_000  # no duplicates: the validation gate passes
