@@ -65,6 +65,14 @@ def worker_environment() -> dict:
             "distributed.nanny.pre-spawn-environ": spawn}
 
 
+def cluster_kwargs(config: RunnerConfig) -> dict[str, Any]:
+    """The temporary cluster's arguments; a LocalCluster listens on 127.0.0.1 only (its dashboard
+    would otherwise bind every interface)."""
+    if config.dask_address or config.dask_cluster_class:
+        return dict(config.dask_cluster_kwargs)
+    return {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:8787", **config.dask_cluster_kwargs}
+
+
 def on_dask(config: RunnerConfig) -> Callable[[Callable[[int], dict], Iterable[int]], list[dict]]:
     """A map function that trains every teacher at once, each a task on the Dask cluster. Workers
     that this run starts report to the flow's Prefect API (workers of an existing scheduler need
@@ -73,7 +81,7 @@ def on_dask(config: RunnerConfig) -> Callable[[Callable[[int], dict], Iterable[i
         from prefect_dask import DaskTaskRunner
 
         runner = DaskTaskRunner(address=config.dask_address, cluster_class=config.dask_cluster_class,
-                                cluster_kwargs=config.dask_cluster_kwargs or None)
+                                cluster_kwargs=cluster_kwargs(config) or None)
         with dask.config.set(worker_environment()), runner:
             futures = [runner.submit(train_teacher_task, {"train_one": train_one, "index": i}) for i in indices]
             return [future.result() for future in futures]

@@ -5,6 +5,7 @@ runner choice reaches the flow from the command line."""
 import argparse
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from prefect import flow
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 
 from distillery import checkpoint
 from flows.cli import flow_runner
-from flows.runners import RunnerConfig, teacher_map
+from flows.runners import RunnerConfig, cluster_kwargs, teacher_map
 from tasks import ingest, train_teachers, validate
 from tasks.layout import Layout
 from tasks.runtime import read_json
@@ -82,3 +83,14 @@ def test_runner_settings_must_agree():
         RunnerConfig(dask_address="tcp://10.0.0.5:8786")
     with pytest.raises(ValidationError, match="not both"):
         RunnerConfig(kind="dask", dask_address="tcp://h:8786", dask_cluster_class="distributed.LocalCluster")
+
+
+def test_a_temporary_local_cluster_listens_on_loopback_only():
+    from distributed import LocalCluster
+
+    here = psutil.Process()
+    before = set(here.children(recursive=True))
+    with LocalCluster(**cluster_kwargs(TWO_WORKERS)):
+        processes = [here, *(set(here.children(recursive=True)) - before)]  # the scheduler runs in this one
+        listening = {s.laddr.ip for p in processes for s in p.net_connections("tcp") if s.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}
