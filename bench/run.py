@@ -21,7 +21,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from bench import baselines
+from bench import baselines, save_results
 from bench.gpu import cpu_flags
 from distillery import models, onnx_export
 from distillery.data import load_dataset
@@ -244,10 +244,7 @@ def main() -> None:
     result = {"seeds": args.seeds, "params": params.to_yaml_dict(), "git_commit": report.git_commit(ROOT),
               "machine": machine(), "onnxruntime_threads": threads, "runs": runs, "summary": summary,
               "orchestration": orchestration, "targets": targets(runs, summary, orchestration)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(result, indent=2, default=str))
-    (args.out / "latest.md").write_text(markdown(result))
-    print(markdown(result))
+    save_results("latest", result, markdown(result), args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Writes bench/results/scale.json and scale.md.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bench import save_results
 from tasks.ingest import mnist5k
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,10 +100,7 @@ def main() -> None:
     for scale in args.scales:
         results[str(scale)] = measure(scale, args.epochs, work, startups)
         print(scale, results[str(scale)], flush=True)
-    out = ROOT / "bench" / "results"
-    (out / "scale.json").write_text(json.dumps(results, indent=2))
-    (out / "scale.md").write_text(markdown(results))
-    print(markdown(results))
+    save_results("scale", results, markdown(results))
 
 
 if __name__ == "__main__":

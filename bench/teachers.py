@@ -9,13 +9,13 @@ at once to a temporary `distributed.LocalCluster` of `--workers` processes with 
 """
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 from prefect import flow
 
+from bench import save_results
 from flows.cli import prefect_environment
 from flows.runners import RunnerConfig, teacher_map
 from tasks import ingest, train_teachers, validate
@@ -70,10 +70,7 @@ def main() -> None:
     for kind, runner in runners.items():
         results[kind] = teacher_stage(params, str(layout.root), runner)
     results["dask_over_local"] = results["dask"]["wall_s"] / results["local"]["wall_s"]
-    out = ROOT / "bench" / "results"
-    (out / "teachers.json").write_text(json.dumps(results, indent=2))
-    (out / "teachers.md").write_text(markdown(results))
-    print(markdown(results))
+    save_results("teachers", results, markdown(results))
 
 
 if __name__ == "__main__":
