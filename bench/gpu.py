@@ -2,11 +2,11 @@
 GPU machines have), and fits in a few minutes on one H100/H200.
 
 (a) Teacher training throughput (images/s): Distillery's loop (`distillery.training.fit`: bf16
-    autocast, channels-last, data held in GPU memory) against a plain PyTorch loop (DataLoader,
-    fp32, contiguous) on the same model, data, batch size and optimizer.
+    autocast, channels-last, uint8 data held in GPU memory) against a plain PyTorch loop
+    (DataLoader of float tensors, fp32, contiguous) on the same model, data, batch size and optimizer.
 (b) int8 vs fp32 onnxruntime latency of the same pruned student on this machine's CPU.
 
-    python -m bench.gpu --dataset bench/work/seed-0/data/raw/dataset.npz \\
+    python -m bench.gpu --dataset bench/work/seed-0/data/raw \\
         --onnx-dir bench/work/seed-0/data/export --out $OUT/gpu.json
 """
 
@@ -30,7 +30,7 @@ from distillery.training import TrainSettings, fit, pick_device, seeded
 
 def replicated(split: Split, times: int) -> Split:
     """Longer epochs from the same images, so the timing is not dominated by start-up."""
-    return Split(split.x.repeat(times, 1, 1, 1), split.y.repeat(times))
+    return Split(split.images, split.rows.repeat(times), split.y.repeat(times))
 
 
 def synchronize(device: torch.device) -> None:
@@ -41,7 +41,7 @@ def synchronize(device: torch.device) -> None:
 def plain_loop_images_per_s(model: nn.Module, train: Split, settings: TrainSettings, device: torch.device) -> float:
     """The loop most tutorials write: a DataLoader, fp32, per-batch host-to-device copies."""
     model.to(device).train()
-    loader = DataLoader(TensorDataset(train.x, train.y), batch_size=settings.batch_size, shuffle=True)
+    loader = DataLoader(TensorDataset(*train[:]), batch_size=settings.batch_size, shuffle=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     synchronize(device)
@@ -86,7 +86,7 @@ def training_throughput(dataset: Path, archs: list[str], epochs: int, batch_size
 
 
 def cpu_latency(onnx_dir: Path, dataset: Path, threads: int) -> dict:
-    x = load_dataset(dataset).test.x.numpy()
+    x = load_dataset(dataset).test.head(256).numpy()
     results = {}
     for name in ("pruned", "int8"):
         sess = onnx_export.session(onnx_dir / f"{name}.onnx", threads)
@@ -106,7 +106,7 @@ def cpu_flags() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, required=True, help="a dataset.npz written by the ingest stage")
+    parser.add_argument("--dataset", type=Path, required=True, help="a data/raw folder written by the ingest stage")
     parser.add_argument("--onnx-dir", type=Path, required=True, help="folder with pruned.onnx and int8.onnx")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

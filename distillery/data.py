@@ -1,22 +1,47 @@
-"""The canonical dataset file (uint8 images, labels, split ids) as tensors and batches."""
+"""The canonical dataset (data/raw/: uint8 images, labels, split ids), read batch by batch from disk."""
 
+import json
 import math
+import multiprocessing
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from distillery.errors import DistilleryError
 
 SPLITS = ("train", "val", "test")
+CPU = torch.device("cpu")
+FILES = ("images.npy", "labels.npy", "splits.npy", "info.json")
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 to the float32 range the models take, -1..1."""
+    return pixels.float().div_(255.0).sub_(0.5).div_(0.5)
 
 
 @dataclass(frozen=True)
-class Split:
-    x: torch.Tensor  # float32, N x C x H x W, scaled to [0, 1] and normalised
-    y: torch.Tensor  # int64, N
+class Split(torch.utils.data.Dataset):
+    """One split of the dataset: its images stay on disk (memory-mapped) until a batch needs them."""
+
+    images: torch.Tensor  # uint8 N x C x H x W: the whole dataset, memory-mapped (or this split on the GPU)
+    rows: torch.Tensor  # int64: where this split's images are in `images`
+    y: torch.Tensor  # int64 labels, one per row
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images at `index` (positions within the split) as normalised float32, and their labels."""
+        return normalise(self.images[self.rows[index]]), self.y[index]
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first `n` images: examples for exporters, latency timing and calibration."""
+        return self[: min(n, len(self))][0]
 
 
 @dataclass(frozen=True)
@@ -29,27 +54,41 @@ class Dataset:
     image_size: tuple[int, int]
 
 
-def load_dataset(path: Path) -> Dataset:
-    """Load `dataset.npz` (x uint8 NxCxHxW, y int64, split int8 0/1/2, num_classes)."""
-    if not path.exists():
-        raise DistilleryError(f"Dataset {path} does not exist; run the ingest stage first.")
-    with np.load(path) as arrays:
-        x = torch.from_numpy(arrays["x"]).float().div_(255.0)
-        y = torch.from_numpy(arrays["y"]).long()
-        split = arrays["split"]
-        num_classes = int(arrays["num_classes"])
-    x = (x - 0.5) / 0.5
-    parts = [Split(x[split == i], y[split == i]) for i in range(len(SPLITS))]
-    return Dataset(*parts, num_classes=num_classes, in_channels=x.shape[1], image_size=tuple(x.shape[2:]))
+def load_dataset(raw: Path) -> Dataset:
+    """Open the ingest stage's output: images.npy is memory-mapped, not read into memory."""
+    missing = [name for name in FILES if not (raw / name).exists()]
+    if missing:
+        raise DistilleryError(f"{raw} lacks {', '.join(missing)}; run the ingest stage first.")
+    images = torch.from_numpy(np.load(raw / "images.npy", mmap_mode="c"))  # copy-on-write: the file stays as is
+    labels = torch.from_numpy(np.load(raw / "labels.npy")).long()
+    splits = torch.from_numpy(np.load(raw / "splits.npy"))
+    if not len(images) == len(labels) == len(splits):
+        raise DistilleryError(f"{raw}: {len(images)} images, {len(labels)} labels and {len(splits)} split ids do not "
+                              "match; rerun the ingest stage.")
+    num_classes = len(json.loads((raw / "info.json").read_text())["classes"])
+    parts = []
+    for i in range(len(SPLITS)):
+        rows = torch.nonzero(splits == i).flatten()
+        parts.append(Split(images, rows, labels[rows]))
+    return Dataset(*parts, num_classes=num_classes, in_channels=images.shape[1], image_size=tuple(images.shape[2:]))
 
 
-def batches(split: Split, batch_size: int, generator: torch.Generator | None = None):
-    """Yield (x, y) mini-batches; shuffled with `generator` when one is given."""
-    n = len(split.y)
+def loader_workers() -> int:
+    """Processes that read batches ahead of a CUDA training loop; none inside a daemon process (a Dask
+    worker), which may not start children."""
+    return 0 if multiprocessing.current_process().daemon else min(4, os.cpu_count() or 1)
+
+
+def batches(split: Split, batch_size: int, generator: torch.Generator | None = None,
+            device: torch.device = CPU) -> DataLoader:
+    """(x, y) mini-batches, shuffled with `generator` when one is given, read from disk as they are
+    needed. Feeding a GPU from host memory, DataLoader workers read and pin the next batches; on the
+    CPU the training process reads them itself, as workers would only take its cores."""
+    n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        yield split.x[idx], split.y[idx]
+    streamed = device.type == "cuda" and not split.images.is_cuda
+    return DataLoader(split, batch_size=None, sampler=order.split(batch_size),
+                      num_workers=loader_workers() if streamed else 0, pin_memory=streamed)
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, shift: float = 0.1):
@@ -64,11 +103,12 @@ def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 
 
 
 def to_device(split: Split, device: torch.device) -> Split:
-    """On CUDA: the whole split in GPU memory when it takes under a quarter of what is free, else
-    in pinned host memory so batches copy asynchronously. On the CPU: unchanged."""
+    """On CUDA: the split's uint8 images in GPU memory when they take under a quarter of what is free
+    (else they stream from disk through DataLoader workers). On the CPU: unchanged."""
     if device.type != "cuda":
         return split
     free_bytes, _ = torch.cuda.mem_get_info(device)
-    if split.x.nbytes + split.y.nbytes < free_bytes // 4:
-        return Split(split.x.to(device), split.y.to(device))
-    return Split(split.x.pin_memory(), split.y.pin_memory())
+    if len(split) * split.images[0].nbytes >= free_bytes // 4:
+        return split
+    images = split.images[split.rows].to(device)
+    return Split(images, torch.arange(len(split), device=device), split.y.to(device))

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from distillery.data import Split, batches
 from distillery.errors import DistilleryError
 from distillery.files import atomic_file
 
@@ -48,14 +49,14 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
         raise DistilleryError(f"onnxruntime cannot load {path}: {e}") from e
 
 
-def predict(sess: ort.InferenceSession, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def predict(sess: ort.InferenceSession, data: Split, batch_size: int = 512) -> np.ndarray:
     name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
-    return np.concatenate(out).argmax(axis=1)
+    out = [sess.run(None, {name: x.numpy()})[0].argmax(axis=1) for x, _ in batches(data, batch_size)]
+    return np.concatenate(out)
 
 
-def accuracy(sess: ort.InferenceSession, x: np.ndarray, y: np.ndarray) -> float:
-    return float((predict(sess, x) == y).mean())
+def accuracy(sess: ort.InferenceSession, data: Split) -> float:
+    return float((predict(sess, data) == data.y.numpy()).mean())
 
 
 def latency_ms(sess: ort.InferenceSession, sample: np.ndarray, batch: int, budget_s: float = 2.0,

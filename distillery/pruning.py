@@ -49,7 +49,7 @@ def sensitivity_scan(model: StudentCNN, val: Split, grid: list[float],
     """Validation accuracy with one conv layer at a time pruned by each ratio in `grid`, no fine-tuning
     (channel counts not rounded, so that each ratio is what it says). None where torch-pruning
     declines a ratio (it would leave the layer almost empty)."""
-    example = val.x[:2].to(device)
+    example = val.head(2).to(device)
     scan = {}
     for name, layer in conv_layers(model).items():
         scan[name] = []

@@ -1,5 +1,5 @@
 """Training loops: supervised and distilled, on CPU or CUDA (there: bf16 autocast, channels-last,
-data in GPU or pinned memory)."""
+data in GPU memory or streamed through DataLoader workers into pinned memory)."""
 
 import logging
 import math
@@ -84,7 +84,7 @@ def train_epoch(model, optimizer, data: Split, settings: TrainSettings, loss_fn,
     """One pass over `data`; the caller puts the model in training mode. Returns the mean loss."""
     total, count = 0.0, 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for x, y in batches(data, settings.batch_size, generator):
+    for x, y in batches(data, settings.batch_size, generator, device):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if settings.augment:
             x = random_affine(x, generator)
@@ -103,7 +103,7 @@ def train_epoch(model, optimizer, data: Split, settings: TrainSettings, loss_fn,
 @torch.no_grad()
 def predict(model: nn.Module, data: Split, device: torch.device, batch_size: int = 512) -> torch.Tensor:
     """Class predictions; the caller puts the model in eval mode."""
-    out = [model(x.to(device)).argmax(dim=1).cpu() for x, _ in batches(data, batch_size)]
+    out = [model(x.to(device)).argmax(dim=1).cpu() for x, _ in batches(data, batch_size, device=device)]
     return torch.cat(out)
 
 

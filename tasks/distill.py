@@ -40,7 +40,7 @@ def train_student(spec: dict, teacher: nn.Module | None, data: Dataset, config: 
 
 def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
     """Write data/models/student/: student_alone and student_kd (safetensors + history JSON)."""
-    data = load_dataset(layout.dataset)
+    data = load_dataset(layout.raw)
     ensemble = load_ensemble(layout).to(device())
     floor = ship.floor(accuracy(ensemble, data.val, device()))
     base = {"arch": "student_cnn", "in_channels": data.in_channels, "num_classes": data.num_classes,

@@ -36,15 +36,15 @@ def float_models(layout: Layout) -> dict[str, torch.nn.Module]:
 def run(config: ExportConfig, layout: Layout) -> dict:
     """Write data/export/: <model>.onnx for every model, int8.onnx, and verification.json (with
     every file's sha256, which the report and publish stages check)."""
-    data = load_dataset(layout.dataset)
-    example, test = data.test.x[:2], data.test
+    data = load_dataset(layout.raw)
+    example, test = data.test.head(2), data.test
     int8 = convert(load_prepared(layout.qat / "qat.safetensors", example)[0])
     with atomic_dir(layout.export) as out:
         for name, model in float_models(layout).items():
             onnx_export.export(model.eval(), example, out / f"{name}.onnx")
         onnx_export.export(int8, example, out / "int8.onnx")
         torch_acc = accuracy(int8, test, torch.device("cpu"))
-        onnx_acc = onnx_export.accuracy(onnx_export.session(out / "int8.onnx"), test.x.numpy(), test.y.numpy())
+        onnx_acc = onnx_export.accuracy(onnx_export.session(out / "int8.onnx"), test)
         gap_pp = abs(torch_acc - onnx_acc) * 100
         verification = {"int8_test_accuracy_torch": torch_acc, "int8_test_accuracy_onnxruntime": onnx_acc,
                         "gap_pp": gap_pp, "max_gap_pp": config.max_accuracy_gap_pp,

@@ -1,8 +1,16 @@
-"""Ingest: read the source named in params into canonical arrays, a facts table and a split."""
+"""Ingest: stream the source named in params into canonical arrays, a facts table and a split.
+
+Sources are read in two passes, so memory holds one chunk of images at a time whatever the
+dataset's size: first the labels (they decide the stratified split), then the pixels, chunk by
+chunk (an .npz shard, a batch of decoded image files), written straight to data/raw/images.npy
+with one row of facts per image for the validation gate."""
 
 import hashlib
 import json
 import logging
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +24,21 @@ from tasks.layout import Layout
 
 log = logging.getLogger("distillery")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+DECODE_BATCH = 256  # image files decoded per chunk
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset as two passes: its labels at once, its pixels (N x C x H x W chunks, in label order) on demand."""
+
+    labels: np.ndarray
+    class_names: list[str]
+    chunks: Callable[[], Iterator[np.ndarray]]
+    where: str  # how error messages name it
+
+
+def in_memory(x: np.ndarray, y: np.ndarray, class_names: list[str], where: str, chunk: int = 4096) -> Source:
+    return Source(y, class_names, lambda: (x[i : i + chunk] for i in range(0, len(x), chunk)), where)
 
 
 def mnist5k() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -34,8 +57,31 @@ def digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.round(d.images * (255 / 16))[:, None], d.target, [str(i) for i in range(10)]
 
 
-def npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One .npz with `x` (N,H,W), (N,H,W,C) or (N,C,H,W) pixels in 0..255 and integer `y`; x as NCHW."""
+def npz_shape(path: Path, name: str) -> tuple[int, ...]:
+    """The shape of array `name` in an .npz file, read from its header without loading the array."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)[0]
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(f)[0]
+    with np.load(path, allow_pickle=False) as arrays:
+        return arrays[name].shape
+
+
+def as_nchw(x_shape: tuple[int, ...], path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """How to turn an `x` of this shape, (N,H,W), (N,H,W,C) or (N,C,H,W), into N x C x H x W."""
+    if len(x_shape) == 3:
+        return lambda x: x[:, None]
+    if len(x_shape) == 4 and x_shape[-1] in (1, 3) and x_shape[1] not in (1, 3):
+        return lambda x: x.transpose(0, 3, 1, 2)
+    if len(x_shape) == 4:
+        return lambda x: x
+    raise DistilleryError(f"{path}: `x` must be (N,H,W), (N,H,W,C) or (N,C,H,W); got shape {x_shape}.")
+
+
+def npz_labels(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
+    """One .npz shard's integer labels `y` and its images' shape (C, H, W); checks both without reading `x`."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
             missing = {"x", "y"} - set(arrays.files)
@@ -43,24 +89,22 @@ def npz_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 raise DistilleryError(
                     f"{path} lacks array(s) {', '.join(sorted(missing))}; it must hold `x` (images) and `y` (labels)."
                     f" It holds: {', '.join(arrays.files) or 'nothing'}.")
-            x, y = arrays["x"], arrays["y"]
-    except (OSError, ValueError) as e:
+            y = arrays["y"]
+        x_shape = npz_shape(path, "x")
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise DistilleryError(f"{path} is not a readable .npz file: {e}") from e
-    if len(x) != len(y):
-        raise DistilleryError(f"{path}: `x` has {len(x)} images but `y` has {len(y)} labels.")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DistilleryError(f"{path}: labels `y` must be integers, got dtype {y.dtype}.")
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        x = x.transpose(0, 3, 1, 2)
-    elif x.ndim != 4:
-        raise DistilleryError(f"{path}: `x` must be (N,H,W), (N,H,W,C) or (N,C,H,W); got shape {x.shape}.")
-    return x, y
+    if x_shape[:1] != y.shape[:1]:
+        raise DistilleryError(f"{path}: `x` has {x_shape[0] if x_shape else 0} images but `y` has {len(y)} labels.")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise DistilleryError(
+            f"{path}: labels `y` must be one integer per image, got dtype {y.dtype} and shape {y.shape}.")
+    image_shape = as_nchw(x_shape, path)(np.empty((0, *x_shape[1:]))).shape[1:]
+    return y, image_shape
 
 
-def npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """An .npz file, or a folder of .npz shards joined in name order (new data lands as new shards)."""
+def npz(path: Path) -> Source:
+    """An .npz file, or a folder of .npz shards joined in name order (new data lands as new shards);
+    each holds `x` (N,H,W), (N,H,W,C) or (N,C,H,W) pixels in 0..255 and integer labels `y`."""
     if path.is_dir():
         shards = sorted(path.glob("*.npz"))
         if not shards:
@@ -69,55 +113,102 @@ def npz(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         shards = [path]
     else:
         raise DistilleryError(f"ingest.path {path} does not exist; it must be an .npz file or a folder of them.")
-    parts = [npz_arrays(shard) for shard in shards]
-    for shard, (x, _) in zip(shards, parts, strict=True):
-        if x.shape[1:] != parts[0][0].shape[1:]:
-            raise DistilleryError(f"{shard} holds images of shape {x.shape[1:]} but {shards[0]} holds "
-                                  f"{parts[0][0].shape[1:]}; every shard must share one image shape.")
-    x = np.concatenate([x for x, _ in parts])
-    y = np.concatenate([y for _, y in parts])
-    return x, y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
+    labels, first_shape = [], None
+    for shard in shards:
+        y, image_shape = npz_labels(shard)
+        first_shape = first_shape or image_shape
+        if image_shape != first_shape:
+            raise DistilleryError(f"{shard} holds images of shape {image_shape} but {shards[0]} holds "
+                                  f"{first_shape}; every shard must share one image shape.")
+        labels.append(y)
+    y = np.concatenate(labels)
+
+    def chunks() -> Iterator[np.ndarray]:
+        for shard in shards:
+            with np.load(shard, allow_pickle=False) as arrays:
+                x = arrays["x"]
+            yield as_nchw(x.shape, shard)(x)
+
+    where = str(path)
+    return Source(y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)], chunks, where)
 
 
-def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """One sub-folder per class of PNG/JPEG files; converted to `color`, resized to `size` if set."""
+def read_image(file: Path, color: str, size: tuple[int, int] | None) -> np.ndarray:
+    """One PNG/JPEG file as C x H x W pixels, converted to `color` and resized to `size` if set."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(file) as img:
+            img = img.convert("L" if color == "gray" else "RGB")
+            if size:
+                img = img.resize((size[1], size[0]))
+            pixels = np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DistilleryError(f"Cannot read image {file}: {e}. Remove or replace it.") from e
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+class ImageFiles:
+    """Image files decoded in DataLoader worker processes; a file that cannot be read comes back as its
+    error, raised by the main process (a worker's exception would carry its traceback into the message)."""
+
+    def __init__(self, files: list[Path], color: str, size: tuple[int, int] | None):
+        self.files, self.color, self.size = files, color, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> np.ndarray | DistilleryError:
+        try:
+            return read_image(self.files[i], self.color, self.size)
+        except DistilleryError as e:
+            return e
+
+
+def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> Source:
+    """One sub-folder per class of PNG/JPEG files, decoded in parallel by DataLoader workers."""
     if not path.is_dir():
         raise DistilleryError(f"ingest.path {path} does not exist or is not a folder.")
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DistilleryError(f"{path} has no class sub-folders; expected one folder of images per class.")
-    images, labels, first_size = [], [], None
+    files, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
             raise DistilleryError(f"Class folder {path / name} holds no PNG or JPEG images.")
-        for file in files:
-            try:
-                with Image.open(file) as img:
-                    img = img.convert("L" if color == "gray" else "RGB")
-                    if size:
-                        img = img.resize((size[1], size[0]))
-                    pixels = np.asarray(img)
-            except (UnidentifiedImageError, OSError, SyntaxError) as e:
-                raise DistilleryError(f"Cannot read image {file}: {e}. Remove or replace it.") from e
-            first_size = first_size or pixels.shape[:2]
-            if pixels.shape[:2] != first_size:
-                raise DistilleryError(
-                    f"Image {file} is {pixels.shape[1]}x{pixels.shape[0]} but earlier images are "
-                    f"{first_size[1]}x{first_size[0]}; set ingest.image_size to resize all images.")
-            images.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
-            labels.append(label)
-    return np.stack(images), np.array(labels), classes
+        files += found
+        labels += [label] * len(found)
+
+    def chunks() -> Iterator[np.ndarray]:
+        from torch.utils.data import DataLoader
+
+        from distillery.data import loader_workers
+
+        workers = loader_workers() if len(files) >= 8 * DECODE_BATCH else 0  # starting workers costs more
+        loader = DataLoader(ImageFiles(files, color, size), batch_size=DECODE_BATCH, collate_fn=list,
+                            num_workers=workers)
+        first = None
+        for batch_index, images in enumerate(loader):
+            for i, pixels in enumerate(images):
+                if isinstance(pixels, DistilleryError):
+                    raise pixels
+                first = first if first is not None else pixels.shape
+                if pixels.shape != first:
+                    raise DistilleryError(
+                        f"Image {files[batch_index * DECODE_BATCH + i]} is {pixels.shape[2]}x{pixels.shape[1]} but "
+                        f"earlier images are {first[2]}x{first[1]}; set ingest.image_size to resize all images.")
+            yield np.stack(images)
+
+    return Source(np.array(labels), classes, chunks, str(path))
 
 
-def load_source(config: IngestConfig, root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The source's images, labels and class names; `ingest.path` is relative to the project root."""
+def open_source(config: IngestConfig, root: Path) -> Source:
+    """The source named in params; `ingest.path` is relative to the project root."""
     if config.source == "mnist5k":
-        return mnist5k()
+        return in_memory(*mnist5k(), "the mnist5k data")
     if config.source == "digits":
-        return digits()
+        return in_memory(*digits(), "the digits data")
     if config.source == "npz":
         return npz(root / config.path)
     return image_folder(root / config.path, config.color, config.image_size)
@@ -139,36 +230,65 @@ def stratified_split(y: np.ndarray, config: IngestConfig, where: str) -> np.ndar
     return split
 
 
-def image_facts(x: np.ndarray, y: np.ndarray, split: np.ndarray) -> pd.DataFrame:
-    """One row per image: the facts validation checks (label, shape, pixel range, NaN, hash)."""
-    flat = x.reshape(len(x), -1)
+def image_facts(raw: np.ndarray, stored: np.ndarray, y: np.ndarray, split: np.ndarray) -> pd.DataFrame:
+    """One row per image: the facts validation checks. Pixel range and NaNs come from the source's
+    values (`raw`), the hash from the uint8 pixels stored."""
+    flat = raw.reshape(len(raw), -1)
     with np.errstate(invalid="ignore"):
         return pd.DataFrame({
             "label": y.astype(np.int64),
             "split": np.array(["train", "val", "test"])[split],
-            "channels": x.shape[1], "height": x.shape[2], "width": x.shape[3],
+            "channels": raw.shape[1], "height": raw.shape[2], "width": raw.shape[3],
             "pixel_min": np.nanmin(flat, axis=1) if flat.size else [],
             "pixel_max": np.nanmax(flat, axis=1) if flat.size else [],
             "pixel_mean": np.nanmean(flat, axis=1) if flat.size else [],
             "non_finite": (~np.isfinite(flat)).sum(axis=1),
-            "sha256": [hashlib.sha256(row.tobytes()).hexdigest() for row in flat],
+            "sha256": [hashlib.sha256(row.tobytes()).hexdigest() for row in stored.reshape(len(stored), -1)],
         })
 
 
+def as_uint8(raw: np.ndarray) -> np.ndarray:
+    """Pixels as stored: rounded to whole values and clipped to 0..255 (NaN as 0). Values out of range
+    or not finite are in the facts, so validation rejects such data before anything trains on it."""
+    if raw.dtype == np.uint8:
+        return np.ascontiguousarray(raw)
+    return np.clip(np.nan_to_num(raw, nan=0.0, posinf=255.0, neginf=0.0).round(), 0, 255).astype(np.uint8)
+
+
+def write_images(source: Source, split: np.ndarray, out: Path) -> tuple[int, ...]:
+    """Stream the source's pixels into out/images.npy (uint8, N x C x H x W, source order) and their
+    facts into out/facts.csv, one chunk at a time; returns the image shape (C, H, W)."""
+    labels, written, shape = source.labels, 0, None
+    with (out / "images.npy").open("wb") as images, (out / "facts.csv").open("w", newline="") as facts:
+        for chunk in source.chunks():
+            if shape is None:
+                shape = chunk.shape[1:]
+                np.lib.format.write_array_header_1_0(
+                    images, {"descr": "|u1", "fortran_order": False, "shape": (len(labels), *shape)})
+            rows = slice(written, written + len(chunk))
+            raw = chunk.astype(np.float32, copy=False)
+            stored = as_uint8(chunk)
+            image_facts(raw, stored, labels[rows], split[rows]).to_csv(facts, header=written == 0, index=False)
+            images.write(stored.tobytes())
+            written += len(chunk)
+    if written != len(labels):
+        raise DistilleryError(f"{source.where} gave {written} images for {len(labels)} labels.")
+    return shape
+
+
 def run(config: IngestConfig, layout: Layout) -> dict:
-    """Write data/raw/: dataset.npz (x float32 NxCxHxW in 0..255, y, split), facts.csv, info.json."""
-    x, y, class_names = load_source(config, layout.root)
-    where = str(layout.root / config.path) if config.source in ("folder", "npz") else f"the {config.source} data"
-    if len(y) == 0:
-        raise DistilleryError(f"{where} holds no images.")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    y = y.astype(np.int64)
-    split = stratified_split(y, config, where)
+    """Write data/raw/: images.npy (uint8 N x C x H x W), labels.npy, splits.npy (0 train, 1 val,
+    2 test), facts.csv (one row per image) and info.json."""
+    source = open_source(config, layout.root)
+    if len(source.labels) == 0:
+        raise DistilleryError(f"{source.where} holds no images.")
+    y = source.labels.astype(np.int64)
+    split = stratified_split(y, config, source.where)
     with atomic_dir(layout.raw) as out:
-        np.savez(out / "dataset.npz", x=x, y=y, split=split, num_classes=len(class_names),
-                 class_names=np.array(class_names))
-        image_facts(x, y, split).to_csv(out / "facts.csv", index=False)
-        info = {"source": config.source, "images": len(y), "classes": class_names, "shape": list(x.shape[1:]),
+        shape = write_images(source, split, out)
+        np.save(out / "labels.npy", y)
+        np.save(out / "splits.npy", split)
+        info = {"source": config.source, "images": len(y), "classes": source.class_names, "shape": list(shape),
                 "n_train": int((split == 0).sum()), "n_val": int((split == 1).sum()),
                 "n_test": int((split == 2).sum())}
         (out / "info.json").write_text(json.dumps(info, indent=2))

@@ -25,8 +25,9 @@ def onnx_latency_ms(model: StudentCNN, data: Dataset, batch: int) -> float:
     """The model's onnxruntime latency on this machine, as the report measures it."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        onnx_export.export(copy.deepcopy(model).cpu().eval(), data.val.x[:2], path)
-        return onnx_export.latency_ms(onnx_export.session(path), data.val.x.numpy(), batch, budget_s=0.5)
+        onnx_export.export(copy.deepcopy(model).cpu().eval(), data.val.head(2), path)
+        return onnx_export.latency_ms(onnx_export.session(path), data.val.head(batch).numpy(), batch,
+                                      budget_s=0.5)
 
 
 def latency_check(target_ms: float, data: Dataset, batch: int) -> Callable[[StudentCNN], bool]:
@@ -61,7 +62,7 @@ def plot_sensitivity(scan: dict[str, list[float | None]], baseline: float, ratio
 
 def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
     """Write data/models/pruned/: a physically smaller student (new widths in its spec)."""
-    data = load_dataset(layout.dataset)
+    data = load_dataset(layout.raw)
     model, spec = checkpoint.load(layout.student / "student_kd.safetensors")
     model.to(device()).eval()
     before = models.count_params(model)
@@ -76,7 +77,7 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
         log.info("per-layer prune ratios from the sensitivity scan: %s", layer_ratios)
     target = config.target_latency_ms
     fast_enough = latency_check(target, data, ship.latency_batch) if target else None
-    pruner = make_pruner(model, data.train.x[:2].to(device()), config.ratio, config.steps, config.round_to,
+    pruner = make_pruner(model, data.train.head(2).to(device()), config.ratio, config.steps, config.round_to,
                          config.schedule, layer_ratios)
     loss = make_loss(load_ensemble(layout).to(device()), kd_settings(kd))
     history = prune_gradually(model, data.train, data.val, pruner, config.steps, train_settings(config), loss,

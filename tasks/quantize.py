@@ -20,9 +20,9 @@ log = logging.getLogger("distillery")
 
 def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
     """Write data/models/qat/: the fake-quantized student's state (safetensors) and its history."""
-    data = load_dataset(layout.dataset)
+    data = load_dataset(layout.raw)
     model, spec = checkpoint.load(layout.pruned / "pruned.safetensors")
-    prepared = prepare_qat(model, data.train.x[:2])
+    prepared = prepare_qat(model, data.train.head(2))
     loss = make_loss(load_ensemble(layout).to(device()), kd_settings(kd))
     history = qat_finetune(prepared, data.train, data.val, train_settings(config), loss, device())
     prepared.cpu()

@@ -1,6 +1,7 @@
 """Report: accuracy, size and onnxruntime latency of every model; metrics.json, markdown, plots."""
 
 import hashlib
+import json
 import logging
 import subprocess
 from pathlib import Path
@@ -21,10 +22,16 @@ MODELS = ("ensemble", "student_alone", "student_kd", "pruned", "int8")
 DEPLOYABLE = ("pruned", "int8")  # the fp32 and the int8 student: the faster one that meets the floor ships
 
 
-def md5(path: Path) -> str:
-    """The md5 DVC records for this file."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
+def dvc_md5(folder: Path) -> str:
+    """The md5 DVC records for a folder output (as in dvc.lock): the md5 of its sorted file listing
+    with each file's md5, plus ".dir"."""
+    def file_md5(path: Path) -> str:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "md5").hexdigest()
+
+    files = sorted((f.relative_to(folder).as_posix(), f) for f in folder.rglob("*") if f.is_file())
+    listing = [{"md5": file_md5(f), "relpath": relpath} for relpath, f in files]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
 def git_commit(root: Path) -> str | None:
@@ -53,9 +60,8 @@ def param_counts(layout: Layout) -> dict[str, int]:
 def measure(path: Path, data: Dataset, params: int | None, budget_s: float, threads: int = 0) -> dict:
     """Test and validation accuracy, size and batch-1/256 latency of one ONNX model in onnxruntime."""
     sess = onnx_export.session(path, threads)
-    x = data.test.x.numpy()
-    return {"accuracy": onnx_export.accuracy(sess, x, data.test.y.numpy()),
-            "val_accuracy": onnx_export.accuracy(sess, data.val.x.numpy(), data.val.y.numpy()),
+    x = data.test.head(256).numpy()
+    return {"accuracy": onnx_export.accuracy(sess, data.test), "val_accuracy": onnx_export.accuracy(sess, data.val),
             "params": params, "bytes": path.stat().st_size,
             "latency_ms": {"b1": onnx_export.latency_ms(sess, x, 1, budget_s),
                            "b256": onnx_export.latency_ms(sess, x, 256, budget_s)}}
@@ -170,16 +176,16 @@ def histories(layout: Layout) -> dict[str, list[dict]]:
 
 def run(config: ReportConfig, params: PipelineParams, layout: Layout) -> dict:
     """Write data/reports/: metrics.json, report.md and PNG plots."""
-    data = load_dataset(layout.dataset)
+    data = load_dataset(layout.raw)
     counts = param_counts(layout)
     measured = {name: measure(path, data, counts[name], config.latency_budget_s)
                 for name, path in exported.verified_onnx(layout).items()}
-    info = read_json(layout.raw / "info.json")
+    info = read_json(layout.dataset_info)
     metrics = {
         "teachers": [{"name": k.removeprefix("teacher_"), **v}
                      for k, v in measured.items() if k.startswith("teacher_")],
         **{m: measured[m] for m in MODELS},
-        "dataset": {"name": info["source"], "md5": md5(layout.dataset), "n_train": info["n_train"],
+        "dataset": {"name": info["source"], "md5": dvc_md5(layout.raw), "n_train": info["n_train"],
                     "n_val": info["n_val"], "n_test": info["n_test"]},
         "git_commit": git_commit(layout.root),
         "onnxruntime": {"version": ort.__version__, "threads": "default"},

@@ -31,7 +31,7 @@ def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path)
     """Train teacher `index` with seed `config.seed + index`; write its weights and history to `out`."""
     started = time.monotonic()
     name = teacher_names(config)[index]
-    data = load_dataset(layout.dataset)
+    data = load_dataset(layout.raw)
     spec = {"arch": config.models[index], "in_channels": data.in_channels, "num_classes": data.num_classes}
     settings = replace(train_settings(config), seed=config.seed + index)
     model = seeded(settings.seed, lambda: models.build(spec))

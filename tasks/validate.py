@@ -8,7 +8,6 @@ import json
 import logging
 import os
 
-import numpy as np
 import pandas as pd
 
 from distillery.errors import DistilleryError
@@ -122,8 +121,7 @@ def run(config: ValidateConfig, layout: Layout) -> dict:
     facts = pd.read_csv(layout.facts)
     if facts.empty:
         raise DistilleryError(f"{layout.facts} lists no images.")
-    with np.load(layout.dataset) as arrays:
-        num_classes = int(arrays["num_classes"])
+    num_classes = len(json.loads(layout.dataset_info.read_text())["classes"])
     classes = class_table(facts, num_classes)
     with atomic_dir(layout.validation) as out:
         import great_expectations as gx

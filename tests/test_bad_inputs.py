@@ -165,7 +165,7 @@ CASES = {
     "npz-length-mismatch": npz_case({"x": np.zeros((4, 5, 5)), "y": np.zeros(3, int)},
                                     "`x` has 4 images but `y` has 3 labels"),
     "npz-float-labels": npz_case({"x": np.zeros((4, 5, 5)), "y": np.array([0.0, 1.5, 1.0, 0.0])},
-                                 "labels `y` must be integers"),
+                                 "labels `y` must be one integer per image"),
     "npz-bad-shape": npz_case({"x": np.zeros((4, 5)), "y": np.zeros(4, int)}, "must be (N,H,W)"),
     "npz-one-image-per-class": npz_case({"x": np.zeros((3, 5, 5)), "y": np.arange(3)},
                                         "Cannot make a stratified train/val/test split"),

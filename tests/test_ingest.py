@@ -1,30 +1,40 @@
 """Ingest: every source lands as the same canonical arrays with a stratified, seeded split."""
 
 import math
+import os
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
+from distillery.data import load_dataset
+from distillery.errors import DistilleryError
 from tasks import ingest
 from tasks.config import IngestConfig
 from tasks.layout import Layout
+
+
+def stored(layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ingest wrote: images, labels and split ids."""
+    return tuple(np.load(layout.raw / name) for name in ("images.npy", "labels.npy", "splits.npy"))
 
 
 def test_digits_split_is_stratified_and_deterministic(tmp_path):
     layout = Layout(tmp_path)
     info = ingest.run(IngestConfig(source="digits", seed=3), layout)
     assert info["images"] == 1797 and info["shape"] == [1, 8, 8]
-    with np.load(layout.dataset) as a:
-        x, y, split = a["x"], a["y"], a["split"]
-    assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
+    x, y, split = stored(layout)
+    assert x.dtype == np.uint8 and np.array_equal(x, ingest.digits()[0])  # digits are whole numbers 0..255
     assert info["n_test"] == (split == 2).sum() == math.ceil(1797 * 0.2)  # sklearn rounds the test share up
     for part in range(3):  # every class in every split, in about the same proportion
         shares = np.bincount(y[split == part], minlength=10) / (split == part).sum()
         assert np.allclose(shares, np.bincount(y) / len(y), atol=0.02)
     again = Layout(tmp_path / "again")
     ingest.run(IngestConfig(source="digits", seed=3), again)
-    with np.load(again.dataset) as b:
-        assert np.array_equal(b["split"], split)
+    assert np.array_equal(stored(again)[2], split)
 
 
 def test_mnist5k_is_the_bundled_default():
@@ -55,8 +65,8 @@ def test_npz_folder_joins_shards_in_name_order_relative_to_the_root(tmp_path):
     layout = Layout(tmp_path)
     info = ingest.run(IngestConfig(source="npz", path="data/source/batches"), layout)
     assert info["images"] == 60 and info["classes"] == ["0", "1", "2"]
-    with np.load(layout.dataset) as a:
-        assert np.array_equal(a["x"][:, 0], x) and np.array_equal(a["y"], y)
+    images, labels, _ = stored(layout)
+    assert np.array_equal(images[:, 0], x) and np.array_equal(labels, y)
 
 
 def image_folder(root, sizes=((8, 8),) * 3, per_class=12):
@@ -84,5 +94,67 @@ def test_gray_and_rgb_images_mix_under_the_color_policy(tmp_path):
     layout = Layout(tmp_path)
     info = ingest.run(IngestConfig(source="folder", path=root, color="rgb"), layout)
     assert info["shape"] == [3, 8, 8] and info["images"] == 37
-    with np.load(layout.dataset) as a:
-        assert any((image == 200).all() for image in a["x"])  # the gray image, its value in all 3 channels
+    assert any((image == 200).all() for image in stored(layout)[0])  # the gray image, its value in all 3 channels
+
+
+def test_npz_shards_stream_one_at_a_time(tmp_path):
+    """Ingest holds one shard of pixels (and its facts) at a time, not the dataset: with 12 shards of
+    3 MB of float32 pixels each, numpy's peak allocation stays well under the 36 MB they add up to."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        write_npz(shards / f"{i:02d}.npz", x=rng.integers(0, 256, (750, 32, 32)).astype(np.float32),
+                  y=np.arange(750) % 10)
+    tracemalloc.start()
+    try:
+        info = ingest.run(IngestConfig(source="npz", path=shards), Layout(tmp_path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info["images"] == 9000
+    assert peak < 15e6, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_image_files_decode_in_worker_processes_in_file_order(tmp_path):
+    root = image_folder(tmp_path / "imgs", per_class=ingest.DECODE_BATCH * 3)  # enough files for workers
+    layout = Layout(tmp_path)
+    ingest.run(IngestConfig(source="folder", path=root), layout)
+    images, labels, _ = stored(layout)
+    files = sorted((root / "class_1").iterdir(), key=lambda f: f.name)
+    first = np.flatnonzero(labels == 1)[0]
+    assert np.array_equal(images[first], ingest.read_image(files[0], "gray", None))
+    assert all(np.array_equal(images[first + i], ingest.read_image(f, "gray", None)) for i, f in enumerate(files))
+
+
+def test_an_unreadable_file_in_a_worker_is_named_without_its_traceback(tmp_path):
+    root = image_folder(tmp_path / "imgs", per_class=ingest.DECODE_BATCH * 3)
+    (root / "class_2" / "7.png").write_text("not an image")
+    with pytest.raises(DistilleryError) as raised:
+        ingest.run(IngestConfig(source="folder", path=root), Layout(tmp_path))
+    assert str(raised.value).startswith(f"Cannot read image {root / 'class_2' / '7.png'}")
+    assert "Traceback" not in str(raised.value) and not Layout(tmp_path).raw.exists()
+
+
+def test_the_dataset_is_memory_mapped_not_read(tmp_path):
+    """A 2 GB images.npy (a sparse file) opens without growing resident memory; a batch reads only
+    its own rows."""
+    raw = Layout(tmp_path).raw
+    raw.mkdir(parents=True)
+    n = 2_000_000
+    images = np.lib.format.open_memmap(raw / "images.npy", mode="w+", dtype=np.uint8, shape=(n, 1, 32, 32))
+    images[1] = 255
+    del images
+    np.save(raw / "labels.npy", np.arange(n) % 10)
+    np.save(raw / "splits.npy", (np.arange(n) % 3).astype(np.int8))
+    (raw / "info.json").write_text('{"classes": ["0","1","2","3","4","5","6","7","8","9"]}')
+    before = resident_bytes()
+    data = load_dataset(raw)
+    x, y = data.val[torch.tensor([0, 5])]  # rows 1 and 16
+    assert resident_bytes() - before < 200e6  # the 16 MB of labels and split ids, not 2 GB of images
+    assert x.shape == (2, 1, 32, 32) and (x[0] == 1.0).all() and (x[1] == -1.0).all()
+    assert y.tolist() == [1, 6] and len(data.train) + len(data.val) + len(data.test) == n
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")

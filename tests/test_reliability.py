@@ -50,7 +50,7 @@ def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, pr
         with pytest.raises(DistilleryError, match="is busy"):
             compress(params=tiny_params(), root=str(project))
         assert not layout.raw.exists()
-    assert ingest(project).returncode == 0 and layout.dataset.exists()  # released when the run ends
+    assert ingest(project).returncode == 0 and layout.images.exists()  # released when the run ends
 
 
 def test_a_killed_run_leaves_no_lock_behind(project):

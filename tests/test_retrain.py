@@ -6,12 +6,13 @@ import io
 
 import boto3
 import numpy as np
+import yaml
 from sklearn.datasets import load_digits
 
 from flows.pipeline import compress
 from tasks.config import PipelineParams
 from tasks.layout import Layout
-from tasks.report import md5
+from tasks.report import dvc_md5
 from tasks.s3_store import ArtifactStore, S3Settings
 from tasks.stages import STAGES
 from tests.conftest import TINY, copy_project
@@ -55,6 +56,8 @@ def test_new_objects_under_the_s3_prefix_retrain_and_none_is_a_no_op(tmp_path, p
     second = store.latest("retrain-student")
     assert store.versions("retrain-student") == [first, second]
     dataset = store.manifest_or_none("retrain-student", second)["lineage"]["dataset"]
-    assert dataset["md5"] == md5(layout.dataset) != first_md5
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    recorded = next(o["md5"] for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/raw")
+    assert dataset["md5"] == dvc_md5(layout.raw) == recorded != first_md5  # the hash DVC itself recorded
     assert dataset["n_train"] + dataset["n_val"] + dataset["n_test"] == len(y)
     assert sorted(p.name for p in (project / "data/source/incoming").iterdir()) == ["batch-000.npz", "batch-001.npz"]
