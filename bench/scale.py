@@ -2,55 +2,96 @@
 
     python -m bench.scale [--scales 1 4 16] [--epochs 1]
 
-For each scale it writes an `npz` source of that many copies of the bundled 5,000-image MNIST
-subset, each copy shifted by a different offset of up to 2 pixels (so no two images are equal and
-validation passes), as shards of 5,000 images. Then it runs the stage commands a user runs,
-each in its own process: ingest, validate, and train_teachers with one wide CNN for `--epochs`.
-Per stage: wall seconds, microseconds per image (without the command's start) and the process's
-peak resident memory.
+For each scale it writes that many copies of the bundled 5,000-image MNIST subset, each copy
+shifted by a different offset of up to 2 pixels (so no two images are equal and validation
+passes), twice: as .npz shards of 5,000 images and as an image folder of PNG files. Then it runs
+the stage commands a user runs, each in its own process: ingest of either source, validate, and
+train_teachers with one wide CNN for `--epochs` (on the shards' dataset). Per stage: wall
+seconds, microseconds per image (without the command's start) and peak memory: the largest sum,
+sampled every 50 ms, of the proportional set size (PSS) of the command and its child processes
+(DataLoader workers), so pages they share count once.
 Writes bench/results/scale.json and scale.md.
 """
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import yaml
+from PIL import Image
 
 from bench import save_results
 from tasks.ingest import mnist5k
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "validate", "train_teachers")
+STAGES = {  # row name: (stage command, source)
+    "ingest (npz shards)": ("ingest", "npz"),
+    "ingest (image folder)": ("ingest", "folder"),
+    "validate": ("validate", "npz"),
+    "train_teachers": ("train_teachers", "npz"),
+}
 
 
-def write_source(folder: Path, scale: int) -> int:
-    """`scale` shifted copies of mnist5k as .npz shards; returns the number of images."""
+def shifted_copies(scale: int):
+    """(copy index, images, labels) of `scale` distinct shifted copies of mnist5k, as uint8 N x 28 x 28."""
     x, y, _ = mnist5k()
     shifts = sorted(((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)), key=lambda s: abs(s[0]) + abs(s[1]))
     if scale > len(shifts):
         raise SystemExit(f"at most {len(shifts)} distinct copies")
-    folder.mkdir(parents=True, exist_ok=True)
     for copy, shift in enumerate(shifts[:scale]):
-        shifted = np.roll(x, shift, axis=(2, 3)).astype(np.uint8)
-        np.savez(folder / f"copy-{copy:03d}.npz", x=shifted[:, 0], y=y)
-    return scale * len(y)
+        yield copy, np.roll(x, shift, axis=(2, 3)).astype(np.uint8)[:, 0], y
+
+
+def write_source(folder: Path, scale: int) -> int:
+    """`scale` shifted copies of mnist5k as .npz shards; returns the number of images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for copy, x, y in shifted_copies(scale):
+        np.savez(folder / f"copy-{copy:03d}.npz", x=x, y=y)
+    return scale * 5000
+
+
+def write_image_folder(folder: Path, scale: int) -> None:
+    """The same images as PNG files, one sub-folder per class."""
+    for copy, x, y in shifted_copies(scale):
+        for i, (image, label) in enumerate(zip(x, y, strict=True)):
+            (folder / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / str(label) / f"{copy:03d}-{i:04d}.png")
+
+
+def tree_pss(process: psutil.Process) -> int:
+    """Proportional set size of a process and its descendants, in bytes."""
+    total = 0
+    for p in (process, *process.children(recursive=True)):
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
 
 
 def run_stage(stage: str, *args: str) -> dict:
-    """Run `python -m tasks.<stage> ARGS` in its own process: wall seconds and peak RSS (MB)."""
+    """Run `python -m tasks.<stage> ARGS` in its own process: wall seconds and peak PSS (MB)."""
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}", *args], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
+    tree, peak = psutil.Process(process.pid), 0
+    while not (done := os.wait4(process.pid, os.WNOHANG))[0]:
+        try:
+            peak = max(peak, tree_pss(tree))
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.05)
     seconds = time.perf_counter() - started
-    if status != 0:
+    if done[1] != 0:
         raise SystemExit(f"tasks.{stage} {' '.join(args)} failed: {process.stderr.read()}")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"seconds": round(seconds, 2), "peak_mb": round(peak / 2**20, 1),
+            "peak_rss_main_mb": round(done[2].ru_maxrss / 1024, 1)}
 
 
 def startup(stage: str) -> dict:
@@ -59,32 +100,50 @@ def startup(stage: str) -> dict:
     return min((run_stage(stage, "--help") for _ in range(2)), key=lambda r: r["seconds"])
 
 
+def workspace(root: Path, source: str, epochs: int) -> Path:
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "ingest": {"source": source, "path": f"data/source/{source}"},
+        "teachers": {"models": ["wide_cnn"], "epochs": epochs}}))
+    return root
+
+
 def measure(scale: int, epochs: int, work: Path, startups: dict) -> dict:
-    root = work / f"x{scale}"
-    images = write_source(root / "data" / "source" / "shards", scale)
-    params = {"ingest": {"source": "npz", "path": "data/source/shards"},
-              "teachers": {"models": ["wide_cnn"], "epochs": epochs}}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    stages = {stage: run_stage(stage, "--root", str(root)) for stage in STAGES}
-    for stage, result in stages.items():
+    roots = {source: workspace(work / f"x{scale}" / source, source, epochs) for source in ("npz", "folder")}
+    images = write_source(roots["npz"] / "data" / "source" / "npz", scale)
+    write_image_folder(roots["folder"] / "data" / "source" / "folder", scale)
+    stages = {name: run_stage(stage, "--root", str(roots[source])) for name, (stage, source) in STAGES.items()}
+    for name, result in stages.items():
+        stage = STAGES[name][0]
         per = images * (epochs if stage == "train_teachers" else 1)
         result["us_per_image"] = round((result["seconds"] - startups[stage]["seconds"]) / per * 1e6, 1)
     return {"images": images, "stages": stages}
 
 
+def growth(results: dict) -> dict:
+    """Per stage, the largest scale against 1x: cost per image and peak memory."""
+    low, high = results[str(min(results["scales"]))]["stages"], results[str(max(results["scales"]))]["stages"]
+    return {name: {"us_per_image": round(high[name]["us_per_image"] / low[name]["us_per_image"], 2),
+                   "peak_mb": round(high[name]["peak_mb"] / low[name]["peak_mb"], 2)} for name in STAGES}
+
+
 def markdown(results: dict) -> str:
     scales = results["scales"]
+    top = f"{max(scales)}x / {min(scales)}x"
     lines = [f"# Data path at {', '.join(f'{s}x' for s in scales)} the default data", "",
              f"`python -m bench.scale`, {os.cpu_count()} CPUs; train_teachers: one wide CNN, "
-             f"{results['epochs']} epoch(s). Each stage is its own process.", "",
-             "| stage | " + " | ".join(f"{s}x: s / µs per image / peak MB" for s in scales) + " |",
-             "|---|" + "---|" * len(scales)]
-    for stage in STAGES:
-        cells = [results[str(s)]["stages"][stage] for s in scales]
-        lines.append(f"| {stage} | " + " | ".join(
-            f"{c['seconds']} / {c['us_per_image']} / {c['peak_rss_mb']}" for c in cells) + " |")
+             f"{results['epochs']} epoch(s). Each stage is its own process; peak MB: proportional set size of "
+             "the command and its workers.", "",
+             "| stage | " + " | ".join(f"{s}x: s / µs per image / peak MB" for s in scales)
+             + f" | {top}: µs per image / peak MB |",
+             "|---|" + "---|" * (len(scales) + 1)]
+    for name in STAGES:
+        cells = [results[str(s)]["stages"][name] for s in scales]
+        ratio = results["growth"][name]
+        lines.append(f"| {name} | " + " | ".join(
+            f"{c['seconds']} / {c['us_per_image']} / {c['peak_mb']}" for c in cells)
+            + f" | {ratio['us_per_image']} / {ratio['peak_mb']} |")
     lines += ["", "µs per image leave out each command's start (Python and its imports, timed with `--help`): "
-              + ", ".join(f"{k} {v['seconds']} s / {v['peak_rss_mb']} MB" for k, v in results["startup"].items())
+              + ", ".join(f"{k} {v['seconds']} s / {v['peak_mb']} MB" for k, v in results["startup"].items())
               + ". Images: " + ", ".join(f"{results[str(s)]['images']:,}" for s in scales) + "."]
     return "\n".join(lines) + "\n"
 
@@ -95,11 +154,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     work = ROOT / "bench" / "work" / "scale"
-    startups = {stage: startup(stage) for stage in STAGES}
+    shutil.rmtree(work, ignore_errors=True)
+    startups = {stage: startup(stage) for stage in sorted({stage for stage, _ in STAGES.values()})}
     results = {"scales": args.scales, "epochs": args.epochs, "startup": startups}
     for scale in args.scales:
         results[str(scale)] = measure(scale, args.epochs, work, startups)
         print(scale, results[str(scale)], flush=True)
+    results["growth"] = growth(results)
     save_results("scale", results, markdown(results))
 
 
