@@ -1,7 +1,9 @@
 """`make bench`: Distillery and the alternatives a user would reach for, side by side, over seeds.
 
 For each seed the stage functions run directly in `bench/work/seed-N` (each stage timed); then
-the baselines are built from that run's models (bench/baselines.py). At the end every ONNX model
+the baselines are built from that run's models (bench/baselines.py). Seeds run one after another,
+or each as a task on Dask workers (`--dask-workers N` for a local cluster, `--dask-address` for
+an existing one whose workers share this folder); models stay in files. At the end every ONNX model
 of every seed is timed in this one process with the same onnxruntime threads. The first seed
 also runs as the Prefect flow (`distillery run`) in a clone of this repo, which measures the
 orchestration overhead. Writes bench/results/latest.json and latest.md.
@@ -12,10 +14,13 @@ import json
 import logging
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnxruntime as ort
@@ -63,8 +68,8 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     the ensemble on its own, KD's value shows at a smaller size."""
     out = layout.root / "baselines"
     out.mkdir(exist_ok=True)
-    data = load_dataset(layout.dataset)
-    example, dev = data.test.x[:2], device()
+    data = load_dataset(layout.raw)
+    example, dev = data.test.head(2), device()
     ensemble = load_ensemble(layout).to(dev)
     teachers = sorted(layout.teachers.glob("*.json"))
     best = max(teachers, key=lambda f: read_json(f)["val_accuracy"]).stem  # chosen on validation, not test
@@ -85,10 +90,42 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
                         ("probe_alone", probe_alone), ("probe_kd", probe_kd)):
         onnx_export.export(model.cpu().eval(), example, out / f"{name}.onnx")
         found[name] = {"onnx": out / f"{name}.onnx", "params": baselines.nonzero_params(model)}
-    calibration = data.train.x[:512].numpy()
+    calibration = data.train.head(512).numpy()
     found["ptq_int8"] = {"onnx": baselines.ort_static_int8(layout.export / "pruned.onnx", calibration,
                                                            out / "ptq_int8.onnx"), "params": pruned_params}
     return found
+
+
+def run_seed(params: PipelineParams, seed: int, work: Path, probe_scale: float) -> dict:
+    """One seed in work/seed-N: every stage (timed), then the baselines built from its models."""
+    layout = Layout(work / f"seed-{seed}")
+    shutil.rmtree(layout.root, ignore_errors=True)
+    layout.root.mkdir(parents=True)
+    p = seed_params(params, seed)
+    stage_seconds = run_stages(p, layout)
+    started = time.perf_counter()
+    found = pipeline_models(layout) | build_baselines(p, layout, probe_scale)
+    stage_seconds["baselines (bench only)"] = time.perf_counter() - started
+    return {"seed": seed, "stage_seconds": stage_seconds, "layout": layout, "found": found,
+            "process": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+@contextmanager
+def seed_map(dask_address: str | None, dask_workers: int | None) -> Iterator[Callable]:
+    """`map` in this process, or one that runs each call as a task on a Dask cluster: an existing
+    scheduler, or a temporary local one of `dask_workers` one-thread processes on 127.0.0.1."""
+    if not (dask_address or dask_workers):
+        yield map
+        return
+    import dask
+    from distributed import Client
+
+    from flows.runners import RunnerConfig, cluster_kwargs, without_malloc_trim
+
+    local = RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1})
+    with dask.config.set(without_malloc_trim()), (
+            Client(dask_address) if dask_address else Client(**cluster_kwargs(local))) as client:
+        yield lambda fn, *args: client.gather(client.map(fn, *args, pure=False))
 
 
 def pipeline_models(layout: Layout) -> dict[str, dict]:
@@ -207,6 +244,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--no-flow", action="store_true", help="skip the orchestration-overhead run")
     parser.add_argument("--latency-budget-s", type=float, default=1.0)
+    parser.add_argument("--dask-workers", type=int, help="run the seeds on a local Dask cluster of this many workers")
+    parser.add_argument("--dask-address", help="run the seeds on this Dask scheduler (workers share this folder)")
     parser.add_argument("--kd-probe-scale", type=float, default=0.25,
                         help="KD vs alone also for the student at this share of its widths")
     args = parser.parse_args()
@@ -216,17 +255,10 @@ def main() -> None:
     params = load_params(args.params)
     threads = os.cpu_count() or 1
 
-    runs, found = [], {}
-    for seed in args.seeds:
-        layout = Layout(args.work / f"seed-{seed}")
-        shutil.rmtree(layout.root, ignore_errors=True)
-        layout.root.mkdir(parents=True)
-        p = seed_params(params, seed)
-        stage_seconds = run_stages(p, layout)
-        started = time.perf_counter()
-        found[seed] = pipeline_models(layout) | build_baselines(p, layout, args.kd_probe_scale)
-        stage_seconds["baselines (bench only)"] = time.perf_counter() - started
-        runs.append({"seed": seed, "stage_seconds": stage_seconds, "layout": layout})
+    n = len(args.seeds)
+    with seed_map(args.dask_address, args.dask_workers) as map_seeds:
+        runs = list(map_seeds(run_seed, [params] * n, args.seeds, [args.work] * n, [args.kd_probe_scale] * n))
+    found = {run["seed"]: run.pop("found") for run in runs}
     orchestration = None
     if not args.no_flow:
         flow_s = flow_wall_time(seed_params(params, args.seeds[0]), args.work)
@@ -234,7 +266,7 @@ def main() -> None:
         orchestration = {"flow_s": flow_s, "direct_s": direct_s, "overhead_share": (flow_s - direct_s) / flow_s}
 
     for run in runs:  # one process, one thread setting, every model of every seed
-        data = load_dataset(run.pop("layout").dataset)
+        data = load_dataset(run.pop("layout").raw)
         run["models"] = {m: measure(e, data, threads, args.latency_budget_s) for m, e in found[run["seed"]].items()}
         teachers = [measure({"onnx": p, "name": p.stem}, data, threads, 0.05)
                     for p in sorted(found[run["seed"]]["ensemble"]["onnx"].parent.glob("teacher_*.onnx"))]

@@ -1,4 +1,4 @@
-"""The benchmark harness end to end on tiny params, one seed (the real run is `make bench`)."""
+"""The benchmark harness end to end on tiny params, one seed on a Dask worker (the real run is `make bench`)."""
 
 import json
 import subprocess
@@ -15,12 +15,16 @@ from tests.conftest import ROOT, TINY, venv_env
 def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     params = {**TINY, "export": {"max_accuracy_gap_pp": 5.0}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    subprocess.run([sys.executable, "-m", "bench.run", "--params", str(tmp_path / "params.yaml"), "--seeds", "3",
-                    "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--no-flow",
-                    "--latency-budget-s", "0.02"], cwd=ROOT, env=venv_env(), check=True, capture_output=True)
+    bench = subprocess.Popen([sys.executable, "-m", "bench.run", "--params", str(tmp_path / "params.yaml"),
+                              "--seeds", "3", "--dask-workers", "1", "--work", str(tmp_path / "work"),
+                              "--out", str(tmp_path / "out"), "--no-flow", "--latency-budget-s", "0.02"],
+                             cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = bench.communicate()
+    assert bench.returncode == 0, stderr
     result = json.loads((tmp_path / "out" / "latest.json").read_text())
     run = result["runs"][0]
     assert run["seed"] == 3 and set(MODELS) <= set(run["models"])
+    assert not run["process"].endswith(f":{bench.pid}")  # trained on the Dask worker, not in the bench's process
     seed = json.loads((tmp_path / "work/seed-3/data/reports/metrics.json").read_text())["params"]
     assert {seed[s]["seed"] for s in ("teachers", "distill", "prune", "quantize")} == {3}
     for entry in run["models"].values():
@@ -41,7 +45,7 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
 
 def test_gpu_benchmark_script_runs_with_torch_and_onnxruntime_alone(staged, tmp_path):
     out = tmp_path / "gpu.json"
-    subprocess.run([sys.executable, "-m", "bench.gpu", "--dataset", str(staged.dataset), "--onnx-dir",
+    subprocess.run([sys.executable, "-m", "bench.gpu", "--dataset", str(staged.raw), "--onnx-dir",
                     str(staged.export), "--out", str(out), "--device", "cpu", "--archs", "small_resnet",
                     "--epochs", "1", "--replicate", "1", "--batch-size", "128"],
                    cwd=ROOT, env=venv_env(), check=True, capture_output=True)
