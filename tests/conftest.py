@@ -1,6 +1,7 @@
 """Shared fixtures: tiny params on scikit-learn's digits, stage outputs built once per session,
 throw-away copies of the project for DVC and flow runs, and a Prefect test server."""
 
+import logging
 import os
 import shutil
 import subprocess
@@ -114,3 +115,9 @@ def s3_env(s3_server, monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("DISTILLERY_BUCKET", s3_server["bucket"])
     return s3_server
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Prefect's temporary server stops at interpreter exit and says so at INFO level; in a
+    pytest-xdist worker the output stream is closed by then, which prints a logging error."""
+    logging.getLogger("prefect").setLevel(logging.WARNING)
