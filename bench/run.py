@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import onnxruntime as ort
@@ -255,9 +256,9 @@ def main() -> None:
     params = load_params(args.params)
     threads = os.cpu_count() or 1
 
-    n = len(args.seeds)
+    one_seed = partial(run_seed, params, work=args.work, probe_scale=args.kd_probe_scale)
     with seed_map(args.dask_address, args.dask_workers) as map_seeds:
-        runs = list(map_seeds(run_seed, [params] * n, args.seeds, [args.work] * n, [args.kd_probe_scale] * n))
+        runs = list(map_seeds(one_seed, args.seeds))
     found = {run["seed"]: run.pop("found") for run in runs}
     orchestration = None
     if not args.no_flow:

@@ -52,9 +52,11 @@ def shifted_copies(scale: int):
 def write_source(folder: Path, scale: int) -> int:
     """`scale` shifted copies of mnist5k as .npz shards; returns the number of images."""
     folder.mkdir(parents=True, exist_ok=True)
+    images = 0
     for copy, x, y in shifted_copies(scale):
         np.savez(folder / f"copy-{copy:03d}.npz", x=x, y=y)
-    return scale * 5000
+        images += len(y)
+    return images
 
 
 def write_image_folder(folder: Path, scale: int) -> None:

@@ -74,8 +74,8 @@ def load_dataset(raw: Path) -> Dataset:
 
 
 def loader_workers() -> int:
-    """Processes that read batches ahead of a CUDA training loop; none inside a daemon process (a Dask
-    worker), which may not start children."""
+    """DataLoader worker processes (reading batches ahead of a CUDA training loop, decoding image
+    files in ingest); none inside a daemon process (a Dask worker), which may not start children."""
     return 0 if multiprocessing.current_process().daemon else min(4, os.cpu_count() or 1)
 
 

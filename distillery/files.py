@@ -68,9 +68,9 @@ def atomic_file(final: Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
-def sha256_file(path: Path) -> str:
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
     with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 @contextmanager

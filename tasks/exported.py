@@ -4,7 +4,7 @@ after the export (tampered, truncated, swapped) is refused before anything measu
 from pathlib import Path
 
 from distillery.errors import DistilleryError
-from distillery.files import sha256_file
+from distillery.files import file_digest
 from tasks.layout import Layout
 from tasks.runtime import read_json
 
@@ -13,7 +13,7 @@ VERIFICATION = "verification.json"
 
 def onnx_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every ONNX file in `folder`, by file name."""
-    return {p.name: sha256_file(p) for p in sorted(folder.glob("*.onnx"))}
+    return {p.name: file_digest(p) for p in sorted(folder.glob("*.onnx"))}
 
 
 def verified_onnx(layout: Layout) -> dict[str, Path]:

@@ -129,8 +129,7 @@ def npz(path: Path) -> Source:
                 x = arrays["x"]
             yield as_nchw(x.shape, shard)(x)
 
-    where = str(path)
-    return Source(y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)], chunks, where)
+    return Source(y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)], chunks, str(path))
 
 
 def read_image(file: Path, color: str, size: tuple[int, int] | None) -> np.ndarray:

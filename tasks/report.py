@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from distillery import checkpoint, onnx_export
 from distillery.data import Dataset, load_dataset
-from distillery.files import atomic_dir
+from distillery.files import atomic_dir, file_digest
 from distillery.models import count_params
 from tasks import exported
 from tasks.config import PipelineParams, ReportConfig, ShipConfig
@@ -25,12 +25,8 @@ DEPLOYABLE = ("pruned", "int8")  # the fp32 and the int8 student: the faster one
 def dvc_md5(folder: Path) -> str:
     """The md5 DVC records for a folder output (as in dvc.lock): the md5 of its sorted file listing
     with each file's md5, plus ".dir"."""
-    def file_md5(path: Path) -> str:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "md5").hexdigest()
-
     files = sorted((f.relative_to(folder).as_posix(), f) for f in folder.rglob("*") if f.is_file())
-    listing = [{"md5": file_md5(f), "relpath": relpath} for relpath, f in files]
+    listing = [{"md5": file_digest(f, "md5"), "relpath": relpath} for relpath, f in files]
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 

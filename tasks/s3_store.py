@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distillery.errors import DistilleryError
-from distillery.files import atomic_dir, sha256_file
+from distillery.files import atomic_dir, file_digest
 from tasks.config import SAFE_NAME
 
 NAME = re.compile(SAFE_NAME)
@@ -98,7 +98,7 @@ class ArtifactStore:
     def upload_verified(self, path: Path, key: str) -> str:
         """PUT with a SHA-256 checksum the server checks, then HEAD to confirm size and checksum.
         Returns the file's sha256 (hex)."""
-        digest = sha256_file(path)
+        digest = file_digest(path)
         b64 = base64.b64encode(bytes.fromhex(digest)).decode()
         with path.open("rb") as body:
             self.call("put_object", Key=key, Body=body, ChecksumSHA256=b64)
@@ -165,7 +165,7 @@ class ArtifactStore:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.client.download_file(self.settings.bucket, f"{version_prefix(name, version)}/{entry['path']}",
                                           str(target))
-                if sha256_file(target) != entry["sha256"]:
+                if file_digest(target) != entry["sha256"]:
                     raise DistilleryError(f"{entry['path']} of {name} {version} does not match its manifest sha256.")
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         return manifest

@@ -14,6 +14,7 @@ from distillery.errors import DistilleryError
 from distillery.files import atomic_dir
 from tasks.config import ValidateConfig
 from tasks.layout import Layout
+from tasks.runtime import read_json
 
 log = logging.getLogger("distillery")
 
@@ -121,7 +122,7 @@ def run(config: ValidateConfig, layout: Layout) -> dict:
     facts = pd.read_csv(layout.facts)
     if facts.empty:
         raise DistilleryError(f"{layout.facts} lists no images.")
-    num_classes = len(json.loads(layout.dataset_info.read_text())["classes"])
+    num_classes = len(read_json(layout.dataset_info)["classes"])
     classes = class_table(facts, num_classes)
     with atomic_dir(layout.validation) as out:
         import great_expectations as gx

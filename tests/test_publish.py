@@ -7,7 +7,7 @@ import psutil
 import pytest
 
 from distillery.errors import DistilleryError
-from distillery.files import sha256_file
+from distillery.files import file_digest
 from tasks import publish
 from tasks.config import PublishConfig
 from tasks.layout import Layout
@@ -25,11 +25,11 @@ def test_publish_round_trip(staged, s3_env, tmp_path):
     assert s3.versions("digits-student") == ["v1"] and s3.latest("digits-student") == "v1"
     manifest = s3.download("digits-student", "v1", tmp_path / "v1")
     for entry in manifest["files"]:
-        assert sha256_file(tmp_path / "v1" / entry["path"]) == entry["sha256"]
+        assert file_digest(tmp_path / "v1" / entry["path"]) == entry["sha256"]
     entries = {e["path"]: e for e in manifest["files"]}
-    assert entries["models/int8.onnx"]["sha256"] == sha256_file(staged.export / "int8.onnx")
+    assert entries["models/int8.onnx"]["sha256"] == file_digest(staged.export / "int8.onnx")
     shipped = manifest["lineage"]["metrics"]["shipped"]["model"]  # the deployable model under a fixed name
-    assert entries["model.onnx"]["sha256"] == sha256_file(staged.export / f"{shipped}.onnx")
+    assert entries["model.onnx"]["sha256"] == file_digest(staged.export / f"{shipped}.onnx")
     lineage = manifest["lineage"]
     assert lineage["dataset"]["md5"] == json.loads(staged.metrics.read_text())["dataset"]["md5"]
     assert lineage["params"]["ingest"]["source"] == "digits" and lineage["packages"]["torch"]
