@@ -20,8 +20,10 @@ FILES = ("images.npy", "labels.npy", "splits.npy", "info.json")
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels 0..255 to the float32 range the models take, -1..1."""
-    return pixels.float().div_(255.0).sub_(0.5).div_(0.5)
+    """uint8 pixels 0..255 to the float32 range the models take, 0..1. The int8 model's input
+    quantizer then maps every pixel back to itself (scale 1/255, zero point 0); on -1..1 every pixel
+    fell exactly halfway between two steps, and rounding noise decided which one."""
+    return pixels.float().div_(255.0)
 
 
 @dataclass(frozen=True)

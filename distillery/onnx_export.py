@@ -49,10 +49,14 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
         raise DistilleryError(f"onnxruntime cannot load {path}: {e}") from e
 
 
-def predict(sess: ort.InferenceSession, data: Split, batch_size: int = 512) -> np.ndarray:
+def logits(sess: ort.InferenceSession, data: Split, batch_size: int = 512) -> np.ndarray:
+    """The model's outputs for every image, in order."""
     name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: x.numpy()})[0].argmax(axis=1) for x, _ in batches(data, batch_size)]
-    return np.concatenate(out)
+    return np.concatenate([sess.run(None, {name: x.numpy()})[0] for x, _ in batches(data, batch_size)])
+
+
+def predict(sess: ort.InferenceSession, data: Split) -> np.ndarray:
+    return logits(sess, data).argmax(axis=1)
 
 
 def accuracy(sess: ort.InferenceSession, data: Split) -> float:

@@ -101,10 +101,14 @@ def train_epoch(model, optimizer, data: Split, settings: TrainSettings, loss_fn,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Split, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+def logits(model: nn.Module, data: Split, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """The model's outputs for every image, in order; the caller puts the model in eval mode."""
+    return torch.cat([model(x.to(device)).float().cpu() for x, _ in batches(data, batch_size, device=device)])
+
+
+def predict(model: nn.Module, data: Split, device: torch.device) -> torch.Tensor:
     """Class predictions; the caller puts the model in eval mode."""
-    out = [model(x.to(device)).argmax(dim=1).cpu() for x, _ in batches(data, batch_size, device=device)]
-    return torch.cat(out)
+    return logits(model, data, device).argmax(dim=1)
 
 
 def accuracy(model: nn.Module, data: Split, device: torch.device) -> float:

@@ -105,8 +105,14 @@ class QuantizeConfig(TrainConfig):
 
 
 class ExportConfig(Section):
-    max_accuracy_gap_pp: PositiveFloat = Field(
-        0.3, description="Allowed int8 accuracy gap, onnxruntime vs PyTorch, in points")
+    """How closely onnxruntime's int8 model must follow PyTorch's on the test split. A logit step is
+    1/255 of the range of PyTorch's test logits (see distillery/fidelity.py)."""
+
+    decisive_margin_steps: PositiveFloat = Field(8.0, description=(
+        "Images whose top-2 logit margin in PyTorch is at least this many steps must get the same class in "
+        "onnxruntime; closer calls may flip on a rounding tie"))
+    max_mean_logit_error_steps: PositiveFloat = Field(
+        0.5, description="Largest allowed mean |onnxruntime - PyTorch| logit difference, in steps")
 
 
 class ReportConfig(Section):

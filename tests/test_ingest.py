@@ -152,7 +152,7 @@ def test_the_dataset_is_memory_mapped_not_read(tmp_path):
     data = load_dataset(raw)
     x, y = data.val[torch.tensor([0, 5])]  # rows 1 and 16
     assert resident_bytes() - before < 200e6  # the 16 MB of labels and split ids, not 2 GB of images
-    assert x.shape == (2, 1, 32, 32) and (x[0] == 1.0).all() and (x[1] == -1.0).all()
+    assert x.shape == (2, 1, 32, 32) and (x[0] == 1.0).all() and (x[1] == 0.0).all()
     assert y.tolist() == [1, 6] and len(data.train) + len(data.val) + len(data.test) == n
 
 

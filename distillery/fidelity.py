@@ -1,0 +1,48 @@
+"""Does an int8 ONNX file compute what the PyTorch int8 model computes?
+
+Two int8 runtimes may round a value that falls on a quantization tie differently (fp32 vs int32
+accumulation, summation order), which moves a logit by a step or two and flips images whose top two
+classes are nearly tied. A broken export (a wrong scale, a dropped bias, a transposed weight) moves
+logits by many steps and flips confident images too. So the comparison is in logit steps: one step
+is 1/255 of the range of PyTorch's logits on the data, the step of an 8-bit grid over the outputs.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FidelityRule:
+    decisive_margin_steps: float  # images whose top-2 margin in PyTorch is at least this must keep their class
+    max_mean_error_steps: float  # bound on the mean |onnxruntime - PyTorch| logit difference
+
+
+def top2_margin(logits: np.ndarray) -> np.ndarray:
+    """Per image: the largest logit minus the second largest."""
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray, rule: FidelityRule) -> dict:
+    """How far `candidate` (onnxruntime) is from `reference` (PyTorch), and whether `rule` holds."""
+    step = float(reference.max() - reference.min()) / 255
+    error_steps = np.abs(candidate.astype(np.float64) - reference) / step
+    margin_steps = top2_margin(reference) / step
+    flipped = candidate.argmax(axis=1) != reference.argmax(axis=1)
+    decisive = margin_steps >= rule.decisive_margin_steps
+    decisive_flips = int((decisive & flipped).sum())
+    mean_error = float(error_steps.mean())
+    return {
+        "images": len(reference),
+        "logit_step": step,
+        "top1_agreement": 1 - float(flipped.mean()),
+        "decisive_images": int(decisive.sum()),
+        "decisive_flips": decisive_flips,
+        "largest_flipped_margin_steps": float(margin_steps[flipped].max(initial=0.0)),
+        "mean_error_steps": mean_error,
+        "max_error_steps": float(error_steps.max()),
+        "rule": {"decisive_margin_steps": rule.decisive_margin_steps,
+                 "max_mean_error_steps": rule.max_mean_error_steps},
+        "passed": decisive_flips == 0 and mean_error <= rule.max_mean_error_steps,
+    }
