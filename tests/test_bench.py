@@ -13,8 +13,7 @@ from tests.conftest import ROOT, TINY, venv_env
 
 
 def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
-    params = {**TINY, "export": {"max_accuracy_gap_pp": 5.0}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
     bench = subprocess.Popen([sys.executable, "-m", "bench.run", "--params", str(tmp_path / "params.yaml"),
                               "--seeds", "3", "--dask-workers", "1", "--work", str(tmp_path / "work"),
                               "--out", str(tmp_path / "out"), "--no-flow", "--latency-budget-s", "0.02"],

@@ -1,18 +1,28 @@
 """The three ways to run: dvc.yaml and the flow describe the same stages; `dvc repro` and the
-Prefect flow both run end to end on tiny params; a flow run leaves DVC with nothing to do."""
+Prefect flow both run end to end on tiny params; a flow run leaves DVC with nothing to do; a served
+deployment runs with custom parameters; a published run leaks no secret.
 
+One published flow run (`published_run`) is shared: the tests that go on from it work on a copy."""
+
+import io
 import json
+import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
 import yaml
 
 from distillery import checkpoint
 from flows.pipeline import compress
 from tasks.layout import Layout
+from tasks.s3_store import ArtifactStore, S3Settings
 from tasks.stages import STAGES, stage_calls
-from tests.conftest import ROOT, TINY, copy_project, tiny_params, venv_env
+from tests.conftest import ROOT, TINY, copy_project, point_at, tiny_params, venv_env
 
 
 def dvc(project, *args) -> subprocess.CompletedProcess:
@@ -27,24 +37,65 @@ def test_dvc_yaml_and_flow_list_the_same_stages_in_order():
         assert stage["cmd"] == f"python -m tasks.{name}"
 
 
-def test_dvc_repro_runs_the_pipeline(project, prefect_server, request):
-    dvc(project, "repro")
-    metrics = json.loads((project / "data/reports/metrics.json").read_text())
-    assert metrics["dataset"]["name"] == "digits" and metrics["params"]["teachers"]["epochs"] == 1
-    assert json.loads((project / "data/published.json").read_text())["published"] is False  # no store set
+def test_dvc_repro_killed_in_teacher_training_resumes_and_the_next_flow_run_publishes(project, prefect_server,
+                                                                                      request):
+    layout = Layout(project)
+    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=venv_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(layout.teachers.parent.glob(".teachers.*")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until train_teachers is writing its staging folder
+    os.killpg(repro.pid, signal.SIGKILL)
+    repro.wait()
+    assert layout.validation_summary.exists() and not layout.teachers.exists()  # nothing half-made looks done
+    status = json.loads(dvc(project, "status", "--json").stdout)
+    assert "ingest" not in status and "validate" not in status and "train_teachers" in status
+
+    rerun = dvc(project, "repro").stdout  # resumes from the first stage that did not finish, to the end
+    assert "Stage 'ingest' didn't change" in rerun and "Stage 'validate' didn't change" in rerun
+    assert "Running stage 'train_teachers'" in rerun
+    assert not list(layout.teachers.parent.glob(".teachers.*"))  # the killed run's staging folder is gone
+    metrics = json.loads(layout.metrics.read_text())
+    assert metrics["dataset"]["name"] == "digits" and metrics["params"]["teachers"] == TINY["teachers"]
+    assert json.loads(layout.published.read_text())["published"] is False  # no store set
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
     s3_env = request.getfixturevalue("s3_env")  # the store comes up: the next flow run publishes that run
     dvc(project, "remote", "modify", "--local", "store", "endpointurl", s3_env["endpoint"])
     assert compress(params=tiny_params(), root=str(project))["ran"] == ["publish"]
-    assert json.loads((project / "data/published.json").read_text())["published"] is True
+    assert json.loads(layout.published.read_text())["published"] is True
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
 
-def test_flow_run_leaves_dvc_up_to_date(project, prefect_server, s3_env):
-    dvc(project, "remote", "modify", "--local", "store", "endpointurl", s3_env["endpoint"])
-    result = compress(params=tiny_params(), root=str(project))
-    assert result["ran"] == list(STAGES)
+@pytest.fixture(scope="module")
+def published_run(tmp_path_factory, prefect_server, s3_server) -> dict:
+    """One flow run of the tiny params in a fresh project copy, published to the test store, with
+    every log record it emitted. Tests read it, or go on from a copy (`copy_of`)."""
+    project = copy_project(tmp_path_factory.mktemp("published"), TINY)
+    logs, handler = io.StringIO(), None
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        point_at(s3_server, monkeypatch)
+        dvc(project, "remote", "modify", "--local", "store", "endpointurl", s3_server["endpoint"])
+        handler = logging.StreamHandler(logs)
+        root_logger.addHandler(handler)
+        root_logger.setLevel(logging.INFO)
+        try:
+            result = compress(params=tiny_params(), root=str(project))
+        finally:
+            root_logger.removeHandler(handler)
+            root_logger.setLevel(level)
+    return {"project": project, "ran": result["ran"], "logs": logs.getvalue()}
+
+
+def copy_of(run: dict, dest) -> os.PathLike:
+    return shutil.copytree(run["project"], dest / "project", symlinks=True)
+
+
+def test_flow_run_leaves_dvc_up_to_date(published_run, s3_env, tmp_path):
+    assert published_run["ran"] == list(STAGES)
+    project = copy_of(published_run, tmp_path)
     receipt = json.loads((project / "data/published.json").read_text())
     assert receipt["published"] and receipt["name"] == "distillery-student"
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
@@ -52,9 +103,9 @@ def test_flow_run_leaves_dvc_up_to_date(project, prefect_server, s3_env):
     assert compress(params=tiny_params(), root=str(project))["ran"] == []  # nothing changed: nothing reruns
 
     changed = tiny_params().model_copy(update={"export": tiny_params().export.model_copy(
-        update={"max_accuracy_gap_pp": 0.9})})
+        update={"decisive_margin_steps": 6.0})})
     assert compress(params=changed, root=str(project))["ran"] == ["export", "report", "publish"]
-    assert yaml.safe_load((project / "params.yaml").read_text())["export"]["max_accuracy_gap_pp"] == 0.9
+    assert yaml.safe_load((project / "params.yaml").read_text())["export"]["decisive_margin_steps"] == 6.0
     assert_artifacts_published()
 
     shutil.rmtree(project / ".dvc" / "cache")  # the flow pushed: an empty cache can be refilled
@@ -76,6 +127,73 @@ def assert_artifacts_published():
     assert "/distillery/models/distillery-student/" in link and link.endswith("/manifest.json)")
     table = next(a for a in found if a.key == "distillery-metrics").data
     assert "int8" in str(table)
+
+
+def prefect_records() -> list[str]:
+    """Every log message and artifact the Prefect server holds."""
+    from prefect.client.orchestration import get_client
+
+    texts: list[str] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(limit=200, offset=len(texts)):
+            texts += [log.message for log in page]
+        texts += [f"{a.data} {a.description}" for a in client.read_artifacts()]
+    return texts
+
+
+def test_a_published_run_leaks_no_secret(published_run, s3_env, tmp_path):
+    secret = s3_env["credentials"].secret_key
+    project = published_run["project"]
+    receipt = json.loads(Layout(project).published.read_text())
+    assert receipt["published"]
+    ArtifactStore(S3Settings.from_env()).download(receipt["name"], receipt["version"], tmp_path / "published")
+
+    files = [p for folder in (project, tmp_path / "published") for p in folder.rglob("*") if p.is_file()]
+    assert len(files) > 50 and [p for p in files if secret.encode() in p.read_bytes()] == []
+    records = prefect_records()
+    assert any("published" in r for r in records) and not any(secret in r for r in records)
+    assert "published" in published_run["logs"] and secret not in published_run["logs"]
+
+
+def wait_for_deployment(name: str, timeout_s: float = 120):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            try:
+                return client.read_deployment_by_name(name)
+            except Exception:  # not registered yet
+                time.sleep(1)
+    raise TimeoutError(f"deployment {name} did not appear")
+
+
+def test_served_deployment_runs_with_custom_parameters(published_run, tmp_path):
+    """The schedule and the concurrency limit are stored, and a run triggered with custom parameters
+    is picked up and completes (here only the stages the new parameter touches rerun)."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    project = copy_of(published_run, tmp_path)
+    env = {**venv_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    serving = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--name", "test-nightly",
+                                "--cron", "0 3 * * *"], cwd=project, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deployment = wait_for_deployment("distillery/test-nightly")
+        assert deployment.schedules[0].schedule.cron == "0 3 * * *"
+        assert deployment.global_concurrency_limit.limit == 1
+        assert deployment.parameters["params"]["ingest"]["source"] == "digits"
+
+        custom = {**TINY, "export": {"decisive_margin_steps": 6.0}}
+        flow_run = run_deployment("distillery/test-nightly", parameters={"params": custom, "root": str(project)},
+                                  timeout=600)
+        assert flow_run.state.is_completed(), flow_run.state
+        metrics = json.loads((project / "data" / "reports" / "metrics.json").read_text())
+        assert metrics["params"]["export"]["decisive_margin_steps"] == 6.0
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        serving.wait(30)
 
 
 def test_distillery_run_stops_cleanly_on_bad_data(tmp_path):

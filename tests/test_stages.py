@@ -48,7 +48,7 @@ def test_distill_writes_baseline_and_kd_student(staged):
 def test_pruning_physically_shrinks_the_student(staged):
     before, _ = checkpoint.load(staged.student / "student_kd.safetensors")
     after, spec = checkpoint.load(staged.pruned / "pruned.safetensors")
-    assert isinstance(after, StudentCNN) and spec["widths"] == after.widths() == [8, 16]
+    assert isinstance(after, StudentCNN) and spec["widths"] == after.widths() == [16, 32]
     assert spec["pooled_blocks"] == 1 and [type(m) for m in after.features][:4] == [torch.nn.Sequential,
                                                                                      torch.nn.MaxPool2d,
                                                                                      torch.nn.Sequential,
