@@ -6,6 +6,7 @@ import pytest
 
 from distillery import onnx_export
 from distillery.data import load_dataset
+from distillery.errors import DistilleryError
 from distillery.fidelity import FidelityRule, compare_logits
 from distillery.quantize import convert, load_prepared
 from tasks.export import verify_int8
@@ -41,6 +42,11 @@ def test_logits_off_by_more_than_the_mean_bound_fail_without_any_flip():
     reference = logits_with_margins([3.0] * 40)
     result = compare_logits(reference, reference + np.array([0.0, 0.2, 0.0]), RULE)  # class 1 up by 2 steps
     assert result["top1_agreement"] == 1 and result["mean_error_steps"] > 0.5 and not result["passed"]
+
+
+def test_logits_without_a_spread_are_refused():
+    with pytest.raises(DistilleryError, match="same logits"):
+        compare_logits(np.ones((4, 3)), np.ones((4, 3)), RULE)
 
 
 @pytest.fixture(scope="module")

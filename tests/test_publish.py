@@ -2,6 +2,7 @@
 checksums; clear errors for wrong credentials, a missing bucket, tampered objects, bad names."""
 
 import json
+import shutil
 
 import psutil
 import pytest
@@ -41,14 +42,16 @@ def test_publish_round_trip(staged, s3_env, tmp_path):
         publish.upload("digits-student", staged, version="v2")
 
 
-def test_publish_stage_writes_a_receipt(staged, s3_env, monkeypatch):
-    receipt = publish.run(PublishConfig(model_name="stage-test"), staged)
+def test_publish_stage_writes_a_receipt(staged, s3_env, monkeypatch, tmp_path):
+    layout = Layout(tmp_path)  # the receipt is written: a copy, as other workers read the shared run
+    shutil.copytree(staged.data, layout.data)
+    receipt = publish.run(PublishConfig(model_name="stage-test"), layout)
     assert receipt["published"] and store().versions("stage-test") == [receipt["version"]]
-    assert json.loads(staged.published.read_text()) == receipt
+    assert json.loads(layout.published.read_text()) == receipt
     for name in ("DISTILLERY_BUCKET", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name)
-    assert publish.run(PublishConfig(model_name="stage-test"), staged)["published"] is False
-    assert json.loads(staged.published.read_text())["published"] is False
+    assert publish.run(PublishConfig(model_name="stage-test"), layout)["published"] is False
+    assert json.loads(layout.published.read_text())["published"] is False
 
 
 def test_tampered_object_fails_download_and_leaves_nothing(staged, s3_env, tmp_path):
