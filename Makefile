@@ -32,7 +32,7 @@ up: $(STAMP)  ## local stack on 127.0.0.1: SeaweedFS S3 + Prefect server and UI
 down: $(STAMP)
 	$(BIN)/python -m infra.stack down
 
-test: $(STAMP)  ## test files spread over up to 4 processes (pytest-xdist): 11.6 vs 15.6 min on 2 cores
+test: $(STAMP)  ## test files spread over up to 4 processes (pytest-xdist): 13.2 min on a 2-core AMD EPYC VM
 	$(BIN)/ruff check .
 	$(BIN)/pytest -n auto --maxprocesses 4 --dist loadfile
 
