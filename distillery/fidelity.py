@@ -7,7 +7,7 @@ logits by many steps and flips confident images too. So the comparison is in log
 is 1/255 of the range of PyTorch's logits on the data, the step of an 8-bit grid over the outputs.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from distillery.errors import DistilleryError
 @dataclass(frozen=True)
 class FidelityRule:
     decisive_margin_steps: float  # images whose top-2 margin in PyTorch is at least this must keep their class
-    max_mean_error_steps: float  # bound on the mean |onnxruntime - PyTorch| logit difference
+    max_mean_logit_error_steps: float  # bound on the mean |onnxruntime - PyTorch| logit difference
 
 
 def top2_margin(logits: np.ndarray) -> np.ndarray:
@@ -49,7 +49,6 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, rule: FidelityR
         "largest_flipped_margin_steps": float(margin_steps[flipped].max(initial=0.0)),
         "mean_error_steps": mean_error,
         "max_error_steps": float(error_steps.max()),
-        "rule": {"decisive_margin_steps": rule.decisive_margin_steps,
-                 "max_mean_error_steps": rule.max_mean_error_steps},
-        "passed": decisive_flips == 0 and mean_error <= rule.max_mean_error_steps,
+        "rule": asdict(rule),
+        "passed": decisive_flips == 0 and mean_error <= rule.max_mean_logit_error_steps,
     }

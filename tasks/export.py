@@ -67,7 +67,7 @@ def verify_int8(int8: torch.nn.Module, session, test, config: ExportConfig) -> d
     reference = logits(int8, test, torch.device("cpu")).numpy()
     candidate = onnx_export.logits(session, test)
     labels = test.y.numpy()
-    rule = FidelityRule(config.decisive_margin_steps, config.max_mean_logit_error_steps)
+    rule = FidelityRule(**config.model_dump())
     return {"int8_test_accuracy_torch": float((reference.argmax(axis=1) == labels).mean()),
             "int8_test_accuracy_onnxruntime": float((candidate.argmax(axis=1) == labels).mean()),
             **compare_logits(reference, candidate, rule)}

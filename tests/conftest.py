@@ -33,10 +33,10 @@ TINY = {  # two quick teachers; torchvision's ResNet-18 (~8 s an epoch on digits
 }
 
 
-def tiny_params(params: dict = TINY):
+def tiny_params():
     from tasks.config import PipelineParams
 
-    return PipelineParams.model_validate(params)
+    return PipelineParams.model_validate(TINY)
 
 
 def run_stages(layout) -> None:

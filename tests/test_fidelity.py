@@ -13,7 +13,7 @@ from tasks.export import verify_int8
 from tests import export_bugs
 from tests.conftest import tiny_params
 
-RULE = FidelityRule(decisive_margin_steps=8, max_mean_error_steps=0.5)
+RULE = FidelityRule(decisive_margin_steps=8, max_mean_logit_error_steps=0.5)
 
 
 def logits_with_margins(margins: list[float]) -> np.ndarray:
