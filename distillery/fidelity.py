@@ -29,8 +29,10 @@ def top2_margin(logits: np.ndarray) -> np.ndarray:
 def compare_logits(reference: np.ndarray, candidate: np.ndarray, rule: FidelityRule) -> dict:
     """How far `candidate` (onnxruntime) is from `reference` (PyTorch), and whether `rule` holds."""
     if reference.ndim != 2 or len(reference) == 0 or reference.shape[1] < 2 or reference.shape != candidate.shape:
-        raise DistilleryError(f"Cannot compare logits of shapes {reference.shape} and {candidate.shape}: "
-                              "expected the same images x classes, with at least one image and two classes.")
+        raise DistilleryError(
+            f"Cannot compare logits of shapes {reference.shape} and {candidate.shape}: "
+            "expected the same images x classes, with at least one image and two classes."
+        )
     step = float(reference.max() - reference.min()) / 255
     if step == 0:
         raise DistilleryError("PyTorch's int8 model gives every image the same logits: nothing to verify against.")
