@@ -32,12 +32,12 @@ up: $(STAMP)  ## local stack on 127.0.0.1: SeaweedFS S3 + Prefect server and UI
 down: $(STAMP)
 	$(BIN)/python -m infra.stack down
 
-test: $(STAMP)  ## test files spread over up to 4 processes (pytest-xdist): 13.2 min on a 2-core AMD EPYC VM
-	$(BIN)/ruff check .
+test: lint  ## test files spread over up to 4 processes (pytest-xdist): 13.2 min on a 2-core AMD EPYC VM
 	$(BIN)/pytest -n auto --maxprocesses 4 --dist loadfile
 
-lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: $(STAMP)  ## lint rules and the formatter's layout (`ruff format .` applies it); `make test` runs this first
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .distillery

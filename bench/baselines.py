@@ -18,8 +18,9 @@ def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def masked_prune(model: nn.Module, remove: int, data: Dataset, steps: int, settings: TrainSettings, loss_fn,
-                 device: torch.device) -> nn.Module:
+def masked_prune(
+    model: nn.Module, remove: int, data: Dataset, steps: int, settings: TrainSettings, loss_fn, device: torch.device
+) -> nn.Module:
     """Zero the `remove` smallest-magnitude conv/linear weights (global L1) in `steps` steps, one per
     epoch, with the prune stage's fine-tuning schedule. The model keeps its dense shape."""
     model.to(device)
@@ -58,8 +59,16 @@ def ort_static_int8(fp32_onnx: Path, calibration: np.ndarray, out: Path) -> Path
 
     prepared = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_onnx), str(prepared))
-    quantize_static(str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(prepared),
+        str(out),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     prepared.unlink()
     return out
 

@@ -57,8 +57,9 @@ def plain_loop_images_per_s(model: nn.Module, train: Split, settings: TrainSetti
     return settings.epochs * len(train.y) / (time.perf_counter() - started)
 
 
-def distillery_images_per_s(model: nn.Module, train: Split, val: Split, settings: TrainSettings,
-                            device: torch.device) -> float:
+def distillery_images_per_s(
+    model: nn.Module, train: Split, val: Split, settings: TrainSettings, device: torch.device
+) -> float:
     """`fit` as the teachers stage runs it (its per-epoch validation pass included)."""
     synchronize(device)
     started = time.perf_counter()
@@ -67,8 +68,9 @@ def distillery_images_per_s(model: nn.Module, train: Split, val: Split, settings
     return settings.epochs * len(train.y) / (time.perf_counter() - started)
 
 
-def training_throughput(dataset: Path, archs: list[str], epochs: int, batch_size: int, replicate: int,
-                        device: torch.device) -> dict:
+def training_throughput(
+    dataset: Path, archs: list[str], epochs: int, batch_size: int, replicate: int, device: torch.device
+) -> dict:
     data = load_dataset(dataset)
     train = replicated(data.train, replicate)
     settings = TrainSettings(epochs, batch_size, 1e-3, 1e-4, augment=False, seed=0)
@@ -99,13 +101,19 @@ def cpu_latency(onnx_dir: Path, dataset: Path, threads: int) -> dict:
 def cpu_flags() -> dict:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    return {"model": name or platform.processor(), "cores": os.cpu_count(),
-            "avx512_vnni": "avx512_vnni" in text, "avx_vnni": "avx_vnni" in text, "amx": "amx_int8" in text}
+    return {
+        "model": name or platform.processor(),
+        "cores": os.cpu_count(),
+        "avx512_vnni": "avx512_vnni" in text,
+        "avx_vnni": "avx_vnni" in text,
+        "amx": "amx_int8" in text,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", type=Path, required=True, help="a data/raw folder written by the ingest stage")
     parser.add_argument("--onnx-dir", type=Path, required=True, help="folder with pruned.onnx and int8.onnx")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
@@ -120,9 +128,10 @@ def main() -> None:
     torch.backends.cudnn.benchmark = device.type == "cuda"
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "onnxruntime": ort.__version__, "cpu": cpu_flags(),
-        "training": training_throughput(args.dataset, args.archs, args.epochs, args.batch_size, args.replicate,
-                                        device),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "cpu": cpu_flags(),
+        "training": training_throughput(args.dataset, args.archs, args.epochs, args.batch_size, args.replicate, device),
         "cpu_latency_ms": cpu_latency(args.onnx_dir, args.dataset, args.threads),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,20 @@ from tasks.teachers import load_ensemble
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("distillery")
 SEEDED = ("teachers", "distill", "prune", "quantize")
-MODELS = ("ensemble", "best_teacher", "student_alone", "student_kd_best_teacher", "student_kd", "probe_alone",
-          "probe_kd", "masked_pruned", "pruned", "ptq_int8", "int8", "shipped")
+MODELS = (
+    "ensemble",
+    "best_teacher",
+    "student_alone",
+    "student_kd_best_teacher",
+    "student_kd",
+    "probe_alone",
+    "probe_kd",
+    "masked_pruned",
+    "pruned",
+    "ptq_int8",
+    "int8",
+    "shipped",
+)
 
 
 def seed_params(params: PipelineParams, seed: int) -> PipelineParams:
@@ -76,24 +88,43 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     best = max(teachers, key=lambda f: read_json(f)["val_accuracy"]).stem  # chosen on validation, not test
     student, spec = baselines.checkpoint_model(layout.student / "student_kd.safetensors")
     teacher, _ = baselines.checkpoint_model(layout.teachers / f"{best}.safetensors")
-    kd_one, _ = distill.train_student(spec, Ensemble([teacher]).to(dev), data, params.distill, params.kd,
-                                      "student_kd_best_teacher")
+    kd_one, _ = distill.train_student(
+        spec, Ensemble([teacher]).to(dev), data, params.distill, params.kd, "student_kd_best_teacher"
+    )
     pruned_params = models.count_params(baselines.checkpoint_model(layout.pruned / "pruned.safetensors")[0])
     loss = make_loss(ensemble, kd_settings(params.kd))
-    masked = baselines.masked_prune(student, models.count_params(student) - pruned_params, data,
-                                    params.prune.steps, train_settings(params.prune), loss, dev)
+    masked = baselines.masked_prune(
+        student,
+        models.count_params(student) - pruned_params,
+        data,
+        params.prune.steps,
+        train_settings(params.prune),
+        loss,
+        dev,
+    )
     probe = {**spec, "widths": distill.scaled_widths(spec["widths"], probe_scale)}
     probe_alone, _ = distill.train_student(probe, None, data, params.distill, params.kd, "probe_alone")
     probe_kd, _ = distill.train_student(probe, ensemble, data, params.distill, params.kd, "probe_kd")
-    found = {"best_teacher": {"onnx": layout.export / f"teacher_{best}.onnx", "name": best,
-                              "params": read_json(layout.teachers / f"{best}.json")["params"]}}
-    for name, model in (("student_kd_best_teacher", kd_one), ("masked_pruned", masked),
-                        ("probe_alone", probe_alone), ("probe_kd", probe_kd)):
+    found = {
+        "best_teacher": {
+            "onnx": layout.export / f"teacher_{best}.onnx",
+            "name": best,
+            "params": read_json(layout.teachers / f"{best}.json")["params"],
+        }
+    }
+    for name, model in (
+        ("student_kd_best_teacher", kd_one),
+        ("masked_pruned", masked),
+        ("probe_alone", probe_alone),
+        ("probe_kd", probe_kd),
+    ):
         onnx_export.export(model.cpu().eval(), example, out / f"{name}.onnx")
         found[name] = {"onnx": out / f"{name}.onnx", "params": baselines.nonzero_params(model)}
     calibration = data.train.head(512).numpy()
-    found["ptq_int8"] = {"onnx": baselines.ort_static_int8(layout.export / "pruned.onnx", calibration,
-                                                           out / "ptq_int8.onnx"), "params": pruned_params}
+    found["ptq_int8"] = {
+        "onnx": baselines.ort_static_int8(layout.export / "pruned.onnx", calibration, out / "ptq_int8.onnx"),
+        "params": pruned_params,
+    }
     return found
 
 
@@ -107,8 +138,13 @@ def run_seed(params: PipelineParams, seed: int, work: Path, probe_scale: float) 
     started = time.perf_counter()
     found = pipeline_models(layout) | build_baselines(p, layout, probe_scale)
     stage_seconds["baselines (bench only)"] = time.perf_counter() - started
-    return {"seed": seed, "stage_seconds": stage_seconds, "layout": layout, "found": found,
-            "process": f"{socket.gethostname()}:{os.getpid()}"}
+    return {
+        "seed": seed,
+        "stage_seconds": stage_seconds,
+        "layout": layout,
+        "found": found,
+        "process": f"{socket.gethostname()}:{os.getpid()}",
+    }
 
 
 @contextmanager
@@ -124,15 +160,19 @@ def seed_map(dask_address: str | None, dask_workers: int | None) -> Iterator[Cal
     from flows.runners import RunnerConfig, cluster_kwargs, without_malloc_trim
 
     local = RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1})
-    with dask.config.set(without_malloc_trim()), (
-            Client(dask_address) if dask_address else Client(**cluster_kwargs(local))) as client:
+    with (
+        dask.config.set(without_malloc_trim()),
+        Client(dask_address) if dask_address else Client(**cluster_kwargs(local)) as client,
+    ):
         yield lambda fn, *args: client.gather(client.map(fn, *args, pure=False))
 
 
 def pipeline_models(layout: Layout) -> dict[str, dict]:
     metrics = read_json(layout.metrics)
-    found = {m: {"onnx": layout.export / f"{m}.onnx", "params": metrics[m]["params"]}
-             for m in ("ensemble", "student_alone", "student_kd", "pruned", "int8")}
+    found = {
+        m: {"onnx": layout.export / f"{m}.onnx", "params": metrics[m]["params"]}
+        for m in ("ensemble", "student_alone", "student_kd", "pruned", "int8")
+    }
     shipped = metrics["shipped"]["model"]
     found["shipped"] = {**found[shipped or "int8"], "name": shipped}
     return found
@@ -164,11 +204,13 @@ def summarize(runs: list[dict]) -> dict:
     table = {}
     for m in MODELS:
         entries = [r["models"][m] for r in runs]
-        table[m] = {"accuracy": spread([e["accuracy"] for e in entries]),
-                    "bytes": spread([e["bytes"] for e in entries]),
-                    "params": spread([e["params"] for e in entries if e["params"] is not None] or [0]),
-                    "latency_ms": {b: spread([e["latency_ms"][b] for e in entries]) for b in ("b1", "b256")},
-                    "names": sorted({str(e["name"]) for e in entries if e["name"]})}
+        table[m] = {
+            "accuracy": spread([e["accuracy"] for e in entries]),
+            "bytes": spread([e["bytes"] for e in entries]),
+            "params": spread([e["params"] for e in entries if e["params"] is not None] or [0]),
+            "latency_ms": {b: spread([e["latency_ms"][b] for e in entries]) for b in ("b1", "b256")},
+            "names": sorted({str(e["name"]) for e in entries if e["name"]}),
+        }
     stages = {s: spread([r["stage_seconds"][s] for r in runs]) for s in runs[0]["stage_seconds"]}
     return {"models": table, "stage_seconds": stages}
 
@@ -177,6 +219,7 @@ def targets(runs: list[dict], summary: dict, orchestration: dict | None) -> list
     """The issue's targets, each computed from the medians of the seeds."""
     acc = {m: summary["models"][m]["accuracy"]["median"] for m in MODELS}
     lat = {m: summary["models"][m]["latency_ms"] for m in ("ensemble", "shipped", "pruned", "int8")}
+
     def gap_closed(alone: str, kd: str) -> float:  # undefined when the student alone matches the ensemble
         gap = acc["ensemble"] - acc[alone]
         return (acc[kd] - acc[alone]) / gap if gap > 0 else float("nan")
@@ -185,25 +228,47 @@ def targets(runs: list[dict], summary: dict, orchestration: dict | None) -> list
     rows = [
         ("shipped accuracy >= ensemble - 0.3 pt", (acc["shipped"] - acc["ensemble"]) * 100, ">=", -0.3),
         ("int8 accuracy >= ensemble - 0.5 pt", (acc["int8"] - acc["ensemble"]) * 100, ">=", -0.5),
-        ("KD from the ensemble closes >= 50% of the alone-ensemble gap", gap_closed("student_alone", "student_kd"),
-         ">=", 0.5),
-        ("the same at the probe size (--kd-probe-scale of the widths)", gap_closed("probe_alone", "probe_kd"),
-         ">=", 0.5),
+        (
+            "KD from the ensemble closes >= 50% of the alone-ensemble gap",
+            gap_closed("student_alone", "student_kd"),
+            ">=",
+            0.5,
+        ),
+        (
+            "the same at the probe size (--kd-probe-scale of the widths)",
+            gap_closed("probe_alone", "probe_kd"),
+            ">=",
+            0.5,
+        ),
         ("int8 bytes <= 20 KB", summary["models"]["int8"]["bytes"]["median"] / 1000, "<=", 20),
         ("int8 >= 100x fewer bytes than the most accurate teacher", statistics.median(bytes_vs_teacher), ">=", 100),
-        ("shipped batch-1 latency >= 50x lower than the ensemble",
-         lat["ensemble"]["b1"]["median"] / lat["shipped"]["b1"]["median"], ">=", 50),
-        ("shipped batch-256 throughput >= 40x the ensemble",
-         lat["ensemble"]["b256"]["median"] / lat["shipped"]["b256"]["median"], ">=", 40),
+        (
+            "shipped batch-1 latency >= 50x lower than the ensemble",
+            lat["ensemble"]["b1"]["median"] / lat["shipped"]["b1"]["median"],
+            ">=",
+            50,
+        ),
+        (
+            "shipped batch-256 throughput >= 40x the ensemble",
+            lat["ensemble"]["b256"]["median"] / lat["shipped"]["b256"]["median"],
+            ">=",
+            40,
+        ),
         ("QAT int8 accuracy >= onnxruntime PTQ", (acc["int8"] - acc["ptq_int8"]) * 100, ">=", 0),
-        ("int8 >= 1.5x faster than fp32 pruned at batch 256 (needs VNNI)",
-         lat["pruned"]["b256"]["median"] / lat["int8"]["b256"]["median"], ">=", 1.5),
+        (
+            "int8 >= 1.5x faster than fp32 pruned at batch 256 (needs VNNI)",
+            lat["pruned"]["b256"]["median"] / lat["int8"]["b256"]["median"],
+            ">=",
+            1.5,
+        ),
     ]
     if orchestration:
-        rows.append(("orchestration overhead <= 10% of the flow's wall time", orchestration["overhead_share"],
-                     "<=", 0.10))
-    return [{"target": t, "value": v, "goal": f"{op} {g}", "met": v >= g if op == ">=" else v <= g}
-            for t, v, op, g in rows]
+        rows.append(
+            ("orchestration overhead <= 10% of the flow's wall time", orchestration["overhead_share"], "<=", 0.10)
+        )
+    return [
+        {"target": t, "value": v, "goal": f"{op} {g}", "met": v >= g if op == ">=" else v <= g} for t, v, op, g in rows
+    ]
 
 
 def machine() -> dict:
@@ -214,25 +279,36 @@ def markdown(result: dict) -> str:
     def cell(s: dict, fmt: str, scale: float = 1) -> str:
         return f"{s['median'] * scale:{fmt}} [{s['min'] * scale:{fmt}}–{s['max'] * scale:{fmt}}]"
 
-    lines = [f"# Distillery benchmark ({len(result['seeds'])} seeds: median [min–max])", "",
-             f"Commit `{result['git_commit']}`, {result['machine']}.", "",
-             "| model | test accuracy (%) | params | ONNX bytes | latency b1 (ms) | latency b256 (ms) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Distillery benchmark ({len(result['seeds'])} seeds: median [min–max])",
+        "",
+        f"Commit `{result['git_commit']}`, {result['machine']}.",
+        "",
+        "| model | test accuracy (%) | params | ONNX bytes | latency b1 (ms) | latency b256 (ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for m, s in result["summary"]["models"].items():
         name = f"{m} ({', '.join(s['names'])})" if s["names"] else m
-        lines.append(f"| {name} | {cell(s['accuracy'], '.2f', 100)} | {cell(s['params'], ',.0f')} | "
-                     f"{cell(s['bytes'], ',.0f')} | {cell(s['latency_ms']['b1'], '.3f')} | "
-                     f"{cell(s['latency_ms']['b256'], '.2f')} |")
+        lines.append(
+            f"| {name} | {cell(s['accuracy'], '.2f', 100)} | {cell(s['params'], ',.0f')} | "
+            f"{cell(s['bytes'], ',.0f')} | {cell(s['latency_ms']['b1'], '.3f')} | "
+            f"{cell(s['latency_ms']['b256'], '.2f')} |"
+        )
     lines += ["", "| stage | wall time (s) |", "|---|---:|"]
     lines += [f"| {s} | {cell(v, '.1f')} |" for s, v in result["summary"]["stage_seconds"].items()]
     if result["orchestration"]:
         o = result["orchestration"]
-        lines += ["", f"Orchestration: `distillery run` (Prefect flow + DVC, fresh clone) {o['flow_s']:.0f} s vs the "
-                      f"stage functions called directly {o['direct_s']:.0f} s, same seed: overhead "
-                      f"{o['overhead_share'] * 100:.1f}% of the flow's wall time."]
+        lines += [
+            "",
+            f"Orchestration: `distillery run` (Prefect flow + DVC, fresh clone) {o['flow_s']:.0f} s vs the "
+            f"stage functions called directly {o['direct_s']:.0f} s, same seed: overhead "
+            f"{o['overhead_share'] * 100:.1f}% of the flow's wall time.",
+        ]
     lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
-    lines += [f"| {t['target']} | {t['value']:.3g} | {t['goal']} | {'yes' if t['met'] else '**no**'} |"
-              for t in result["targets"]]
+    lines += [
+        f"| {t['target']} | {t['value']:.3g} | {t['goal']} | {'yes' if t['met'] else '**no**'} |"
+        for t in result["targets"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -247,8 +323,12 @@ def main() -> None:
     parser.add_argument("--latency-budget-s", type=float, default=1.0)
     parser.add_argument("--dask-workers", type=int, help="run the seeds on a local Dask cluster of this many workers")
     parser.add_argument("--dask-address", help="run the seeds on this Dask scheduler (workers share this folder)")
-    parser.add_argument("--kd-probe-scale", type=float, default=0.25,
-                        help="KD vs alone also for the student at this share of its widths")
+    parser.add_argument(
+        "--kd-probe-scale",
+        type=float,
+        default=0.25,
+        help="KD vs alone also for the student at this share of its widths",
+    )
     args = parser.parse_args()
     os.environ["DISTILLERY_DEVICE"] = args.device
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
@@ -269,14 +349,24 @@ def main() -> None:
     for run in runs:  # one process, one thread setting, every model of every seed
         data = load_dataset(run.pop("layout").raw)
         run["models"] = {m: measure(e, data, threads, args.latency_budget_s) for m, e in found[run["seed"]].items()}
-        teachers = [measure({"onnx": p, "name": p.stem}, data, threads, 0.05)
-                    for p in sorted(found[run["seed"]]["ensemble"]["onnx"].parent.glob("teacher_*.onnx"))]
+        teachers = [
+            measure({"onnx": p, "name": p.stem}, data, threads, 0.05)
+            for p in sorted(found[run["seed"]]["ensemble"]["onnx"].parent.glob("teacher_*.onnx"))
+        ]
         run["models"]["best_teacher_by_test"] = max(teachers, key=lambda t: t["accuracy"])
 
     summary = summarize(runs)
-    result = {"seeds": args.seeds, "params": params.to_yaml_dict(), "git_commit": report.git_commit(ROOT),
-              "machine": machine(), "onnxruntime_threads": threads, "runs": runs, "summary": summary,
-              "orchestration": orchestration, "targets": targets(runs, summary, orchestration)}
+    result = {
+        "seeds": args.seeds,
+        "params": params.to_yaml_dict(),
+        "git_commit": report.git_commit(ROOT),
+        "machine": machine(),
+        "onnxruntime_threads": threads,
+        "runs": runs,
+        "summary": summary,
+        "orchestration": orchestration,
+        "targets": targets(runs, summary, orchestration),
+    }
     save_results("latest", result, markdown(result), args.out)
 
 

@@ -81,8 +81,13 @@ def tree_pss(process: psutil.Process) -> int:
 def run_stage(stage: str, *args: str) -> dict:
     """Run `python -m tasks.<stage> ARGS` in its own process: wall seconds and peak PSS (MB)."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", f"tasks.{stage}", *args], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"tasks.{stage}", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     tree, peak = psutil.Process(process.pid), 0
     while not (done := os.wait4(process.pid, os.WNOHANG))[0]:
         try:
@@ -93,8 +98,11 @@ def run_stage(stage: str, *args: str) -> dict:
     seconds = time.perf_counter() - started
     if done[1] != 0:
         raise SystemExit(f"tasks.{stage} {' '.join(args)} failed: {process.stderr.read()}")
-    return {"seconds": round(seconds, 2), "peak_mb": round(peak / 2**20, 1),
-            "peak_rss_main_mb": round(done[2].ru_maxrss / 1024, 1)}
+    return {
+        "seconds": round(seconds, 2),
+        "peak_mb": round(peak / 2**20, 1),
+        "peak_rss_main_mb": round(done[2].ru_maxrss / 1024, 1),
+    }
 
 
 def startup(stage: str) -> dict:
@@ -105,17 +113,26 @@ def startup(stage: str) -> dict:
 
 def workspace(root: Path, source: str, epochs: int) -> Path:
     root.mkdir(parents=True)
-    (root / "params.yaml").write_text(yaml.safe_dump({
-        "ingest": {"source": source, "path": f"data/source/{source}"},
-        "teachers": {"models": ["wide_cnn"], "epochs": epochs}}))
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "ingest": {"source": source, "path": f"data/source/{source}"},
+                "teachers": {"models": ["wide_cnn"], "epochs": epochs},
+            }
+        )
+    )
     return root
 
 
 def repeated(repeats: int, stage: str, *args: str) -> dict:
     """The fastest of `repeats` runs, with the highest peak memory of them."""
     runs = [run_stage(stage, *args) for _ in range(repeats)]
-    return {**min(runs, key=lambda r: r["seconds"]), "peak_mb": max(r["peak_mb"] for r in runs),
-            "peak_rss_main_mb": max(r["peak_rss_main_mb"] for r in runs), "all_seconds": [r["seconds"] for r in runs]}
+    return {
+        **min(runs, key=lambda r: r["seconds"]),
+        "peak_mb": max(r["peak_mb"] for r in runs),
+        "peak_rss_main_mb": max(r["peak_rss_main_mb"] for r in runs),
+        "all_seconds": [r["seconds"] for r in runs],
+    }
 
 
 def measure(scale: int, epochs: int, repeats: int, work: Path, startups: dict) -> dict:
@@ -133,29 +150,46 @@ def measure(scale: int, epochs: int, repeats: int, work: Path, startups: dict) -
 def growth(results: dict) -> dict:
     """Per stage, the largest scale against 1x: cost per image and peak memory."""
     low, high = results[str(min(results["scales"]))]["stages"], results[str(max(results["scales"]))]["stages"]
-    return {name: {"us_per_image": round(high[name]["us_per_image"] / low[name]["us_per_image"], 2),
-                   "peak_mb": round(high[name]["peak_mb"] / low[name]["peak_mb"], 2)} for name in STAGES}
+    return {
+        name: {
+            "us_per_image": round(high[name]["us_per_image"] / low[name]["us_per_image"], 2),
+            "peak_mb": round(high[name]["peak_mb"] / low[name]["peak_mb"], 2),
+        }
+        for name in STAGES
+    }
 
 
 def markdown(results: dict) -> str:
     scales = results["scales"]
     top = f"{max(scales)}x / {min(scales)}x"
-    lines = [f"# Data path at {', '.join(f'{s}x' for s in scales)} the default data", "",
-             f"`python -m bench.scale`, {os.cpu_count()} CPUs; train_teachers: one wide CNN, "
-             f"{results['epochs']} epoch(s). Each stage is its own process, the fastest of {results['repeats']} "
-             "runs; peak MB: proportional set size of the command and its workers (the highest of the runs).", "",
-             "| stage | " + " | ".join(f"{s}x: s / µs per image / peak MB" for s in scales)
-             + f" | {top}: µs per image / peak MB |",
-             "|---|" + "---|" * (len(scales) + 1)]
+    lines = [
+        f"# Data path at {', '.join(f'{s}x' for s in scales)} the default data",
+        "",
+        f"`python -m bench.scale`, {os.cpu_count()} CPUs; train_teachers: one wide CNN, "
+        f"{results['epochs']} epoch(s). Each stage is its own process, the fastest of {results['repeats']} "
+        "runs; peak MB: proportional set size of the command and its workers (the highest of the runs).",
+        "",
+        "| stage | "
+        + " | ".join(f"{s}x: s / µs per image / peak MB" for s in scales)
+        + f" | {top}: µs per image / peak MB |",
+        "|---|" + "---|" * (len(scales) + 1),
+    ]
     for name in STAGES:
         cells = [results[str(s)]["stages"][name] for s in scales]
         ratio = results["growth"][name]
-        lines.append(f"| {name} | " + " | ".join(
-            f"{c['seconds']} / {c['us_per_image']} / {c['peak_mb']}" for c in cells)
-            + f" | {ratio['us_per_image']} / {ratio['peak_mb']} |")
-    lines += ["", "µs per image leave out each command's start (Python and its imports, timed with `--help`): "
-              + ", ".join(f"{k} {v['seconds']} s / {v['peak_mb']} MB" for k, v in results["startup"].items())
-              + ". Images: " + ", ".join(f"{results[str(s)]['images']:,}" for s in scales) + "."]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{c['seconds']} / {c['us_per_image']} / {c['peak_mb']}" for c in cells)
+            + f" | {ratio['us_per_image']} / {ratio['peak_mb']} |"
+        )
+    lines += [
+        "",
+        "µs per image leave out each command's start (Python and its imports, timed with `--help`): "
+        + ", ".join(f"{k} {v['seconds']} s / {v['peak_mb']} MB" for k, v in results["startup"].items())
+        + ". Images: "
+        + ", ".join(f"{results[str(s)]['images']:,}" for s in scales)
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 

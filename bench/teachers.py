@@ -33,22 +33,30 @@ def teacher_stage(params: PipelineParams, root: str, runner: RunnerConfig) -> di
     started = time.perf_counter()
     train_teachers.run(params.teachers, layout, teacher_map(runner))
     wall = time.perf_counter() - started
-    teachers = {f.stem: {k: read_json(f)[k] for k in ("seconds", "torch_threads", "val_accuracy")}
-                for f in sorted(layout.teachers.glob("*.json"))}
+    teachers = {
+        f.stem: {k: read_json(f)[k] for k in ("seconds", "torch_threads", "val_accuracy")}
+        for f in sorted(layout.teachers.glob("*.json"))
+    }
     return {"wall_s": round(wall, 1), "teachers": teachers}
 
 
 def markdown(results: dict) -> str:
     local, dask = results["local"], results["dask"]
-    lines = [f"# Teachers: one after another vs a {results['workers']}-worker local Dask cluster", "",
-             f"{results['cpus']} CPUs, {results['epochs']} epochs, `python -m bench.teachers`. "
-             f"Dask / local wall time: **{results['dask_over_local']:.2f}**", "",
-             "| teacher | local s | local threads | dask s | dask threads | local val acc | dask val acc |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Teachers: one after another vs a {results['workers']}-worker local Dask cluster",
+        "",
+        f"{results['cpus']} CPUs, {results['epochs']} epochs, `python -m bench.teachers`. "
+        f"Dask / local wall time: **{results['dask_over_local']:.2f}**",
+        "",
+        "| teacher | local s | local threads | dask s | dask threads | local val acc | dask val acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, a in local["teachers"].items():
         b = dask["teachers"][name]
-        lines.append(f"| {name} | {a['seconds']} | {a['torch_threads']} | {b['seconds']} | {b['torch_threads']} | "
-                     f"{a['val_accuracy']:.4f} | {b['val_accuracy']:.4f} |")
+        lines.append(
+            f"| {name} | {a['seconds']} | {a['torch_threads']} | {b['seconds']} | {b['torch_threads']} | "
+            f"{a['val_accuracy']:.4f} | {b['val_accuracy']:.4f} |"
+        )
     lines.append(f"| **stage wall** | {local['wall_s']} | | {dask['wall_s']} | | | |")
     return "\n".join(lines) + "\n"
 
@@ -63,9 +71,10 @@ def main() -> None:
     prefect_environment(layout.root)
     ingest.run(params.ingest, layout)
     validate.run(params.validate_, layout)
-    runners = {"local": RunnerConfig(),
-               "dask": RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": args.workers,
-                                                                      "threads_per_worker": 1})}
+    runners = {
+        "local": RunnerConfig(),
+        "dask": RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": args.workers, "threads_per_worker": 1}),
+    }
     results = {"workers": args.workers, "epochs": args.epochs, "cpus": os.cpu_count()}
     for kind, runner in runners.items():
         results[kind] = teacher_stage(params, str(layout.root), runner)

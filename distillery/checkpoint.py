@@ -37,13 +37,20 @@ def load(path: Path) -> tuple[nn.Module, dict]:
     except SafetensorError as e:
         raise DistilleryError(f"Checkpoint {path} is damaged ({e}).") from e
     expected = model.state_dict()
-    problems = [*(f"missing {k}" for k in expected.keys() - weights.keys()),
-                *(f"unexpected {k}" for k in weights.keys() - expected.keys()),
-                *(f"{k} is {tuple(weights[k].shape)}, not {tuple(expected[k].shape)}"
-                  for k in expected.keys() & weights.keys() if weights[k].shape != expected[k].shape)]
+    problems = [
+        *(f"missing {k}" for k in expected.keys() - weights.keys()),
+        *(f"unexpected {k}" for k in weights.keys() - expected.keys()),
+        *(
+            f"{k} is {tuple(weights[k].shape)}, not {tuple(expected[k].shape)}"
+            for k in expected.keys() & weights.keys()
+            if weights[k].shape != expected[k].shape
+        ),
+    ]
     if problems:
-        raise DistilleryError(f"Checkpoint {path} does not match its architecture {spec['arch']!r}: "
-                              f"{len(problems)} problems, e.g. {'; '.join(sorted(problems)[:3])}. "
-                              "Rerun the stage that wrote it.")
+        raise DistilleryError(
+            f"Checkpoint {path} does not match its architecture {spec['arch']!r}: "
+            f"{len(problems)} problems, e.g. {'; '.join(sorted(problems)[:3])}. "
+            "Rerun the stage that wrote it."
+        )
     model.load_state_dict(weights)
     return model.eval(), spec

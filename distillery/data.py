@@ -65,8 +65,10 @@ def load_dataset(raw: Path) -> Dataset:
     labels = torch.from_numpy(np.load(raw / "labels.npy")).long()
     splits = torch.from_numpy(np.load(raw / "splits.npy"))
     if not len(images) == len(labels) == len(splits):
-        raise DistilleryError(f"{raw}: {len(images)} images, {len(labels)} labels and {len(splits)} split ids do not "
-                              "match; rerun the ingest stage.")
+        raise DistilleryError(
+            f"{raw}: {len(images)} images, {len(labels)} labels and {len(splits)} split ids do not "
+            "match; rerun the ingest stage."
+        )
     num_classes = len(json.loads((raw / "info.json").read_text())["classes"])
     parts = []
     for i in range(len(SPLITS)):
@@ -81,16 +83,22 @@ def loader_workers() -> int:
     return 0 if multiprocessing.current_process().daemon else min(4, os.cpu_count() or 1)
 
 
-def batches(split: Split, batch_size: int, generator: torch.Generator | None = None,
-            device: torch.device = CPU) -> DataLoader:
+def batches(
+    split: Split, batch_size: int, generator: torch.Generator | None = None, device: torch.device = CPU
+) -> DataLoader:
     """(x, y) mini-batches, shuffled with `generator` when one is given, read from disk as they are
     needed. Feeding a GPU from host memory, DataLoader workers read and pin the next batches; on the
     CPU the training process reads them itself, as workers would only take its cores."""
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     streamed = device.type == "cuda" and not split.images.is_cuda
-    return DataLoader(split, batch_size=None, sampler=order.split(batch_size),
-                      num_workers=loader_workers() if streamed else 0, pin_memory=streamed)
+    return DataLoader(
+        split,
+        batch_size=None,
+        sampler=order.split(batch_size),
+        num_workers=loader_workers() if streamed else 0,
+        pin_memory=streamed,
+    )
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, shift: float = 0.1):

@@ -26,7 +26,8 @@ def explain_write_failures(final: Path) -> Iterator[None]:
             raise
         raise DistilleryError(
             f"Cannot write {final}: {e.strerror} ({e.filename or final}). Nothing was replaced: any earlier "
-            "output there is intact. Free disk space or make the folder writable, then rerun.") from e
+            "output there is intact. Free disk space or make the folder writable, then rerun."
+        ) from e
 
 
 @contextmanager
@@ -84,8 +85,10 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            raise DistilleryError(f"{what} is busy: {holder} holds {path}. Wait for that run to end, or stop "
-                                  "it; two runs at once would overwrite each other's outputs.") from None
+            raise DistilleryError(
+                f"{what} is busy: {holder} holds {path}. Wait for that run to end, or stop "
+                "it; two runs at once would overwrite each other's outputs."
+            ) from None
         f.truncate(0)
         f.write(f"run pid {os.getpid()} started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
         f.flush()

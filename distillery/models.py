@@ -28,9 +28,12 @@ class WideCNN(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, hidden: int = 256):
         super().__init__()
         self.features = nn.Sequential(
-            conv_bn_relu(in_channels, 32), nn.MaxPool2d(2),
-            conv_bn_relu(32, 64), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+            conv_bn_relu(in_channels, 32),
+            nn.MaxPool2d(2),
+            conv_bn_relu(32, 64),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(7),
+            nn.Flatten(),
         )
         self.classifier = nn.Sequential(
             nn.Linear(64 * 7 * 7, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
@@ -138,8 +141,7 @@ def build(spec: dict) -> nn.Module:
     """Build an untrained model from its spec."""
     arch = spec["arch"]
     if arch == "student_cnn":
-        return StudentCNN(spec["in_channels"], spec["num_classes"], list(spec["widths"]),
-                          spec.get("pooled_blocks"))
+        return StudentCNN(spec["in_channels"], spec["num_classes"], list(spec["widths"]), spec.get("pooled_blocks"))
     if arch in TEACHER_ARCHS:
         return TEACHER_ARCHS[arch](spec["in_channels"], spec["num_classes"])
     raise DistilleryError(f"Unknown architecture {arch!r}; known: student_cnn, {', '.join(TEACHER_ARCHS)}.")

@@ -21,8 +21,14 @@ def export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """Write `model` as one self-contained ONNX file with a dynamic batch dimension."""
     with atomic_file(path) as tmp:
         program = torch.onnx.export(
-            model, (example,), dynamo=True, external_data=False, optimize=True,
-            input_names=["images"], output_names=["scores"], dynamic_shapes=({0: BATCH},),
+            model,
+            (example,),
+            dynamo=True,
+            external_data=False,
+            optimize=True,
+            input_names=["images"],
+            output_names=["scores"],
+            dynamic_shapes=({0: BATCH},),
             verbose=False,
         )
         program.save(str(tmp))
@@ -63,8 +69,9 @@ def accuracy(sess: ort.InferenceSession, data: Split) -> float:
     return float((predict(sess, data) == data.y.numpy()).mean())
 
 
-def latency_ms(sess: ort.InferenceSession, sample: np.ndarray, batch: int, budget_s: float = 2.0,
-               max_runs: int = 200) -> float:
+def latency_ms(
+    sess: ort.InferenceSession, sample: np.ndarray, batch: int, budget_s: float = 2.0, max_runs: int = 200
+) -> float:
     """Median wall time of one `sess.run` on a batch of `batch` images, after a warm-up."""
     name = sess.get_inputs()[0].name
     x = np.ascontiguousarray(np.resize(sample, (batch, *sample.shape[1:])).astype(np.float32))

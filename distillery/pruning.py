@@ -26,26 +26,41 @@ def agp_schedule(ratio: float, steps: int) -> list[float]:
 
 
 SCHEDULES: dict[str, Callable[[float, int], list[float]]] = {
-    "linear": tp.pruner.algorithms.scheduler.linear_scheduler, "agp": agp_schedule}
+    "linear": tp.pruner.algorithms.scheduler.linear_scheduler,
+    "agp": agp_schedule,
+}
 
 
 def conv_layers(model: StudentCNN) -> dict[str, nn.Conv2d]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def make_pruner(model: StudentCNN, example: torch.Tensor, ratio: float, steps: int, round_to: int,
-                schedule: str = "agp", layer_ratios: dict[str, float] | None = None) -> tp.pruner.MetaPruner:
+def make_pruner(
+    model: StudentCNN,
+    example: torch.Tensor,
+    ratio: float,
+    steps: int,
+    round_to: int,
+    schedule: str = "agp",
+    layer_ratios: dict[str, float] | None = None,
+) -> tp.pruner.MetaPruner:
     layers = conv_layers(model)
     return tp.pruner.MetaPruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=ratio,
-        pruning_ratio_dict={layers[n]: r for n, r in (layer_ratios or {}).items()}, iterative_steps=steps,
-        iterative_pruning_ratio_scheduler=SCHEDULES[schedule], ignored_layers=[model.classifier],
+        model,
+        example,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        pruning_ratio_dict={layers[n]: r for n, r in (layer_ratios or {}).items()},
+        iterative_steps=steps,
+        iterative_pruning_ratio_scheduler=SCHEDULES[schedule],
+        ignored_layers=[model.classifier],
         round_to=round_to or None,
     )
 
 
-def sensitivity_scan(model: StudentCNN, val: Split, grid: list[float],
-                     device: torch.device) -> dict[str, list[float | None]]:
+def sensitivity_scan(
+    model: StudentCNN, val: Split, grid: list[float], device: torch.device
+) -> dict[str, list[float | None]]:
     """Validation accuracy with one conv layer at a time pruned by each ratio in `grid`, no fine-tuning
     (channel counts not rounded, so that each ratio is what it says). None where torch-pruning
     declines a ratio (it would leave the layer almost empty)."""
@@ -61,17 +76,34 @@ def sensitivity_scan(model: StudentCNN, val: Split, grid: list[float],
     return scan
 
 
-def ratios_from_scan(scan: dict[str, list[float | None]], grid: list[float], baseline: float, max_drop_pp: float,
-                     cap: float) -> dict[str, float]:
+def ratios_from_scan(
+    scan: dict[str, list[float | None]], grid: list[float], baseline: float, max_drop_pp: float, cap: float
+) -> dict[str, float]:
     """Per layer, the largest ratio (up to `cap`) whose accuracy drop stays within `max_drop_pp`."""
-    return {name: max([0.0] + [r for r, acc in zip(grid, accs, strict=True)
-                               if acc is not None and r <= cap and (baseline - acc) * 100 <= max_drop_pp])
-            for name, accs in scan.items()}
+    return {
+        name: max(
+            [0.0]
+            + [
+                r
+                for r, acc in zip(grid, accs, strict=True)
+                if acc is not None and r <= cap and (baseline - acc) * 100 <= max_drop_pp
+            ]
+        )
+        for name, accs in scan.items()
+    }
 
 
-def prune_gradually(model: StudentCNN, train: Split, val: Split, pruner: tp.pruner.MetaPruner, steps: int,
-                    settings: TrainSettings, loss_fn, device,
-                    fast_enough: Callable[[StudentCNN], bool] | None = None) -> list[dict]:
+def prune_gradually(
+    model: StudentCNN,
+    train: Split,
+    val: Split,
+    pruner: tp.pruner.MetaPruner,
+    steps: int,
+    settings: TrainSettings,
+    loss_fn,
+    device,
+    fast_enough: Callable[[StudentCNN], bool] | None = None,
+) -> list[dict]:
     """Take `steps` pruning steps, one per epoch, fine-tuning after each; the remaining epochs only
     fine-tune. Steps stop early once `fast_enough(model)` holds. The model shrinks in place."""
     model.to(device)
@@ -90,6 +122,7 @@ def prune_gradually(model: StudentCNN, train: Split, val: Split, pruner: tp.prun
         model.eval()
         val_acc = accuracy(model, val, device)
         history.append({"epoch": epoch, "loss": loss, "val_accuracy": val_acc, "widths": model.widths()})
-        log.info("prune epoch %d/%d widths %s loss %.4f val_acc %.4f",
-                 epoch, settings.epochs, model.widths(), loss, val_acc)
+        log.info(
+            "prune epoch %d/%d widths %s loss %.4f val_acc %.4f", epoch, settings.epochs, model.widths(), loss, val_acc
+        )
     return history

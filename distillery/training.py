@@ -79,8 +79,9 @@ def set_cosine_lr(optimizer: torch.optim.Optimizer, settings: TrainSettings, epo
         group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / settings.epochs))
 
 
-def train_epoch(model, optimizer, data: Split, settings: TrainSettings, loss_fn, generator, device,
-                channels_last: bool = False) -> float:
+def train_epoch(
+    model, optimizer, data: Split, settings: TrainSettings, loss_fn, generator, device, channels_last: bool = False
+) -> float:
     """One pass over `data`; the caller puts the model in training mode. Returns the mean loss."""
     total, count = 0.0, 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -115,8 +116,15 @@ def accuracy(model: nn.Module, data: Split, device: torch.device) -> float:
     return (predict(model, data, device) == data.y).float().mean().item()
 
 
-def fit(model: nn.Module, train: Split, val: Split, settings: TrainSettings, device: torch.device,
-        loss_fn=None, name: str = "model") -> list[dict]:
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    settings: TrainSettings,
+    device: torch.device,
+    loss_fn=None,
+    name: str = "model",
+) -> list[dict]:
     """Train with AdamW and a cosine schedule; return the per-epoch history (loss, val accuracy)."""
     loss_fn = loss_fn or make_loss(None, None)
     channels_last = device.type == "cuda"  # faster convolutions on tensor cores

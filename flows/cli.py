@@ -63,9 +63,12 @@ def flow_runner(args: argparse.Namespace):
     if not (args.dask_address or args.dask_cluster or args.dask_workers):
         return RunnerConfig()
     with user_errors(args.debug, "the command line"):
-        return RunnerConfig(kind="dask", dask_address=args.dask_address,
-                            dask_cluster_class=None if args.dask_cluster in (None, "local") else args.dask_cluster,
-                            dask_cluster_kwargs={"n_workers": args.dask_workers} if args.dask_workers else {})
+        return RunnerConfig(
+            kind="dask",
+            dask_address=args.dask_address,
+            dask_cluster_class=None if args.dask_cluster in (None, "local") else args.dask_cluster,
+            dask_cluster_kwargs={"n_workers": args.dask_workers} if args.dask_workers else {},
+        )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -93,10 +96,14 @@ def serve(args: argparse.Namespace) -> None:
     runner = flow_runner(args)
     from flows.pipeline import compress
 
-    compress.serve(name=args.name, cron=args.cron or None, global_limit=1, limit=1,
-                   parameters={"params": params.to_yaml_dict(), "root": str(args.root.resolve()),
-                               "runner": runner.model_dump()},
-                   description="Distillery pipeline: ensemble → distilled, pruned, int8 ONNX student")
+    compress.serve(
+        name=args.name,
+        cron=args.cron or None,
+        global_limit=1,
+        limit=1,
+        parameters={"params": params.to_yaml_dict(), "root": str(args.root.resolve()), "runner": runner.model_dump()},
+        description="Distillery pipeline: ensemble → distilled, pruned, int8 ONNX student",
+    )
 
 
 def publish(args: argparse.Namespace) -> None:
@@ -133,24 +140,29 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     dask = argparse.ArgumentParser(add_help=False)
     dask.add_argument("--dask-address", help="train the teachers on this Dask scheduler (e.g. tcp://HOST:8786)")
-    dask.add_argument("--dask-cluster", nargs="?", const="local", help=(
-        "train the teachers on a temporary Dask cluster of this class (default: a LocalCluster on this machine)"))
+    dask.add_argument(
+        "--dask-cluster",
+        nargs="?",
+        const="local",
+        help=("train the teachers on a temporary Dask cluster of this class (default: a LocalCluster on this machine)"),
+    )
     dask.add_argument("--dask-workers", type=int, help="workers of the temporary cluster")
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", parents=[common, dask], help="run the whole pipeline as a Prefect flow")
     run_parser.add_argument("--params", type=Path, help="params file (default: ROOT/params.yaml)")
-    serve_parser = commands.add_parser("serve", parents=[common, dask],
-                                       help="serve the flow as a scheduled deployment")
+    serve_parser = commands.add_parser("serve", parents=[common, dask], help="serve the flow as a scheduled deployment")
     serve_parser.add_argument("--name", default="nightly", help="deployment name")
     serve_parser.add_argument("--cron", default="0 2 * * *", help="schedule (cron, server time zone); '' for none")
     serve_parser.add_argument("--params", type=Path, help="default parameters (default: ROOT/params.yaml)")
-    publish_parser = commands.add_parser("publish", parents=[common],
-                                         help="upload the finished run to the S3 model store")
+    publish_parser = commands.add_parser(
+        "publish", parents=[common], help="upload the finished run to the S3 model store"
+    )
     publish_parser.add_argument("--name", default="distillery-student", help="model name")
     publish_parser.add_argument("--version", help="version label (default: UTC time + dataset md5 prefix)")
-    models_parser = commands.add_parser("models", parents=[common],
-                                        help="list, show or download published model versions")
+    models_parser = commands.add_parser(
+        "models", parents=[common], help="list, show or download published model versions"
+    )
     models_parser.add_argument("action", choices=["list", "show", "download"])
     models_parser.add_argument("name", nargs="?", default="distillery-student", help="model name")
     models_parser.add_argument("version", nargs="?", help="version (default: latest)")

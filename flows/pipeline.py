@@ -36,17 +36,28 @@ def sync_params_file(params: PipelineParams, layout: Layout) -> None:
 
 
 def publish_artifacts(layout: Layout) -> None:
-    create_table_artifact(report.table_rows(read_json(layout.metrics)), key="distillery-metrics",
-                          description="Accuracy, size and latency of every model")
-    create_markdown_artifact((layout.reports / "report.md").read_text(), key="distillery-report",
-                             description="Distillery report")
-    create_link_artifact((layout.data_docs / "index.html").as_uri(), link_text="Data Docs",
-                         key="distillery-data-docs", description="great-expectations validation results")
+    create_table_artifact(
+        report.table_rows(read_json(layout.metrics)),
+        key="distillery-metrics",
+        description="Accuracy, size and latency of every model",
+    )
+    create_markdown_artifact(
+        (layout.reports / "report.md").read_text(), key="distillery-report", description="Distillery report"
+    )
+    create_link_artifact(
+        (layout.data_docs / "index.html").as_uri(),
+        link_text="Data Docs",
+        key="distillery-data-docs",
+        description="great-expectations validation results",
+    )
     receipt = read_json(layout.published) if layout.published.exists() else {}
     if receipt.get("published"):
-        create_link_artifact(S3Settings.from_env().url(receipt["manifest"]), key="distillery-model",
-                             link_text=f"{receipt['name']} {receipt['version']}",
-                             description="Manifest of the published model version")
+        create_link_artifact(
+            S3Settings.from_env().url(receipt["manifest"]),
+            key="distillery-model",
+            link_text=f"{receipt['name']} {receipt['version']}",
+            description="Manifest of the published model version",
+        )
 
 
 @task(name="update_source", cache_policy=NO_CACHE)  # its input is an open DVC repo
@@ -65,8 +76,12 @@ def unpublished(layout: Layout) -> bool:
 
 
 @flow(name="distillery", log_prints=True)
-def compress(params: PipelineParams = DEFAULT_PARAMS, root: str = ".", update_data: bool = True,
-             runner: RunnerConfig = DEFAULT_RUNNER) -> dict:
+def compress(
+    params: PipelineParams = DEFAULT_PARAMS,
+    root: str = ".",
+    update_data: bool = True,
+    runner: RunnerConfig = DEFAULT_RUNNER,
+) -> dict:
     """Ingest, validate, train teachers, distil, prune, quantize, export, report and publish.
 
     With `update_data`, an ingest source tracked by `dvc import-url` is updated first: a run

@@ -13,15 +13,25 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class RunnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["local", "dask"] = Field("local", description=(
-        "local: each teacher in turn in the flow's process; dask: all teachers at once, one task each, on Dask "
-        "workers that see this workspace's folder (same machine or a shared file system)"))
+    kind: Literal["local", "dask"] = Field(
+        "local",
+        description=(
+            "local: each teacher in turn in the flow's process; dask: all teachers at once, one task each, on Dask "
+            "workers that see this workspace's folder (same machine or a shared file system)"
+        ),
+    )
     dask_address: str | None = Field(None, description="An existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    dask_cluster_class: str | None = Field(None, description=(
-        "Without an address: start a temporary cluster of this class for the run, e.g. "
-        "dask_kubernetes.operator.KubeCluster (default: distributed.LocalCluster on this machine)"))
-    dask_cluster_kwargs: dict[str, Any] = Field(default_factory=dict, description=(
-        "Arguments for the temporary cluster, e.g. {\"n_workers\": 2, \"threads_per_worker\": 1}"))
+    dask_cluster_class: str | None = Field(
+        None,
+        description=(
+            "Without an address: start a temporary cluster of this class for the run, e.g. "
+            "dask_kubernetes.operator.KubeCluster (default: distributed.LocalCluster on this machine)"
+        ),
+    )
+    dask_cluster_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description=('Arguments for the temporary cluster, e.g. {"n_workers": 2, "threads_per_worker": 1}'),
+    )
 
     @model_validator(mode="after")
     def one_cluster(self):
@@ -59,8 +69,9 @@ def without_malloc_trim() -> dict:
     """Dask settings that keep one thread per worker but drop Dask's MALLOC_TRIM_THRESHOLD_=65536,
     which made torch training 2.1x slower in a worker (2 epochs of the wide CNN: 8.7 s vs 4.1 s in
     one thread here)."""
-    spawn = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
-             if k != "MALLOC_TRIM_THRESHOLD_"}
+    spawn = {
+        k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items() if k != "MALLOC_TRIM_THRESHOLD_"
+    }
     return {"distributed.nanny.pre-spawn-environ": spawn}
 
 
@@ -81,11 +92,15 @@ def on_dask(config: RunnerConfig) -> Callable[[Callable[[int], dict], Iterable[i
     """A map function that trains every teacher at once, each a task on the Dask cluster. Workers
     that this run starts report to the flow's Prefect API (workers of an existing scheduler need
     PREFECT_API_URL in their environment)."""
+
     def map_teachers(train_one: Callable[[int], dict], indices: Iterable[int]) -> list[dict]:
         from prefect_dask import DaskTaskRunner
 
-        runner = DaskTaskRunner(address=config.dask_address, cluster_class=config.dask_cluster_class,
-                                cluster_kwargs=cluster_kwargs(config) or None)
+        runner = DaskTaskRunner(
+            address=config.dask_address,
+            cluster_class=config.dask_cluster_class,
+            cluster_kwargs=cluster_kwargs(config) or None,
+        )
         with dask.config.set(worker_environment()), runner:
             futures = [runner.submit(train_teacher_task, {"train_one": train_one, "index": i}) for i in indices]
             return [future.result() for future in futures]

@@ -35,11 +35,15 @@ class Credentials:
             return cls(creds["accessKey"], creds["secretKey"])
         made = cls("distillery-" + secrets.token_hex(4), secrets.token_urlsafe(30))
         path.parent.mkdir(parents=True, exist_ok=True)
-        identities = {"identities": [{
-            "name": "distillery",
-            "credentials": [{"accessKey": made.access_key, "secretKey": made.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}
+        identities = {
+            "identities": [
+                {
+                    "name": "distillery",
+                    "credentials": [{"accessKey": made.access_key, "secretKey": made.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
         write_private(path, json.dumps(identities, indent=2))
         return made
 
@@ -60,13 +64,25 @@ def weed_binary() -> str:
 
 def weed_command(state: Path, bucket: str, s3_port: int, ports: dict[str, int]) -> list[str]:
     return [
-        weed_binary(), f"-logdir={state / 'logs'}", "mini",
-        f"-dir={state / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-bucket={bucket}", f"-s3.port={s3_port}", f"-s3.config={state / 'identities.json'}",
-        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-        "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-filer.localSocket={state / 'filer.sock'}", f"-s3.localSocket={state / 's3.sock'}",
+        weed_binary(),
+        f"-logdir={state / 'logs'}",
+        "mini",
+        f"-dir={state / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-bucket={bucket}",
+        f"-s3.port={s3_port}",
+        f"-s3.config={state / 'identities.json'}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        "-master.telemetry=false",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-filer.localSocket={state / 'filer.sock'}",
+        f"-s3.localSocket={state / 's3.sock'}",
     ]
 
 
@@ -76,8 +92,9 @@ def start(state: Path, bucket: str, s3_port: int = 8333, timeout_s: float = 60) 
     credentials = Credentials.load_or_create(state / "identities.json")
     ports = {name: free_port() for name in ("master", "volume", "filer")}
     with (state / "logs" / "weed.out").open("ab") as log:
-        process = subprocess.Popen(weed_command(state, bucket, s3_port, ports), stdout=log, stderr=log,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            weed_command(state, bucket, s3_port, ports), stdout=log, stderr=log, start_new_session=True
+        )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -96,9 +113,13 @@ def bucket_ready(port: int, bucket: str, credentials: Credentials) -> bool:
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = boto3.session.Session().client(
-        "s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-        aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key,
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2))
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id=credentials.access_key,
+        aws_secret_access_key=credentials.secret_key,
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2),
+    )
     try:
         client.head_bucket(Bucket=bucket)
         return True

@@ -50,22 +50,38 @@ def wait_for(url: str, timeout_s: float) -> None:
 def start_prefect() -> None:
     home = STATE / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1"}
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_API_URL", None)
     with (STATE / "prefect.log").open("ab") as log:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-             "--port", str(PREFECT_PORT)], stdout=log, stderr=log, env=env, start_new_session=True)
+            [
+                str(Path(sys.executable).parent / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(PREFECT_PORT),
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
     (STATE / "prefect.pid").write_text(str(process.pid))
     wait_for(f"http://127.0.0.1:{PREFECT_PORT}/api/health", 90)
 
 
 def write_env(credentials: s3_server.Credentials) -> Path:
     path = STATE / "stack.env"
-    lines = [f"AWS_ACCESS_KEY_ID={credentials.access_key}", f"AWS_SECRET_ACCESS_KEY={credentials.secret_key}",
-             f"AWS_ENDPOINT_URL_S3=http://127.0.0.1:{S3_PORT}", "AWS_DEFAULT_REGION=us-east-1",
-             f"DISTILLERY_BUCKET={BUCKET}", f"PREFECT_API_URL=http://127.0.0.1:{PREFECT_PORT}/api"]
+    lines = [
+        f"AWS_ACCESS_KEY_ID={credentials.access_key}",
+        f"AWS_SECRET_ACCESS_KEY={credentials.secret_key}",
+        f"AWS_ENDPOINT_URL_S3=http://127.0.0.1:{S3_PORT}",
+        "AWS_DEFAULT_REGION=us-east-1",
+        f"DISTILLERY_BUCKET={BUCKET}",
+        f"PREFECT_API_URL=http://127.0.0.1:{PREFECT_PORT}/api",
+    ]
     s3_server.write_private(path, "\n".join(lines) + "\n")
     return path
 
@@ -81,10 +97,12 @@ def up() -> None:
     if not pid_alive(STATE / "prefect.pid"):
         start_prefect()
     env_file = write_env(credentials)
-    print(f"Stack up in {time.monotonic() - started:.1f} s (127.0.0.1 only):\n"
-          f"  S3 (SeaweedFS)  http://127.0.0.1:{S3_PORT}  bucket '{BUCKET}'\n"
-          f"  Prefect UI      http://127.0.0.1:{PREFECT_PORT}\n"
-          f"  Credentials and settings: {env_file} (mode 0600; `set -a; . {env_file}` to use them in a shell)")
+    print(
+        f"Stack up in {time.monotonic() - started:.1f} s (127.0.0.1 only):\n"
+        f"  S3 (SeaweedFS)  http://127.0.0.1:{S3_PORT}  bucket '{BUCKET}'\n"
+        f"  Prefect UI      http://127.0.0.1:{PREFECT_PORT}\n"
+        f"  Credentials and settings: {env_file} (mode 0600; `set -a; . {env_file}` to use them in a shell)"
+    )
 
 
 def down() -> None:

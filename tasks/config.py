@@ -25,11 +25,16 @@ class Section(BaseModel):
 
 class IngestConfig(Section):
     source: Literal["mnist5k", "digits", "folder", "npz"] = "mnist5k"
-    path: Path = Field(Path("data/source"), description=(
-        "For the folder and npz sources: an image folder, an .npz file or a folder of .npz shards, relative "
-        "to the project root. dvc.yaml makes it a dependency of ingest, so new data there reruns the pipeline"))
+    path: Path = Field(
+        Path("data/source"),
+        description=(
+            "For the folder and npz sources: an image folder, an .npz file or a folder of .npz shards, relative "
+            "to the project root. dvc.yaml makes it a dependency of ingest, so new data there reruns the pipeline"
+        ),
+    )
     image_size: tuple[PositiveInt, PositiveInt] | None = Field(
-        None, description="Resize folder images to (height, width); unset, all must share one size")
+        None, description="Resize folder images to (height, width); unset, all must share one size"
+    )
     color: Literal["gray", "rgb"] = Field("gray", description="Convert folder images to this")
     val_fraction: float = Field(0.08, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -66,30 +71,59 @@ class DistillConfig(TrainConfig):
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-2
     widths: list[PositiveInt] = Field([16, 32, 64, 64], min_length=1, description="Student conv channels, per block")
-    pooled_blocks: NonNegativeInt = Field(1, description=(
-        "How many leading blocks downsample by max pooling after a full-resolution conv; the rest use a stride-2 "
-        "conv (a quarter of the work). More pooled blocks: a little more accuracy, much slower"))
-    width_scales: list[PositiveFloat] = Field([1.0], min_length=1, description=(
-        "Student sizes tried, as multiples of `widths`, smallest first: the smallest whose distilled validation "
-        "accuracy meets the ship floor is kept (the largest when none does)"))
+    pooled_blocks: NonNegativeInt = Field(
+        1,
+        description=(
+            "How many leading blocks downsample by max pooling after a full-resolution conv; the rest use a stride-2 "
+            "conv (a quarter of the work). More pooled blocks: a little more accuracy, much slower"
+        ),
+    )
+    width_scales: list[PositiveFloat] = Field(
+        [1.0],
+        min_length=1,
+        description=(
+            "Student sizes tried, as multiples of `widths`, smallest first: the smallest whose distilled validation "
+            "accuracy meets the ship floor is kept (the largest when none does)"
+        ),
+    )
 
 
 class PruneConfig(TrainConfig):
     epochs: PositiveInt = 20
     lr: PositiveFloat = 5e-3
-    ratio: float = Field(0.6, ge=0, lt=1, description=(
-        "Share of each conv layer's channels removed; with per_layer: sensitivity, the most any layer loses"))
+    ratio: float = Field(
+        0.6,
+        ge=0,
+        lt=1,
+        description=(
+            "Share of each conv layer's channels removed; with per_layer: sensitivity, the most any layer loses"
+        ),
+    )
     schedule: Literal["agp", "linear"] = Field(
-        "agp", description="How the ratio grows over the steps: agp (cubic, most channels go early) or linear")
+        "agp", description="How the ratio grows over the steps: agp (cubic, most channels go early) or linear"
+    )
     steps: PositiveInt = Field(4, description="Pruning steps, one per epoch from the first")
-    round_to: int = Field(8, ge=0, description=(
-        "Keep channel counts multiples of this (0: off); onnxruntime's CPU kernels are fastest at multiples of 8"))
-    per_layer: Literal["uniform", "sensitivity"] = Field("uniform", description=(
-        "sensitivity: each layer's ratio from a scan (that layer pruned alone, no fine-tuning, validation "
-        "split): the largest ratio up to `ratio` that costs at most sensitivity_max_drop_pp"))
+    round_to: int = Field(
+        8,
+        ge=0,
+        description=(
+            "Keep channel counts multiples of this (0: off); onnxruntime's CPU kernels are fastest at multiples of 8"
+        ),
+    )
+    per_layer: Literal["uniform", "sensitivity"] = Field(
+        "uniform",
+        description=(
+            "sensitivity: each layer's ratio from a scan (that layer pruned alone, no fine-tuning, validation "
+            "split): the largest ratio up to `ratio` that costs at most sensitivity_max_drop_pp"
+        ),
+    )
     sensitivity_max_drop_pp: PositiveFloat = 2.0
-    target_latency_ms: PositiveFloat | None = Field(None, description=(
-        "Stop pruning once the onnxruntime latency at ship.latency_batch is this low (`ratio` still caps it)"))
+    target_latency_ms: PositiveFloat | None = Field(
+        None,
+        description=(
+            "Stop pruning once the onnxruntime latency at ship.latency_batch is this low (`ratio` still caps it)"
+        ),
+    )
 
     @model_validator(mode="after")
     def steps_fit_epochs(self):
@@ -108,11 +142,16 @@ class ExportConfig(Section):
     """How closely onnxruntime's int8 model must follow PyTorch's on the test split. A logit step is
     1/255 of the range of PyTorch's test logits (see distillery/fidelity.py)."""
 
-    decisive_margin_steps: PositiveFloat = Field(8.0, description=(
-        "Images whose top-2 logit margin in PyTorch is at least this many steps must get the same class in "
-        "onnxruntime; closer calls may flip on a rounding tie"))
+    decisive_margin_steps: PositiveFloat = Field(
+        8.0,
+        description=(
+            "Images whose top-2 logit margin in PyTorch is at least this many steps must get the same class in "
+            "onnxruntime; closer calls may flip on a rounding tie"
+        ),
+    )
     max_mean_logit_error_steps: PositiveFloat = Field(
-        0.5, description="Largest allowed mean |onnxruntime - PyTorch| logit difference, in steps")
+        0.5, description="Largest allowed mean |onnxruntime - PyTorch| logit difference, in steps"
+    )
 
 
 class ReportConfig(Section):
@@ -121,10 +160,13 @@ class ReportConfig(Section):
 
 class ShipConfig(Section):
     max_accuracy_drop_pp: NonNegativeFloat = Field(
-        2.0, description="Accuracy floor: the shipped model may be at most this many points below the teacher "
-                         "ensemble on the validation split; if no model meets it, nothing is published")
+        2.0,
+        description="Accuracy floor: the shipped model may be at most this many points below the teacher "
+        "ensemble on the validation split; if no model meets it, nothing is published",
+    )
     latency_batch: Literal[1, 256] = Field(
-        1, description="The batch size whose measured latency picks between the fp32 and int8 student")
+        1, description="The batch size whose measured latency picks between the fp32 and int8 student"
+    )
 
     def floor(self, ensemble_val_accuracy: float) -> float:
         """The lowest validation accuracy a model may have and still ship (or end the width search)."""
@@ -135,8 +177,11 @@ SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # model names and versions: S3
 
 
 class PublishConfig(Section):
-    model_name: str = Field("distillery-student", pattern=SAFE_NAME,
-                            description="Published as models/<model_name>/<version>/ in the S3 store")
+    model_name: str = Field(
+        "distillery-student",
+        pattern=SAFE_NAME,
+        description="Published as models/<model_name>/<version>/ in the S3 store",
+    )
 
 
 class PipelineParams(Section):

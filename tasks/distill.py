@@ -29,13 +29,19 @@ def candidate_widths(config: DistillConfig) -> list[list[int]]:
     return [list(w) for w in sorted(found, key=sum)]
 
 
-def train_student(spec: dict, teacher: nn.Module | None, data: Dataset, config: DistillConfig, kd: KDConfig,
-                  name: str) -> tuple[nn.Module, dict]:
+def train_student(
+    spec: dict, teacher: nn.Module | None, data: Dataset, config: DistillConfig, kd: KDConfig, name: str
+) -> tuple[nn.Module, dict]:
     model = seeded(config.seed, lambda: models.build(spec))
-    history = fit(model, data.train, data.val, train_settings(config), device(), make_loss(teacher, kd_settings(kd)),
-                  name=name)
-    return model, {"params": models.count_params(model), "widths": spec["widths"],
-                   "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history}
+    history = fit(
+        model, data.train, data.val, train_settings(config), device(), make_loss(teacher, kd_settings(kd)), name=name
+    )
+    return model, {
+        "params": models.count_params(model),
+        "widths": spec["widths"],
+        "val_accuracy": accuracy(model.eval(), data.val, device()),
+        "history": history,
+    }
 
 
 def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
@@ -43,8 +49,12 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     data = load_dataset(layout.raw)
     ensemble = load_ensemble(layout).to(device())
     floor = ship.floor(accuracy(ensemble, data.val, device()))
-    base = {"arch": "student_cnn", "in_channels": data.in_channels, "num_classes": data.num_classes,
-            "pooled_blocks": config.pooled_blocks}
+    base = {
+        "arch": "student_cnn",
+        "in_channels": data.in_channels,
+        "num_classes": data.num_classes,
+        "pooled_blocks": config.pooled_blocks,
+    }
     search = []
     for widths in candidate_widths(config):
         kd_model, kd_result = train_student({**base, "widths": widths}, ensemble, data, config, kd, "student_kd")
@@ -56,8 +66,7 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     alone_model, alone_result = train_student(spec, None, data, config, kd, "student_alone")
     kd_result |= {"width_search": search, "floor_val_accuracy": floor}
     with atomic_dir(layout.student) as out:
-        for name, model, result in (("student_alone", alone_model, alone_result),
-                                    ("student_kd", kd_model, kd_result)):
+        for name, model, result in (("student_alone", alone_model, alone_result), ("student_kd", kd_model, kd_result)):
             checkpoint.save(model, spec, out / f"{name}.safetensors")
             write_json(out / f"{name}.json", result)
     return {"widths": widths, "student_alone": alone_result["val_accuracy"], "student_kd": kd_result["val_accuracy"]}

@@ -54,11 +54,16 @@ def run(config: ExportConfig, layout: Layout) -> dict:
                 f"margin (>= {config.decisive_margin_steps} logit steps) changed class (allowed 0); the mean logit "
                 f"difference is {verification['mean_error_steps']:.2f} steps (allowed "
                 f"{config.max_mean_logit_error_steps}). A step is {verification['logit_step']:.4g}, 1/255 of the "
-                "range of PyTorch's test logits.")
+                "range of PyTorch's test logits."
+            )
         verification["sha256"] = exported.onnx_hashes(out)
         write_json(out / exported.VERIFICATION, verification)
-    log.info("exported; int8 verified on %d test images: top-1 agreement %.4f, mean logit difference %.3f steps",
-             verification["images"], verification["top1_agreement"], verification["mean_error_steps"])
+    log.info(
+        "exported; int8 verified on %d test images: top-1 agreement %.4f, mean logit difference %.3f steps",
+        verification["images"],
+        verification["top1_agreement"],
+        verification["mean_error_steps"],
+    )
     return verification
 
 
@@ -68,9 +73,11 @@ def verify_int8(int8: torch.nn.Module, session, test, config: ExportConfig) -> d
     candidate = onnx_export.logits(session, test)
     labels = test.y.numpy()
     rule = FidelityRule(**config.model_dump())
-    return {"int8_test_accuracy_torch": float((reference.argmax(axis=1) == labels).mean()),
-            "int8_test_accuracy_onnxruntime": float((candidate.argmax(axis=1) == labels).mean()),
-            **compare_logits(reference, candidate, rule)}
+    return {
+        "int8_test_accuracy_torch": float((reference.argmax(axis=1) == labels).mean()),
+        "int8_test_accuracy_onnxruntime": float((candidate.argmax(axis=1) == labels).mean()),
+        **compare_logits(reference, candidate, rule),
+    }
 
 
 if __name__ == "__main__":

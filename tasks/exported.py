@@ -27,10 +27,12 @@ def verified_onnx(layout: Layout) -> dict[str, Path]:
     if "sha256" not in record:
         raise DistilleryError(f"{verification} records no file hashes (an older export); rerun the export stage.")
     found = onnx_hashes(layout.export)
-    changed = sorted(name for name in record["sha256"].keys() | found.keys()
-                     if record["sha256"].get(name) != found.get(name))
+    changed = sorted(
+        name for name in record["sha256"].keys() | found.keys() if record["sha256"].get(name) != found.get(name)
+    )
     if changed:
         raise DistilleryError(
             f"ONNX files in {layout.export} differ from what the export stage verified: {', '.join(changed)} "
-            "(changed, added or missing since). Rerun the export stage.")
+            "(changed, added or missing since). Rerun the export stage."
+        )
     return {Path(name).stem: layout.export / name for name in found}

@@ -88,7 +88,8 @@ def npz_labels(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
             if missing:
                 raise DistilleryError(
                     f"{path} lacks array(s) {', '.join(sorted(missing))}; it must hold `x` (images) and `y` (labels)."
-                    f" It holds: {', '.join(arrays.files) or 'nothing'}.")
+                    f" It holds: {', '.join(arrays.files) or 'nothing'}."
+                )
             y = arrays["y"]
         x_shape = npz_shape(path, "x")
     except (OSError, ValueError, zipfile.BadZipFile) as e:
@@ -97,7 +98,8 @@ def npz_labels(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
         raise DistilleryError(f"{path}: `x` has {x_shape[0] if x_shape else 0} images but `y` has {len(y)} labels.")
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
         raise DistilleryError(
-            f"{path}: labels `y` must be one integer per image, got dtype {y.dtype} and shape {y.shape}.")
+            f"{path}: labels `y` must be one integer per image, got dtype {y.dtype} and shape {y.shape}."
+        )
     image_shape = as_nchw(x_shape, path)(np.empty((0, *x_shape[1:]))).shape[1:]
     return y, image_shape
 
@@ -118,8 +120,10 @@ def npz(path: Path) -> Source:
         y, image_shape = npz_labels(shard)
         first_shape = first_shape or image_shape
         if image_shape != first_shape:
-            raise DistilleryError(f"{shard} holds images of shape {image_shape} but {shards[0]} holds "
-                                  f"{first_shape}; every shard must share one image shape.")
+            raise DistilleryError(
+                f"{shard} holds images of shape {image_shape} but {shards[0]} holds "
+                f"{first_shape}; every shard must share one image shape."
+            )
         labels.append(y)
     y = np.concatenate(labels)
 
@@ -185,8 +189,9 @@ def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> Source
         from distillery.data import loader_workers
 
         workers = loader_workers() if len(files) >= 8 * DECODE_BATCH else 0  # starting workers costs more
-        loader = DataLoader(ImageFiles(files, color, size), batch_size=DECODE_BATCH, collate_fn=list,
-                            num_workers=workers)
+        loader = DataLoader(
+            ImageFiles(files, color, size), batch_size=DECODE_BATCH, collate_fn=list, num_workers=workers
+        )
         first = None
         for batch_index, images in enumerate(loader):
             for i, pixels in enumerate(images):
@@ -196,7 +201,8 @@ def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> Source
                 if pixels.shape != first:
                     raise DistilleryError(
                         f"Image {files[batch_index * DECODE_BATCH + i]} is {pixels.shape[2]}x{pixels.shape[1]} but "
-                        f"earlier images are {first[2]}x{first[1]}; set ingest.image_size to resize all images.")
+                        f"earlier images are {first[2]}x{first[1]}; set ingest.image_size to resize all images."
+                    )
             yield np.stack(images)
 
     return Source(np.array(labels), classes, chunks, str(path))
@@ -223,7 +229,8 @@ def stratified_split(y: np.ndarray, config: IngestConfig, where: str) -> np.ndar
     except ValueError as e:
         raise DistilleryError(
             f"Cannot make a stratified train/val/test split of {where}: {e}. Each class needs a few images in "
-            "every split.") from e
+            "every split."
+        ) from e
     split = np.zeros(len(y), dtype=np.int8)
     split[val], split[test] = 1, 2
     return split
@@ -234,16 +241,20 @@ def image_facts(raw: np.ndarray, stored: np.ndarray, y: np.ndarray, split: np.nd
     values (`raw`), the hash from the uint8 pixels stored."""
     flat = raw.reshape(len(raw), -1)
     with np.errstate(invalid="ignore"):
-        return pd.DataFrame({
-            "label": y.astype(np.int64),
-            "split": np.array(["train", "val", "test"])[split],
-            "channels": raw.shape[1], "height": raw.shape[2], "width": raw.shape[3],
-            "pixel_min": np.nanmin(flat, axis=1) if flat.size else [],
-            "pixel_max": np.nanmax(flat, axis=1) if flat.size else [],
-            "pixel_mean": np.nanmean(flat, axis=1) if flat.size else [],
-            "non_finite": (~np.isfinite(flat)).sum(axis=1),
-            "sha256": [hashlib.sha256(row.tobytes()).hexdigest() for row in stored.reshape(len(stored), -1)],
-        })
+        return pd.DataFrame(
+            {
+                "label": y.astype(np.int64),
+                "split": np.array(["train", "val", "test"])[split],
+                "channels": raw.shape[1],
+                "height": raw.shape[2],
+                "width": raw.shape[3],
+                "pixel_min": np.nanmin(flat, axis=1) if flat.size else [],
+                "pixel_max": np.nanmax(flat, axis=1) if flat.size else [],
+                "pixel_mean": np.nanmean(flat, axis=1) if flat.size else [],
+                "non_finite": (~np.isfinite(flat)).sum(axis=1),
+                "sha256": [hashlib.sha256(row.tobytes()).hexdigest() for row in stored.reshape(len(stored), -1)],
+            }
+        )
 
 
 def as_uint8(raw: np.ndarray) -> np.ndarray:
@@ -263,7 +274,8 @@ def write_images(source: Source, split: np.ndarray, out: Path) -> tuple[int, ...
             if shape is None:
                 shape = chunk.shape[1:]
                 np.lib.format.write_array_header_1_0(
-                    images, {"descr": "|u1", "fortran_order": False, "shape": (len(labels), *shape)})
+                    images, {"descr": "|u1", "fortran_order": False, "shape": (len(labels), *shape)}
+                )
             rows = slice(written, written + len(chunk))
             raw = chunk.astype(np.float32, copy=False)
             stored = as_uint8(chunk)
@@ -287,9 +299,15 @@ def run(config: IngestConfig, layout: Layout) -> dict:
         shape = write_images(source, split, out)
         np.save(out / "labels.npy", y)
         np.save(out / "splits.npy", split)
-        info = {"source": config.source, "images": len(y), "classes": source.class_names, "shape": list(shape),
-                "n_train": int((split == 0).sum()), "n_val": int((split == 1).sum()),
-                "n_test": int((split == 2).sum())}
+        info = {
+            "source": config.source,
+            "images": len(y),
+            "classes": source.class_names,
+            "shape": list(shape),
+            "n_train": int((split == 0).sum()),
+            "n_val": int((split == 1).sum()),
+            "n_test": int((split == 2).sum()),
+        }
         (out / "info.json").write_text(json.dumps(info, indent=2))
     log.info("ingested %d images from %s: %s", len(y), config.source, info)
     return info

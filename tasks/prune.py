@@ -26,8 +26,7 @@ def onnx_latency_ms(model: StudentCNN, data: Dataset, batch: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx_export.export(copy.deepcopy(model).cpu().eval(), data.val.head(2), path)
-        return onnx_export.latency_ms(onnx_export.session(path), data.val.head(batch).numpy(), batch,
-                                      budget_s=0.5)
+        return onnx_export.latency_ms(onnx_export.session(path), data.val.head(batch).numpy(), batch, budget_s=0.5)
 
 
 def latency_check(target_ms: float, data: Dataset, batch: int) -> Callable[[StudentCNN], bool]:
@@ -39,8 +38,9 @@ def latency_check(target_ms: float, data: Dataset, batch: int) -> Callable[[Stud
     return fast_enough
 
 
-def plot_sensitivity(scan: dict[str, list[float | None]], baseline: float, ratios: dict[str, float],
-                     path: Path) -> None:
+def plot_sensitivity(
+    scan: dict[str, list[float | None]], baseline: float, ratios: dict[str, float], path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,8 +51,11 @@ def plot_sensitivity(scan: dict[str, list[float | None]], baseline: float, ratio
         percent = [a * 100 if a is not None else float("nan") for a in accs]  # gaps where not prunable
         ax.plot(SENSITIVITY_GRID, percent, marker=".", label=f"{name} (chosen {ratios[name]:.1f})")
     ax.axhline(baseline * 100, color="gray", linestyle="--", linewidth=1, label="unpruned")
-    ax.set(xlabel="share of the layer's channels removed (that layer alone, no fine-tuning)",
-           ylabel="validation accuracy (%)", title="Pruning sensitivity per layer")
+    ax.set(
+        xlabel="share of the layer's channels removed (that layer alone, no fine-tuning)",
+        ylabel="validation accuracy (%)",
+        title="Pruning sensitivity per layer",
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -72,25 +75,45 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
         baseline = accuracy(model, data.val, device())
         scan = sensitivity_scan(model, data.val, SENSITIVITY_GRID, device())
         layer_ratios = ratios_from_scan(scan, SENSITIVITY_GRID, baseline, config.sensitivity_max_drop_pp, config.ratio)
-        result["sensitivity"] = {"grid": SENSITIVITY_GRID, "val_accuracy": scan, "baseline": baseline,
-                                 "layer_ratios": layer_ratios}
+        result["sensitivity"] = {
+            "grid": SENSITIVITY_GRID,
+            "val_accuracy": scan,
+            "baseline": baseline,
+            "layer_ratios": layer_ratios,
+        }
         log.info("per-layer prune ratios from the sensitivity scan: %s", layer_ratios)
     target = config.target_latency_ms
     fast_enough = latency_check(target, data, ship.latency_batch) if target else None
-    pruner = make_pruner(model, data.train.head(2).to(device()), config.ratio, config.steps, config.round_to,
-                         config.schedule, layer_ratios)
+    pruner = make_pruner(
+        model,
+        data.train.head(2).to(device()),
+        config.ratio,
+        config.steps,
+        config.round_to,
+        config.schedule,
+        layer_ratios,
+    )
     loss = make_loss(load_ensemble(layout).to(device()), kd_settings(kd))
-    history = prune_gradually(model, data.train, data.val, pruner, config.steps, train_settings(config), loss,
-                              device(), fast_enough)
+    history = prune_gradually(
+        model, data.train, data.val, pruner, config.steps, train_settings(config), loss, device(), fast_enough
+    )
     spec = {**spec, "widths": model.widths()}
-    result |= {"params": models.count_params(model), "widths": spec["widths"],
-               "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history}
+    result |= {
+        "params": models.count_params(model),
+        "widths": spec["widths"],
+        "val_accuracy": accuracy(model.eval(), data.val, device()),
+        "history": history,
+    }
     if target:
         result["latency_ms"] = onnx_latency_ms(model, data, ship.latency_batch)
         result["target_latency_met"] = result["latency_ms"] <= target
         if not result["target_latency_met"]:
-            log.warning("prune.target_latency_ms %.4f not reached at ratio %.2f: %.4f ms",
-                        target, config.ratio, result["latency_ms"])
+            log.warning(
+                "prune.target_latency_ms %.4f not reached at ratio %.2f: %.4f ms",
+                target,
+                config.ratio,
+                result["latency_ms"],
+            )
     with atomic_dir(layout.pruned) as out:
         checkpoint.save(model, spec, out / "pruned.safetensors")
         write_json(out / "pruned.json", result)

@@ -20,8 +20,18 @@ from tasks.runtime import read_json
 from tasks.s3_store import ArtifactStore, S3Settings, check_name, manifest_key
 
 log = logging.getLogger("distillery")
-PACKAGES = ("torch", "torchvision", "torchao", "torch-pruning", "onnx", "onnxruntime", "numpy", "prefect", "dvc",
-            "great-expectations")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "torchao",
+    "torch-pruning",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "prefect",
+    "dvc",
+    "great-expectations",
+)
 
 
 def run_files(layout: Layout) -> dict[str, Path]:
@@ -36,8 +46,9 @@ def run_files(layout: Layout) -> dict[str, Path]:
     except DistilleryError as e:
         raise DistilleryError(f"Nothing is published: {e}") from e
     files.update({f"reports/{p.name}": p for p in sorted(layout.reports.iterdir()) if p.is_file()})
-    files.update({f"data_docs/{p.relative_to(layout.data_docs)}": p
-                  for p in sorted(layout.data_docs.rglob("*")) if p.is_file()})
+    files.update(
+        {f"data_docs/{p.relative_to(layout.data_docs)}": p for p in sorted(layout.data_docs.rglob("*")) if p.is_file()}
+    )
     if f"models/{shipped['model']}.onnx" not in files:
         raise DistilleryError(f"{layout.export / shipped['model']}.onnx is missing; rerun the export stage.")
     files["model.onnx"] = files[f"models/{shipped['model']}.onnx"]  # the deployable model, under a fixed name
@@ -51,9 +62,13 @@ def lineage(metrics: dict) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"dataset": metrics["dataset"], "git_commit": metrics["git_commit"], "params": metrics["params"],
-            "metrics": {k: v for k, v in metrics.items() if k not in ("params", "dataset", "git_commit")},
-            "packages": versions}
+    return {
+        "dataset": metrics["dataset"],
+        "git_commit": metrics["git_commit"],
+        "params": metrics["params"],
+        "metrics": {k: v for k, v in metrics.items() if k not in ("params", "dataset", "git_commit")},
+        "packages": versions,
+    }
 
 
 def new_version(metrics: dict) -> str:
@@ -70,10 +85,16 @@ def upload(name: str, layout: Layout, settings: S3Settings | None = None, versio
     store = ArtifactStore(settings or S3Settings.from_env())
     started = time.monotonic()
     manifest = store.publish(name, version, files, lineage(metrics))
-    log.info("published %s %s: %d files, %.1f MB in %.1f s to %s", name, version, len(files),
-             sum(f["size"] for f in manifest["files"]) / 1e6, time.monotonic() - started, store.settings.where())
-    return {"name": name, "version": version, "files": len(files),
-            "manifest": manifest_key(name, version)}
+    log.info(
+        "published %s %s: %d files, %.1f MB in %.1f s to %s",
+        name,
+        version,
+        len(files),
+        sum(f["size"] for f in manifest["files"]) / 1e6,
+        time.monotonic() - started,
+        store.settings.where(),
+    )
+    return {"name": name, "version": version, "files": len(files), "manifest": manifest_key(name, version)}
 
 
 def run(config: PublishConfig, layout: Layout) -> dict:
@@ -83,9 +104,11 @@ def run(config: PublishConfig, layout: Layout) -> dict:
     if settings.configured:
         receipt = {"published": True, **upload(config.model_name, layout, settings)}
     else:
-        receipt = {"published": False,
-                   "reason": "no S3 store configured (run `make up`, or set DISTILLERY_BUCKET and the AWS "
-                             "settings); `distillery publish` publishes this run later"}
+        receipt = {
+            "published": False,
+            "reason": "no S3 store configured (run `make up`, or set DISTILLERY_BUCKET and the AWS "
+            "settings); `distillery publish` publishes this run later",
+        }
         log.warning("not published: %s", receipt["reason"])
     with atomic_file(layout.published) as tmp:
         tmp.write_text(json.dumps(receipt, indent=2))
@@ -94,9 +117,15 @@ def run(config: PublishConfig, layout: Layout) -> dict:
 
 def describe(manifest: dict) -> str:
     lineage = manifest["lineage"]
-    return json.dumps({k: manifest[k] for k in ("name", "version", "files")} | {
-        "shipped": lineage["metrics"]["shipped"], "dataset": lineage["dataset"], "git_commit": lineage["git_commit"]},
-        indent=2)
+    return json.dumps(
+        {k: manifest[k] for k in ("name", "version", "files")}
+        | {
+            "shipped": lineage["metrics"]["shipped"],
+            "dataset": lineage["dataset"],
+            "git_commit": lineage["git_commit"],
+        },
+        indent=2,
+    )
 
 
 if __name__ == "__main__":

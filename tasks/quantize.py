@@ -27,10 +27,14 @@ def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
     history = qat_finetune(prepared, data.train, data.val, train_settings(config), loss, device())
     prepared.cpu()
     int8 = convert(copy.deepcopy(prepared))
-    result = {"val_accuracy_fake_quant": history[-1]["val_accuracy"],
-              "val_accuracy_int8": accuracy(int8, data.val, torch.device("cpu")), "history": history}
-    log.info("QAT done: fake-quant val %.4f, int8 val %.4f",
-             result["val_accuracy_fake_quant"], result["val_accuracy_int8"])
+    result = {
+        "val_accuracy_fake_quant": history[-1]["val_accuracy"],
+        "val_accuracy_int8": accuracy(int8, data.val, torch.device("cpu")),
+        "history": history,
+    }
+    log.info(
+        "QAT done: fake-quant val %.4f, int8 val %.4f", result["val_accuracy_fake_quant"], result["val_accuracy_int8"]
+    )
     with atomic_dir(layout.qat) as out:
         checkpoint.save(prepared, {**spec, "quantization": "x86_int8_qat"}, out / "qat.safetensors")
         write_json(out / "qat.json", result)

@@ -36,8 +36,9 @@ def git_commit(root: Path) -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
         if not head:
             return None
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!dvc.lock", ":!params.yaml"],
-                               cwd=root).returncode
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", ".", ":!dvc.lock", ":!params.yaml"], cwd=root
+        ).returncode
     except OSError:
         return None
     return head + ("-dirty" if dirty else "")
@@ -57,10 +58,16 @@ def measure(path: Path, data: Dataset, params: int | None, budget_s: float, thre
     """Test and validation accuracy, size and batch-1/256 latency of one ONNX model in onnxruntime."""
     sess = onnx_export.session(path, threads)
     x = data.test.head(256).numpy()
-    return {"accuracy": onnx_export.accuracy(sess, data.test), "val_accuracy": onnx_export.accuracy(sess, data.val),
-            "params": params, "bytes": path.stat().st_size,
-            "latency_ms": {"b1": onnx_export.latency_ms(sess, x, 1, budget_s),
-                           "b256": onnx_export.latency_ms(sess, x, 256, budget_s)}}
+    return {
+        "accuracy": onnx_export.accuracy(sess, data.test),
+        "val_accuracy": onnx_export.accuracy(sess, data.val),
+        "params": params,
+        "bytes": path.stat().st_size,
+        "latency_ms": {
+            "b1": onnx_export.latency_ms(sess, x, 1, budget_s),
+            "b256": onnx_export.latency_ms(sess, x, 256, budget_s),
+        },
+    }
 
 
 def choose_shipped(val_accuracy: dict[str, float], measured: dict, ship: ShipConfig) -> dict:
@@ -70,11 +77,18 @@ def choose_shipped(val_accuracy: dict[str, float], measured: dict, ship: ShipCon
     meeting = [m for m in DEPLOYABLE if val_accuracy[m] >= floor]
     batch = f"b{ship.latency_batch}"
     choice = min(meeting, key=lambda m: measured[m]["latency_ms"][batch], default=None)
-    return {"model": choice, "floor_val_accuracy": floor, "latency_batch": ship.latency_batch,
-            "val_accuracy": {m: val_accuracy[m] for m in ("ensemble", *DEPLOYABLE)},
-            "reason": (f"{choice} meets the floor with the lowest {batch} latency" if choice else
-                       f"no model reaches the floor ({floor:.4f} val accuracy, ship.max_accuracy_drop_pp "
-                       f"{ship.max_accuracy_drop_pp} below the ensemble); nothing ships")}
+    return {
+        "model": choice,
+        "floor_val_accuracy": floor,
+        "latency_batch": ship.latency_batch,
+        "val_accuracy": {m: val_accuracy[m] for m in ("ensemble", *DEPLOYABLE)},
+        "reason": (
+            f"{choice} meets the floor with the lowest {batch} latency"
+            if choice
+            else f"no model reaches the floor ({floor:.4f} val accuracy, ship.max_accuracy_drop_pp "
+            f"{ship.max_accuracy_drop_pp} below the ensemble); nothing ships"
+        ),
+    }
 
 
 def summary(metrics: dict) -> dict:
@@ -94,8 +108,13 @@ def summary(metrics: dict) -> dict:
 
 def row(m: dict) -> dict:
     """One model's line of the report table, formatted."""
-    return {"test accuracy": f"{m['accuracy']:.4f}", "params": f"{m['params']:,}", "bytes": f"{m['bytes']:,}",
-            "latency b1 (ms)": f"{m['latency_ms']['b1']:.3f}", "latency b256 (ms)": f"{m['latency_ms']['b256']:.2f}"}
+    return {
+        "test accuracy": f"{m['accuracy']:.4f}",
+        "params": f"{m['params']:,}",
+        "bytes": f"{m['bytes']:,}",
+        "latency b1 (ms)": f"{m['latency_ms']['b1']:.3f}",
+        "latency b256 (ms)": f"{m['latency_ms']['b256']:.2f}",
+    }
 
 
 def table_rows(metrics: dict) -> list[dict]:
@@ -114,21 +133,34 @@ def markdown_table(metrics: dict) -> str:
 def markdown_report(metrics: dict) -> str:
     d = metrics["dataset"]
     shipped = metrics["shipped"]
-    return "\n".join([
-        "# Distillery report", "",
-        f"**Shipped model: {shipped['model'] or 'none'}** ({shipped['reason']}).", "",
-        f"Dataset `{d['name']}` (md5 {d['md5']}): {d['n_train']} train / {d['n_val']} val / {d['n_test']} test images.",
-        f"Git commit: `{metrics['git_commit']}`. Latency: onnxruntime on CPU, median of repeated runs.", "",
-        markdown_table(metrics), "",
-        f"Ratios below are for {shipped['model'] or 'the int8 model'}.", "",
-        f"- Compression vs the ensemble: **{metrics['compression_ratio_vs_ensemble']:.0f}x** fewer bytes; "
-        f"vs the best teacher ({metrics['best_teacher']}): {metrics['compression_ratio_vs_best_teacher']:.0f}x.",
-        f"- Batch-1 speed-up vs the ensemble: **{metrics['speedup_b1_vs_ensemble']:.0f}x**; "
-        f"batch 256: {metrics['speedup_b256_vs_ensemble']:.1f}x.",
-        f"- Accuracy change vs the ensemble: {-metrics['accuracy_drop_pp_vs_ensemble']:+.2f} points.",
-        f"- Distillation: student alone {metrics['student_alone']['accuracy']:.4f}, "
-        f"with KD {metrics['student_kd']['accuracy']:.4f} (one seed; differences under ~0.5 points are noise).",
-        "", "![accuracy vs size](accuracy_vs_size.png)", "", "![training curves](training_curves.png)", ""])
+    return "\n".join(
+        [
+            "# Distillery report",
+            "",
+            f"**Shipped model: {shipped['model'] or 'none'}** ({shipped['reason']}).",
+            "",
+            f"Dataset `{d['name']}` (md5 {d['md5']}): "
+            f"{d['n_train']} train / {d['n_val']} val / {d['n_test']} test images.",
+            f"Git commit: `{metrics['git_commit']}`. Latency: onnxruntime on CPU, median of repeated runs.",
+            "",
+            markdown_table(metrics),
+            "",
+            f"Ratios below are for {shipped['model'] or 'the int8 model'}.",
+            "",
+            f"- Compression vs the ensemble: **{metrics['compression_ratio_vs_ensemble']:.0f}x** fewer bytes; "
+            f"vs the best teacher ({metrics['best_teacher']}): {metrics['compression_ratio_vs_best_teacher']:.0f}x.",
+            f"- Batch-1 speed-up vs the ensemble: **{metrics['speedup_b1_vs_ensemble']:.0f}x**; "
+            f"batch 256: {metrics['speedup_b256_vs_ensemble']:.1f}x.",
+            f"- Accuracy change vs the ensemble: {-metrics['accuracy_drop_pp_vs_ensemble']:+.2f} points.",
+            f"- Distillation: student alone {metrics['student_alone']['accuracy']:.4f}, "
+            f"with KD {metrics['student_kd']['accuracy']:.4f} (one seed; differences under ~0.5 points are noise).",
+            "",
+            "![accuracy vs size](accuracy_vs_size.png)",
+            "",
+            "![training curves](training_curves.png)",
+            "",
+        ]
+    )
 
 
 def plot(metrics: dict, histories: dict[str, list[dict]], out: Path) -> None:
@@ -142,10 +174,10 @@ def plot(metrics: dict, histories: dict[str, list[dict]], out: Path) -> None:
     points = [(t["name"], t) for t in metrics["teachers"]] + [(m, metrics[m]) for m in MODELS]
     for name, m in points:
         ax.scatter(m["bytes"] / 1024, m["accuracy"] * 100)
-        ax.annotate(name, (m["bytes"] / 1024, m["accuracy"] * 100), fontsize=8, xytext=(4, 2),
-                    textcoords="offset points")
-    ax.set(xscale="log", xlabel="ONNX file size (KiB, log scale)", ylabel="test accuracy (%)",
-           title="Accuracy vs size")
+        ax.annotate(
+            name, (m["bytes"] / 1024, m["accuracy"] * 100), fontsize=8, xytext=(4, 2), textcoords="offset points"
+        )
+    ax.set(xscale="log", xlabel="ONNX file size (KiB, log scale)", ylabel="test accuracy (%)", title="Accuracy vs size")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_size.png", dpi=120)
@@ -164,9 +196,12 @@ def plot(metrics: dict, histories: dict[str, list[dict]], out: Path) -> None:
 
 
 def histories(layout: Layout) -> dict[str, list[dict]]:
-    files = sorted(layout.teachers.glob("*.json")) + [layout.student / "student_alone.json",
-                                                      layout.student / "student_kd.json",
-                                                      layout.pruned / "pruned.json", layout.qat / "qat.json"]
+    files = sorted(layout.teachers.glob("*.json")) + [
+        layout.student / "student_alone.json",
+        layout.student / "student_kd.json",
+        layout.pruned / "pruned.json",
+        layout.qat / "qat.json",
+    ]
     return {f.stem: read_json(f)["history"] for f in files}
 
 
@@ -174,15 +209,23 @@ def run(config: ReportConfig, params: PipelineParams, layout: Layout) -> dict:
     """Write data/reports/: metrics.json, report.md and PNG plots."""
     data = load_dataset(layout.raw)
     counts = param_counts(layout)
-    measured = {name: measure(path, data, counts[name], config.latency_budget_s)
-                for name, path in exported.verified_onnx(layout).items()}
+    measured = {
+        name: measure(path, data, counts[name], config.latency_budget_s)
+        for name, path in exported.verified_onnx(layout).items()
+    }
     info = read_json(layout.dataset_info)
     metrics = {
-        "teachers": [{"name": k.removeprefix("teacher_"), **v}
-                     for k, v in measured.items() if k.startswith("teacher_")],
+        "teachers": [
+            {"name": k.removeprefix("teacher_"), **v} for k, v in measured.items() if k.startswith("teacher_")
+        ],
         **{m: measured[m] for m in MODELS},
-        "dataset": {"name": info["source"], "md5": dvc_md5(layout.raw), "n_train": info["n_train"],
-                    "n_val": info["n_val"], "n_test": info["n_test"]},
+        "dataset": {
+            "name": info["source"],
+            "md5": dvc_md5(layout.raw),
+            "n_train": info["n_train"],
+            "n_val": info["n_val"],
+            "n_test": info["n_test"],
+        },
         "git_commit": git_commit(layout.root),
         "onnxruntime": {"version": ort.__version__, "threads": "default"},
         "params": params.to_yaml_dict(),
@@ -196,8 +239,13 @@ def run(config: ReportConfig, params: PipelineParams, layout: Layout) -> dict:
         plot(metrics, histories(layout), out)
     log.info("report written to %s", layout.reports)
     log.info("shipped: %s", metrics["shipped"]["reason"])
-    return {"shipped": metrics["shipped"]["model"], **{k: metrics[k] for k in (
-        "compression_ratio_vs_ensemble", "speedup_b1_vs_ensemble", "accuracy_drop_pp_vs_ensemble")}}
+    return {
+        "shipped": metrics["shipped"]["model"],
+        **{
+            k: metrics[k]
+            for k in ("compression_ratio_vs_ensemble", "speedup_b1_vs_ensemble", "accuracy_drop_pp_vs_ensemble")
+        },
+    }
 
 
 if __name__ == "__main__":

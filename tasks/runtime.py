@@ -19,8 +19,7 @@ def device() -> torch.device:
 
 
 def train_settings(config: TrainConfig) -> TrainSettings:
-    return TrainSettings(config.epochs, config.batch_size, config.lr, config.weight_decay, config.augment,
-                         config.seed)
+    return TrainSettings(config.epochs, config.batch_size, config.lr, config.weight_decay, config.augment, config.seed)
 
 
 def kd_settings(config: KDConfig) -> KDSettings:

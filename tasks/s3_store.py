@@ -75,9 +75,13 @@ class ArtifactStore:
 
         self.settings = settings
         session = boto3.session.Session()  # reads the environment now, not when boto3 was first used
-        self.client = session.client("s3", endpoint_url=settings.endpoint_url,
-                                   config=Config(retries={"max_attempts": max_attempts(), "mode": "standard"},
-                                                 connect_timeout=5, read_timeout=60))
+        self.client = session.client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            config=Config(
+                retries={"max_attempts": max_attempts(), "mode": "standard"}, connect_timeout=5, read_timeout=60
+            ),
+        )
 
     def call(self, operation: str, **kwargs):
         """One S3 call; failures become a DistilleryError naming the endpoint and bucket, never a secret."""
@@ -87,10 +91,12 @@ class ArtifactStore:
             return getattr(self.client, operation)(Bucket=self.settings.bucket, **kwargs)
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "?")
-            hint = {"SignatureDoesNotMatch": "the secret key is wrong",
-                    "InvalidAccessKeyId": "the access key is unknown",
-                    "NoSuchBucket": "the bucket does not exist",
-                    "AccessDenied": "these credentials may not do this"}.get(code, "see the error code")
+            hint = {
+                "SignatureDoesNotMatch": "the secret key is wrong",
+                "InvalidAccessKeyId": "the access key is unknown",
+                "NoSuchBucket": "the bucket does not exist",
+                "AccessDenied": "these credentials may not do this",
+            }.get(code, "see the error code")
             raise DistilleryError(f"S3 refused {operation} on {self.settings.where()}: {code} ({hint}).") from e
         except BotoCoreError as e:
             raise DistilleryError(f"S3 {operation} on {self.settings.where()} failed: {e}") from e
@@ -112,9 +118,14 @@ class ArtifactStore:
         prefix = version_prefix(name, version)
         if self.manifest_or_none(name, version) is not None:
             raise DistilleryError(f"Version {version} of {name} is already published on {self.settings.where()}.")
-        entries = [{"path": relative, "size": path.stat().st_size,
-                    "sha256": self.upload_verified(path, f"{prefix}/{check_relative(relative)}")}
-                   for relative, path in sorted(files.items())]
+        entries = [
+            {
+                "path": relative,
+                "size": path.stat().st_size,
+                "sha256": self.upload_verified(path, f"{prefix}/{check_relative(relative)}"),
+            }
+            for relative, path in sorted(files.items())
+        ]
         manifest = {"name": name, "version": version, "files": entries, "lineage": lineage}
         self.put_json(manifest_key(name, version), manifest)
         self.put_json(f"models/{name}/latest.json", {"version": version, "manifest": manifest_key(name, version)})
@@ -145,8 +156,11 @@ class ArtifactStore:
         found, token = [], {}
         while True:
             page = self.call("list_objects_v2", Prefix=prefix, **token)
-            found += [o["Key"][len(prefix):-len("/manifest.json")] for o in page.get("Contents", [])
-                      if o["Key"].endswith("/manifest.json")]
+            found += [
+                o["Key"][len(prefix) : -len("/manifest.json")]
+                for o in page.get("Contents", [])
+                if o["Key"].endswith("/manifest.json")
+            ]
             if not page.get("IsTruncated"):
                 return sorted(found)
             token = {"ContinuationToken": page["NextContinuationToken"]}
@@ -163,8 +177,9 @@ class ArtifactStore:
             for entry in manifest["files"]:
                 target = out / check_relative(entry["path"])
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.client.download_file(self.settings.bucket, f"{version_prefix(name, version)}/{entry['path']}",
-                                          str(target))
+                self.client.download_file(
+                    self.settings.bucket, f"{version_prefix(name, version)}/{entry['path']}", str(target)
+                )
                 if file_digest(target) != entry["sha256"]:
                     raise DistilleryError(f"{entry['path']} of {name} {version} does not match its manifest sha256.")
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -23,4 +23,3 @@ def stage_calls(params: PipelineParams, layout: Layout) -> dict[str, tuple[Calla
         "report": (report.run, (params.report, params, layout)),
         "publish": (publish.run, (params.publish, layout)),
     }
-

@@ -37,10 +37,16 @@ def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path)
     model = seeded(settings.seed, lambda: models.build(spec))
     history = fit(model, data.train, data.val, settings, device(), name=name)
     checkpoint.save(model, spec, out / f"{name}.safetensors")
-    result = {"name": name, "arch": spec["arch"], "params": models.count_params(model),
-              "val_accuracy": accuracy(model.eval(), data.val, device()), "history": history,
-              "seconds": round(time.monotonic() - started, 1), "torch_threads": torch.get_num_threads(),
-              "process": f"{socket.gethostname()}:{os.getpid()}"}
+    result = {
+        "name": name,
+        "arch": spec["arch"],
+        "params": models.count_params(model),
+        "val_accuracy": accuracy(model.eval(), data.val, device()),
+        "history": history,
+        "seconds": round(time.monotonic() - started, 1),
+        "torch_threads": torch.get_num_threads(),
+        "process": f"{socket.gethostname()}:{os.getpid()}",
+    }
     write_json(out / f"{name}.json", result)
     return result
 
@@ -52,8 +58,12 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[
     makes each a task run of its own, in turn or on a Dask cluster. The largest model comes first,
     so on a cluster the longest training starts at once."""
     require_valid(layout)
-    largest_first = sorted(range(len(config.models)), key=lambda i: -models.count_params(
-        models.build({"arch": config.models[i], "in_channels": 1, "num_classes": 10})))
+    largest_first = sorted(
+        range(len(config.models)),
+        key=lambda i: (
+            -models.count_params(models.build({"arch": config.models[i], "in_channels": 1, "num_classes": 10}))
+        ),
+    )
     with atomic_dir(layout.teachers) as out:
         results = list(map_fn(lambda i: train_teacher(config, i, layout, out), largest_first))
     return {r["name"]: r["val_accuracy"] for r in results}

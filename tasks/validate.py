@@ -95,20 +95,28 @@ def run_checkpoint(tables: dict[str, tuple[pd.DataFrame, list]], docs_dir) -> tu
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
     context.delete_data_docs_site("local_site")
-    context.add_data_docs_site("local_site", {
-        "class_name": "SiteBuilder",
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
+    context.add_data_docs_site(
+        "local_site",
+        {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
     source = context.data_sources.add_pandas("distillery")
     failures: list[str] = []
     for name, (frame, expectations) in tables.items():
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         suite = context.suites.add(gx.ExpectationSuite(name=f"{name}_suite", expectations=expectations))
         definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        checkpoint = context.checkpoints.add(gx.Checkpoint(
-            name=f"{name}_checkpoint", validation_definitions=[definition],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")], result_format="SUMMARY"))
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{name}_checkpoint",
+                validation_definitions=[definition],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")],
+                result_format="SUMMARY",
+            )
+        )
         result = checkpoint.run(batch_parameters={"dataframe": frame})
         for run in result.run_results.values():
             failures += [f"{name}: {describe_failure(r)}" for r in run.results if not r.success]
@@ -127,16 +135,25 @@ def run(config: ValidateConfig, layout: Layout) -> dict:
     with atomic_dir(layout.validation) as out:
         import great_expectations as gx
 
-        tables = {"images": (facts, image_expectations(gx, facts, num_classes)),
-                  "classes": (classes, class_expectations(gx, config, num_classes))}
+        tables = {
+            "images": (facts, image_expectations(gx, facts, num_classes)),
+            "classes": (classes, class_expectations(gx, config, num_classes)),
+        }
         success, failures = run_checkpoint(tables, out / "docs")
-        summary = {"success": success, "failures": failures, "images": len(facts), "classes": num_classes,
-                   "docs": "docs/index.html"}
+        summary = {
+            "success": success,
+            "failures": failures,
+            "images": len(facts),
+            "classes": num_classes,
+            "docs": "docs/index.html",
+        }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if not success:
         raise DistilleryError(
             f"Data validation failed ({len(failures)} expectation(s)); no training was run. "
-            + " | ".join(failures) + f". Data Docs: {layout.data_docs / 'index.html'}")
+            + " | ".join(failures)
+            + f". Data Docs: {layout.data_docs / 'index.html'}"
+        )
     log.info("validation passed: %d images, %d classes", len(facts), num_classes)
     return summary
 

@@ -82,8 +82,9 @@ def copy_project(dest: Path, params: dict) -> Path:
             shutil.copy2(ROOT / name, dest / name)
     from tasks.config import PipelineParams
 
-    (dest / "params.yaml").write_text(yaml.safe_dump(PipelineParams.model_validate(params).to_yaml_dict(),
-                                                     sort_keys=False))
+    (dest / "params.yaml").write_text(
+        yaml.safe_dump(PipelineParams.model_validate(params).to_yaml_dict(), sort_keys=False)
+    )
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], cwd=dest, check=True)
     subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
@@ -117,8 +118,12 @@ def s3_server(tmp_path_factory):
     state = tmp_path_factory.mktemp("s3")
     port = weed.free_port()
     process, credentials = weed.start(state, "distillery", port)
-    yield {"endpoint": f"http://127.0.0.1:{port}", "bucket": "distillery", "credentials": credentials,
-           "pid": process.pid}
+    yield {
+        "endpoint": f"http://127.0.0.1:{port}",
+        "bucket": "distillery",
+        "credentials": credentials,
+        "pid": process.pid,
+    }
     weed.stop(process)
 
 

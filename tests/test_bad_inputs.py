@@ -59,8 +59,9 @@ def npz_case(arrays: dict, *says: str) -> Case:
         (root / "data" / "source").mkdir(parents=True)
         np.savez(root / "data" / "source" / "d.npz", **arrays)
 
-    return Case(INGEST, ("{root}/data/source/d.npz", *says), source("npz", "data/source/d.npz"), prepare,
-                absent=("data/raw",))
+    return Case(
+        INGEST, ("{root}/data/source/d.npz", *says), source("npz", "data/source/d.npz"), prepare, absent=("data/raw",)
+    )
 
 
 def folder_case(damage: Callable[[Path], None], *says: str, **ingest_params) -> Case:
@@ -72,18 +73,29 @@ def folder_case(damage: Callable[[Path], None], *says: str, **ingest_params) -> 
 
 def validate_case(corrupt: Callable, *says: str) -> Case:
     """Data that ingests but must fail validation: the gate writes its report, never a model."""
+
     def prepare(root: Path) -> None:
         x, y = corrupt(*clean_data())
         (root / "data" / "source").mkdir(parents=True)
         write_npz(root / "data" / "source" / "d.npz", x=x, y=y)
         ingest.run(IngestConfig(source="npz", path="data/source/d.npz"), Layout(root))
 
-    return Case(VALIDATE, ("Data validation failed", *says), source("npz", "data/source/d.npz"), prepare,
-                absent=("data/models",))
+    return Case(
+        VALIDATE,
+        ("Data validation failed", *says),
+        source("npz", "data/source/d.npz"),
+        prepare,
+        absent=("data/models",),
+    )
 
 
-def staged_case(command: tuple[str, ...], damage: Callable[[Layout], None], *says: str,
-                absent: tuple[str, ...] = (), env: dict | None = None) -> Case:
+def staged_case(
+    command: tuple[str, ...],
+    damage: Callable[[Layout], None],
+    *says: str,
+    absent: tuple[str, ...] = (),
+    env: dict | None = None,
+) -> Case:
     def prepare(root: Path) -> None:
         layout = Layout(root)
         for path in absent:
@@ -138,79 +150,147 @@ CASES = {
     "unknown-source": params_case({"ingest": {"source": "s3"}}, "ingest.source"),
     "params-not-yaml": params_case("teachers: [epochs: 3\n", "{root}/params.yaml", "not valid YAML"),
     "params-not-a-mapping": params_case("- teachers\n", "{root}/params.yaml", "mapping of sections"),
-    "stage-command-bad-key": Case(INGEST, ("ingest.sead",), {"ingest": {"source": "digits", "sead": 1}},
-                                  absent=("data",)),
+    "stage-command-bad-key": Case(
+        INGEST, ("ingest.sead",), {"ingest": {"source": "digits", "sead": 1}}, absent=("data",)
+    ),
     # datasets, through the ingest stage: nothing lands in data/raw
-    "missing-path": Case(INGEST, ("ingest.path {root}/data/source/nowhere.npz does not exist",),
-                         source("npz", "data/source/nowhere.npz"), absent=("data/raw",)),
-    "empty-folder": Case(INGEST, ("{root}/data/source/d has no class sub-folders",), source("folder"),
-                         lambda root: (root / "data" / "source" / "d").mkdir(parents=True), absent=("data/raw",)),
-    "folder-without-npz": Case(INGEST, ("{root}/data/source/d is a folder without .npz files",), source("npz"),
-                               lambda root: (root / "data" / "source" / "d").mkdir(parents=True),
-                               absent=("data/raw",)),
-    "class-folder-without-images": folder_case(lambda d: (d / "class_3").mkdir(), "{root}/data/source/d/class_3",
-                                               "holds no PNG or JPEG"),
-    "truncated-png": folder_case(lambda d: truncate(d / "class_1" / "3.png"), "{root}/data/source/d/class_1/3.png",
-                                 "Cannot read image"),
-    "text-file-named-png": folder_case(lambda d: (d / "class_2" / "0.png").write_text("hello"),
-                                       "{root}/data/source/d/class_2/0.png", "Cannot read image"),
-    "mixed-image-sizes": folder_case(lambda d: Image.new("L", (5, 7)).save(d / "class_0" / "odd.png"),
-                                     "{root}/data/source/d/class_0/odd.png", "set ingest.image_size"),
-    "not-an-npz": Case(INGEST, ("{root}/data/source/d.npz is not a readable .npz file",),
-                       source("npz", "data/source/d.npz"),
-                       lambda root: ((root / "data" / "source").mkdir(parents=True),
-                                     (root / "data" / "source" / "d.npz").write_text("x,y\n1,2\n")),
-                       absent=("data/raw",)),
+    "missing-path": Case(
+        INGEST,
+        ("ingest.path {root}/data/source/nowhere.npz does not exist",),
+        source("npz", "data/source/nowhere.npz"),
+        absent=("data/raw",),
+    ),
+    "empty-folder": Case(
+        INGEST,
+        ("{root}/data/source/d has no class sub-folders",),
+        source("folder"),
+        lambda root: (root / "data" / "source" / "d").mkdir(parents=True),
+        absent=("data/raw",),
+    ),
+    "folder-without-npz": Case(
+        INGEST,
+        ("{root}/data/source/d is a folder without .npz files",),
+        source("npz"),
+        lambda root: (root / "data" / "source" / "d").mkdir(parents=True),
+        absent=("data/raw",),
+    ),
+    "class-folder-without-images": folder_case(
+        lambda d: (d / "class_3").mkdir(), "{root}/data/source/d/class_3", "holds no PNG or JPEG"
+    ),
+    "truncated-png": folder_case(
+        lambda d: truncate(d / "class_1" / "3.png"), "{root}/data/source/d/class_1/3.png", "Cannot read image"
+    ),
+    "text-file-named-png": folder_case(
+        lambda d: (d / "class_2" / "0.png").write_text("hello"),
+        "{root}/data/source/d/class_2/0.png",
+        "Cannot read image",
+    ),
+    "mixed-image-sizes": folder_case(
+        lambda d: Image.new("L", (5, 7)).save(d / "class_0" / "odd.png"),
+        "{root}/data/source/d/class_0/odd.png",
+        "set ingest.image_size",
+    ),
+    "not-an-npz": Case(
+        INGEST,
+        ("{root}/data/source/d.npz is not a readable .npz file",),
+        source("npz", "data/source/d.npz"),
+        lambda root: (
+            (root / "data" / "source").mkdir(parents=True),
+            (root / "data" / "source" / "d.npz").write_text("x,y\n1,2\n"),
+        ),
+        absent=("data/raw",),
+    ),
     "npz-without-labels": npz_case({"x": np.zeros((4, 5, 5))}, "lacks array(s) y"),
-    "npz-length-mismatch": npz_case({"x": np.zeros((4, 5, 5)), "y": np.zeros(3, int)},
-                                    "`x` has 4 images but `y` has 3 labels"),
-    "npz-float-labels": npz_case({"x": np.zeros((4, 5, 5)), "y": np.array([0.0, 1.5, 1.0, 0.0])},
-                                 "labels `y` must be one integer per image"),
+    "npz-length-mismatch": npz_case(
+        {"x": np.zeros((4, 5, 5)), "y": np.zeros(3, int)}, "`x` has 4 images but `y` has 3 labels"
+    ),
+    "npz-float-labels": npz_case(
+        {"x": np.zeros((4, 5, 5)), "y": np.array([0.0, 1.5, 1.0, 0.0])}, "labels `y` must be one integer per image"
+    ),
     "npz-bad-shape": npz_case({"x": np.zeros((4, 5)), "y": np.zeros(4, int)}, "must be (N,H,W)"),
-    "npz-one-image-per-class": npz_case({"x": np.zeros((3, 5, 5)), "y": np.arange(3)},
-                                        "Cannot make a stratified train/val/test split"),
-    "npz-shards-disagree": Case(INGEST, ("{root}/data/source/d/b.npz holds images of shape",), source("npz"),
-                                lambda root: ((root / "data" / "source" / "d").mkdir(parents=True),
-                                              write_npz(root / "data/source/d/a.npz", x=np.zeros((4, 5, 5)),
-                                                        y=np.zeros(4, int)),
-                                              write_npz(root / "data/source/d/b.npz", x=np.zeros((4, 6, 6)),
-                                                        y=np.zeros(4, int))),
-                                absent=("data/raw",)),
+    "npz-one-image-per-class": npz_case(
+        {"x": np.zeros((3, 5, 5)), "y": np.arange(3)}, "Cannot make a stratified train/val/test split"
+    ),
+    "npz-shards-disagree": Case(
+        INGEST,
+        ("{root}/data/source/d/b.npz holds images of shape",),
+        source("npz"),
+        lambda root: (
+            (root / "data" / "source" / "d").mkdir(parents=True),
+            write_npz(root / "data/source/d/a.npz", x=np.zeros((4, 5, 5)), y=np.zeros(4, int)),
+            write_npz(root / "data/source/d/b.npz", x=np.zeros((4, 6, 6)), y=np.zeros(4, int)),
+        ),
+        absent=("data/raw",),
+    ),
     # data that ingests but fails the validation gate: Data Docs written, no model trained
     "one-class": validate_case(lambda x, y: (x[y == 0], y[y == 0]), "fewer than two classes"),
     "negative-labels": validate_case(lambda x, y: (x, np.where(y == 2, -1, y)), "labels outside 0..classes-1"),
     "infinite-pixels": validate_case(with_inf, "NaN or infinite pixels", "non_finite"),
     "duplicate-images": validate_case(with_duplicate, "duplicate images", "sha256"),
     # checkpoints and exported models of a finished run
-    "corrupted-checkpoint": staged_case(("tasks.distill",), lambda lo: truncate(lo.teachers / "0_wide_cnn.safetensors"),
-                                        "{root}/data/models/teachers/0_wide_cnn.safetensors",
-                                        "not a Distillery safetensors file", absent=("data/models/student",)),
+    "corrupted-checkpoint": staged_case(
+        ("tasks.distill",),
+        lambda lo: truncate(lo.teachers / "0_wide_cnn.safetensors"),
+        "{root}/data/models/teachers/0_wide_cnn.safetensors",
+        "not a Distillery safetensors file",
+        absent=("data/models/student",),
+    ),
     "checkpoint-of-another-architecture": staged_case(
-        ("tasks.distill",), wrong_architecture, "{root}/data/models/teachers/0_wide_cnn.safetensors",
-        "does not match its architecture 'wide_cnn'", absent=("data/models/student",)),
+        ("tasks.distill",),
+        wrong_architecture,
+        "{root}/data/models/teachers/0_wide_cnn.safetensors",
+        "does not match its architecture 'wide_cnn'",
+        absent=("data/models/student",),
+    ),
     "pickle-as-checkpoint": staged_case(
-        ("tasks.quantize",), lambda lo: torch.save({"w": torch.zeros(1)}, lo.pruned / "pruned.safetensors"),
-        "{root}/data/models/pruned/pruned.safetensors", "not a Distillery safetensors file",
-        absent=("data/models/qat",)),
+        ("tasks.quantize",),
+        lambda lo: torch.save({"w": torch.zeros(1)}, lo.pruned / "pruned.safetensors"),
+        "{root}/data/models/pruned/pruned.safetensors",
+        "not a Distillery safetensors file",
+        absent=("data/models/qat",),
+    ),
     "tampered-onnx-before-report": staged_case(
-        ("tasks.report",), lambda lo: flip_bytes(lo.export / "int8.onnx"), "{root}/data/export", "int8.onnx",
-        "differ from what the export stage verified", absent=("data/reports",)),
+        ("tasks.report",),
+        lambda lo: flip_bytes(lo.export / "int8.onnx"),
+        "{root}/data/export",
+        "int8.onnx",
+        "differ from what the export stage verified",
+        absent=("data/reports",),
+    ),
     "tampered-onnx-before-publish": staged_case(
-        PUBLISH, lambda lo: flip_bytes(lo.export / "pruned.onnx"), "Nothing is published", "pruned.onnx",
-        "differ from what the export stage verified"),
+        PUBLISH,
+        lambda lo: flip_bytes(lo.export / "pruned.onnx"),
+        "Nothing is published",
+        "pruned.onnx",
+        "differ from what the export stage verified",
+    ),
     "onnx-added-after-export": staged_case(
-        PUBLISH, lambda lo: shutil.copy(lo.export / "int8.onnx", lo.export / "extra.onnx"), "extra.onnx",
-        "differ from what the export stage verified"),
+        PUBLISH,
+        lambda lo: shutil.copy(lo.export / "int8.onnx", lo.export / "extra.onnx"),
+        "extra.onnx",
+        "differ from what the export stage verified",
+    ),
     # the S3 store
-    "missing-bucket": staged_case(PUBLISH, lambda lo: None, "'no-such-bucket'", "NoSuchBucket",
-                                  env={"DISTILLERY_BUCKET": "no-such-bucket"}),
-    "wrong-secret": staged_case(PUBLISH, lambda lo: None, "SignatureDoesNotMatch", "the secret key is wrong",
-                                env={"AWS_SECRET_ACCESS_KEY": "not-the-secret-key-0123456789abcdefghij"}),
-    "unknown-access-key": staged_case(PUBLISH, lambda lo: None, "InvalidAccessKeyId",
-                                      env={"AWS_ACCESS_KEY_ID": "NOSUCHKEY0123456789"}),
+    "missing-bucket": staged_case(
+        PUBLISH, lambda lo: None, "'no-such-bucket'", "NoSuchBucket", env={"DISTILLERY_BUCKET": "no-such-bucket"}
+    ),
+    "wrong-secret": staged_case(
+        PUBLISH,
+        lambda lo: None,
+        "SignatureDoesNotMatch",
+        "the secret key is wrong",
+        env={"AWS_SECRET_ACCESS_KEY": "not-the-secret-key-0123456789abcdefghij"},
+    ),
+    "unknown-access-key": staged_case(
+        PUBLISH, lambda lo: None, "InvalidAccessKeyId", env={"AWS_ACCESS_KEY_ID": "NOSUCHKEY0123456789"}
+    ),
     "unreachable-endpoint": staged_case(
-        PUBLISH, lambda lo: None, "http://127.0.0.1:{port}", "Could not connect",
-        env={"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "2"}),
+        PUBLISH,
+        lambda lo: None,
+        "http://127.0.0.1:{port}",
+        "Could not connect",
+        env={"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:{port}", "AWS_MAX_ATTEMPTS": "2"},
+    ),
 }
 
 
@@ -220,8 +300,14 @@ def staging_leftovers(root: Path) -> list[Path]:
 
 
 def run_command(root: Path, command: tuple[str, ...], env: dict, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *command, "--root", str(root), *extra], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *command, "--root", str(root), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def workspace(case: Case, root: Path, staged: Layout | None) -> Path:

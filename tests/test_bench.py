@@ -14,10 +14,31 @@ from tests.conftest import ROOT, TINY, venv_env
 
 def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
-    bench = subprocess.Popen([sys.executable, "-m", "bench.run", "--params", str(tmp_path / "params.yaml"),
-                              "--seeds", "3", "--dask-workers", "1", "--work", str(tmp_path / "work"),
-                              "--out", str(tmp_path / "out"), "--no-flow", "--latency-budget-s", "0.02"],
-                             cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bench = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--seeds",
+            "3",
+            "--dask-workers",
+            "1",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-flow",
+            "--latency-budget-s",
+            "0.02",
+        ],
+        cwd=ROOT,
+        env=venv_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, stderr = bench.communicate()
     assert bench.returncode == 0, stderr
     result = json.loads((tmp_path / "out" / "latest.json").read_text())
@@ -44,17 +65,46 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
 
 def test_gpu_benchmark_script_runs_with_torch_and_onnxruntime_alone(staged, tmp_path):
     out = tmp_path / "gpu.json"
-    subprocess.run([sys.executable, "-m", "bench.gpu", "--dataset", str(staged.raw), "--onnx-dir",
-                    str(staged.export), "--out", str(out), "--device", "cpu", "--archs", "small_resnet",
-                    "--epochs", "1", "--replicate", "1", "--batch-size", "128"],
-                   cwd=ROOT, env=venv_env(), check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu",
+            "--dataset",
+            str(staged.raw),
+            "--onnx-dir",
+            str(staged.export),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--archs",
+            "small_resnet",
+            "--epochs",
+            "1",
+            "--replicate",
+            "1",
+            "--batch-size",
+            "128",
+        ],
+        cwd=ROOT,
+        env=venv_env(),
+        check=True,
+        capture_output=True,
+    )
     result = json.loads(out.read_text())
     training = result["training"]["small_resnet"]
     assert training["plain_images_per_s"] > 0 and training["distillery_images_per_s"] > 0
     assert set(result["cpu_latency_ms"]) == {"pruned", "int8", "int8_speedup"}
     assert result["device"] == "cpu" and "avx512_vnni" in result["cpu"]
-    imported = subprocess.run([sys.executable, "-c", "import sys, bench.gpu; print(sorted(sys.modules))"], cwd=ROOT,
-                              env=venv_env(), check=True, capture_output=True, text=True).stdout
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, bench.gpu; print(sorted(sys.modules))"],
+        cwd=ROOT,
+        env=venv_env(),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     for absent in ("torchao", "torch_pruning", "prefect", "dvc", "great_expectations"):  # not on the GPU machines
         assert f"'{absent}'" not in imported
 

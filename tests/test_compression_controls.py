@@ -24,7 +24,10 @@ def test_each_layer_gets_the_largest_ratio_within_the_allowed_drop():
     grid = [0.25, 0.5, 0.75]
     scan = {"robust": [0.98, 0.975, 0.97], "sensitive": [0.97, 0.90, 0.50], "fragile": [0.90, 0.8, 0.5]}
     assert ratios_from_scan(scan, grid, baseline=0.98, max_drop_pp=1.5, cap=0.6) == {
-        "robust": 0.5, "sensitive": 0.25, "fragile": 0.0}
+        "robust": 0.5,
+        "sensitive": 0.25,
+        "fragile": 0.0,
+    }
 
 
 def pruned_copy(staged, tmp_path, **settings) -> tuple[Layout, dict]:

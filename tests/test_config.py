@@ -1,7 +1,6 @@
 """Parameters: params.yaml is the complete default and cross-field rules hold (bad values through
 the command lines: tests/test_bad_inputs.py)."""
 
-
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -18,5 +17,3 @@ def test_params_yaml_is_the_complete_default():
 def test_prune_steps_cannot_exceed_epochs():
     with pytest.raises(ValidationError, match="must not exceed"):
         PipelineParams.model_validate({"prune": {"epochs": 2, "steps": 3}})
-
-

@@ -61,18 +61,23 @@ def test_teachers_on_two_dask_workers_match_one_after_another(tmp_path, prefect_
 
 
 def cli_args(**given) -> argparse.Namespace:
-    return argparse.Namespace(**{"dask_address": None, "dask_cluster": None, "dask_workers": None,
-                                 "debug": False, **given})
+    return argparse.Namespace(
+        **{"dask_address": None, "dask_cluster": None, "dask_workers": None, "debug": False, **given}
+    )
 
 
 def test_runner_choice_from_the_command_line():
     assert flow_runner(cli_args()) == RunnerConfig()
     assert flow_runner(cli_args(dask_address="tcp://10.0.0.5:8786")) == RunnerConfig(
-        kind="dask", dask_address="tcp://10.0.0.5:8786")
+        kind="dask", dask_address="tcp://10.0.0.5:8786"
+    )
     assert flow_runner(cli_args(dask_cluster="local", dask_workers=2)) == RunnerConfig(
-        kind="dask", dask_cluster_kwargs={"n_workers": 2})
-    assert flow_runner(cli_args(dask_cluster="dask_kubernetes.operator.KubeCluster")).dask_cluster_class == \
-        "dask_kubernetes.operator.KubeCluster"
+        kind="dask", dask_cluster_kwargs={"n_workers": 2}
+    )
+    assert (
+        flow_runner(cli_args(dask_cluster="dask_kubernetes.operator.KubeCluster")).dask_cluster_class
+        == "dask_kubernetes.operator.KubeCluster"
+    )
     with pytest.raises(SystemExit) as refused:
         flow_runner(cli_args(dask_address="tcp://10.0.0.5:8786", dask_workers=2))
     assert refused.value.code == 2

@@ -54,9 +54,17 @@ def test_prefect_yaml_deployments_point_at_the_flow():
 
 
 K8S = ROOT / "infra" / "k8s"
-MODELS = {"Namespace": "V1Namespace", "PersistentVolumeClaim": "V1PersistentVolumeClaim", "Job": "V1Job",
-          "ServiceAccount": "V1ServiceAccount", "Role": "V1Role", "RoleBinding": "V1RoleBinding",
-          "Deployment": "V1Deployment", "PodSpec": "V1PodSpec", "ServiceSpec": "V1ServiceSpec"}
+MODELS = {
+    "Namespace": "V1Namespace",
+    "PersistentVolumeClaim": "V1PersistentVolumeClaim",
+    "Job": "V1Job",
+    "ServiceAccount": "V1ServiceAccount",
+    "Role": "V1Role",
+    "RoleBinding": "V1RoleBinding",
+    "Deployment": "V1Deployment",
+    "PodSpec": "V1PodSpec",
+    "ServiceSpec": "V1ServiceSpec",
+}
 
 
 def round_trip(document: dict, kind: str) -> dict:
@@ -77,8 +85,15 @@ def prefect_yaml_deployment(name: str) -> dict:
 
 def test_kubernetes_manifests_are_valid_objects_in_one_namespace():
     documents = [doc for doc in manifests() if doc["kind"] != "DaskCluster"]
-    assert {doc["kind"] for doc in documents} == {"Namespace", "PersistentVolumeClaim", "Job", "ServiceAccount",
-                                                  "Role", "RoleBinding", "Deployment"}
+    assert {doc["kind"] for doc in documents} == {
+        "Namespace",
+        "PersistentVolumeClaim",
+        "Job",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+    }
     for doc in documents:
         assert round_trip(doc, doc["kind"]) == doc, doc["metadata"]["name"]
         assert doc["metadata"].get("namespace", doc["metadata"]["name"]) == "distillery"
@@ -96,16 +111,20 @@ def test_dask_cluster_matches_the_operator_schema_and_the_deployment():
         kinds = ("PodSpec", "ServiceSpec")  # checked against the Kubernetes models below
         return DRAFT7.create_resource({"definitions": {f"io.k8s.api.core.v1.{k}": {"type": "object"} for k in kinds}})
 
-    crd = yaml.safe_load((Path(dask_kubernetes.__file__).parent / "operator/customresources/daskcluster.yaml")
-                         .read_text())
+    crd = yaml.safe_load(
+        (Path(dask_kubernetes.__file__).parent / "operator/customresources/daskcluster.yaml").read_text()
+    )
     assert crd["spec"]["names"]["kind"] == "DaskCluster"
     version = crd["spec"]["versions"][0]
     cluster = next(doc for doc in manifests() if doc["kind"] == "DaskCluster")
     assert cluster["apiVersion"] == f"{crd['spec']['group']}/{version['name']}"
     Draft7Validator(version["schema"]["openAPIV3Schema"], registry=Registry(retrieve=retrieve)).validate(cluster)
     scheduler, worker = cluster["spec"]["scheduler"], cluster["spec"]["worker"]
-    for spec, kind in ((scheduler["spec"], "PodSpec"), (scheduler["service"], "ServiceSpec"),
-                       (worker["spec"], "PodSpec")):
+    for spec, kind in (
+        (scheduler["spec"], "PodSpec"),
+        (scheduler["service"], "ServiceSpec"),
+        (worker["spec"], "PodSpec"),
+    ):
         assert round_trip(spec, kind) == spec
 
     container = worker["spec"]["containers"][0]

@@ -49,8 +49,9 @@ def write_npz(path, **arrays):
 
 def test_npz_source(tmp_path):
     rng = np.random.default_rng(0)
-    path = write_npz(tmp_path / "d.npz", x=rng.integers(0, 256, (60, 6, 6, 3)).astype(np.uint8),
-                     y=np.repeat(np.arange(3), 20))
+    path = write_npz(
+        tmp_path / "d.npz", x=rng.integers(0, 256, (60, 6, 6, 3)).astype(np.uint8), y=np.repeat(np.arange(3), 20)
+    )
     info = ingest.run(IngestConfig(source="npz", path=path), Layout(tmp_path))
     assert info["shape"] == [3, 6, 6] and info["images"] == 60
 
@@ -86,8 +87,6 @@ def test_image_folder_source_converts_and_resizes(tmp_path):
     assert info["classes"] == ["class_0", "class_1", "class_2"] and info["shape"] == [1, 8, 8]
 
 
-
-
 def test_gray_and_rgb_images_mix_under_the_color_policy(tmp_path):
     root = image_folder(tmp_path / "imgs")
     Image.new("L", (8, 8), color=200).save(root / "class_0" / "gray.png")
@@ -104,8 +103,9 @@ def test_npz_shards_stream_one_at_a_time(tmp_path):
     shards.mkdir()
     rng = np.random.default_rng(0)
     for i in range(12):
-        write_npz(shards / f"{i:02d}.npz", x=rng.integers(0, 256, (750, 32, 32)).astype(np.float32),
-                  y=np.arange(750) % 10)
+        write_npz(
+            shards / f"{i:02d}.npz", x=rng.integers(0, 256, (750, 32, 32)).astype(np.float32), y=np.arange(750) % 10
+        )
     tracemalloc.start()
     try:
         info = ingest.run(IngestConfig(source="npz", path=shards), Layout(tmp_path))

@@ -26,8 +26,9 @@ from tests.conftest import ROOT, TINY, copy_project, point_at, tiny_params, venv
 
 
 def dvc(project, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True,
-                          env=venv_env(), check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project, capture_output=True, text=True, env=venv_env(), check=True
+    )
 
 
 def test_dvc_yaml_and_flow_list_the_same_stages_in_order():
@@ -37,11 +38,16 @@ def test_dvc_yaml_and_flow_list_the_same_stages_in_order():
         assert stage["cmd"] == f"python -m tasks.{name}"
 
 
-def test_dvc_repro_killed_in_teacher_training_resumes_and_the_next_flow_run_publishes(project, prefect_server,
-                                                                                      request):
+def test_dvc_repro_killed_in_teacher_training_resumes_and_the_next_flow_run_publishes(project, prefect_server, request):
     layout = Layout(project)
-    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=venv_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    repro = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=project,
+        env=venv_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while not list(layout.teachers.parent.glob(".teachers.*")) and time.monotonic() < deadline:
         time.sleep(0.05)  # until train_teachers is writing its staging folder
@@ -103,8 +109,9 @@ def test_flow_run_leaves_dvc_up_to_date(published_run, s3_env, tmp_path):
     assert "didn't change, skipping" in dvc(project, "repro").stdout
     assert compress(params=tiny_params(), root=str(project))["ran"] == []  # nothing changed: nothing reruns
 
-    changed = tiny_params().model_copy(update={"export": tiny_params().export.model_copy(
-        update={"decisive_margin_steps": 6.0})})
+    changed = tiny_params().model_copy(
+        update={"export": tiny_params().export.model_copy(update={"decisive_margin_steps": 6.0})}
+    )
     assert compress(params=changed, root=str(project))["ran"] == ["export", "report", "publish"]
     assert yaml.safe_load((project / "params.yaml").read_text())["export"]["decisive_margin_steps"] == 6.0
     assert_artifacts_published()
@@ -121,8 +128,11 @@ def assert_artifacts_published():
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["distillery-metrics", "distillery-report", "distillery-model"])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["distillery-metrics", "distillery-report", "distillery-model"])
+            )
+        )
     assert {a.key for a in found} == {"distillery-metrics", "distillery-report", "distillery-model"}
     link = next(a for a in found if a.key == "distillery-model").data
     assert "/distillery/models/distillery-student/" in link and link.endswith("/manifest.json)")
@@ -177,9 +187,14 @@ def test_served_deployment_runs_with_custom_parameters(published_run, tmp_path):
 
     project = copy_of(published_run, tmp_path)
     env = {**venv_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    serving = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--name", "test-nightly",
-                                "--cron", "0 3 * * *"], cwd=project, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", "--name", "test-nightly", "--cron", "0 3 * * *"],
+        cwd=project,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deployment = wait_for_deployment("distillery/test-nightly")
         assert deployment.schedules[0].schedule.cron == "0 3 * * *"
@@ -187,8 +202,9 @@ def test_served_deployment_runs_with_custom_parameters(published_run, tmp_path):
         assert deployment.parameters["params"]["ingest"]["source"] == "digits"
 
         custom = {**TINY, "export": {"decisive_margin_steps": 6.0}}
-        flow_run = run_deployment("distillery/test-nightly", parameters={"params": custom, "root": str(project)},
-                                  timeout=600)
+        flow_run = run_deployment(
+            "distillery/test-nightly", parameters={"params": custom, "root": str(project)}, timeout=600
+        )
         assert flow_run.state.is_completed(), flow_run.state
         metrics = json.loads((project / "data" / "reports" / "metrics.json").read_text())
         assert metrics["params"]["export"]["decisive_margin_steps"] == 6.0
@@ -200,8 +216,9 @@ def test_served_deployment_runs_with_custom_parameters(published_run, tmp_path):
 def test_distillery_run_stops_cleanly_on_bad_data(tmp_path):
     missing = tmp_path / "missing.npz"
     project = copy_project(tmp_path / "project", {**TINY, "ingest": {"source": "npz", "path": str(missing)}})
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run"], cwd=project, capture_output=True, text=True,
-                          env=venv_env())
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run"], cwd=project, capture_output=True, text=True, env=venv_env()
+    )
     assert done.returncode == 2
     assert f"error: ingest.path {missing} does not exist" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout

@@ -91,6 +91,7 @@ def test_unfinished_run_is_not_published(tmp_path, s3_env):
 
 
 def test_s3_server_listens_on_loopback_only(s3_server):
-    addresses = {c.laddr.ip for c in psutil.Process(s3_server["pid"]).net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN}
+    addresses = {
+        c.laddr.ip for c in psutil.Process(s3_server["pid"]).net_connections("inet") if c.status == psutil.CONN_LISTEN
+    }
     assert addresses and addresses <= {"127.0.0.1"}

@@ -34,8 +34,14 @@ with exclusive_lock(Path(sys.argv[1]), "test"):
 
 
 def ingest(project, preexec_fn=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tasks.ingest", "--root", str(project)], cwd=ROOT,
-                          env=venv_env(), capture_output=True, text=True, preexec_fn=preexec_fn)
+    return subprocess.run(
+        [sys.executable, "-m", "tasks.ingest", "--root", str(project)],
+        cwd=ROOT,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec_fn,
+    )
 
 
 def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, prefect_server):
@@ -52,8 +58,9 @@ def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, pr
 
 def test_a_killed_run_leaves_no_lock_behind(project):
     layout = Layout(project)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(layout.lock)], cwd=ROOT, env=venv_env(),
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(layout.lock)], cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "held"
     assert "is busy" in ingest(project).stderr
     holder.kill()
@@ -76,14 +83,20 @@ def test_s3_down_mid_publish_fails_cleanly_and_a_rerun_completes(staged, tmp_pat
 
     state, port = tmp_path / "s3", weed.free_port()
     server, creds = weed.start(state, "faults", port)
-    for key, value in {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key,
-                       "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1",
-                       "DISTILLERY_BUCKET": "faults"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": creds.access_key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "DISTILLERY_BUCKET": "faults",
+    }.items():
         monkeypatch.setenv(key, value)
     try:
         publish.upload("faulty", staged, version="v1")
-        watcher = threading.Thread(target=watch_and_stop, args=(
-            ArtifactStore(S3Settings.from_env()).client, "faults", "models/faulty/v2/", server))
+        watcher = threading.Thread(
+            target=watch_and_stop,
+            args=(ArtifactStore(S3Settings.from_env()).client, "faults", "models/faulty/v2/", server),
+        )
         watcher.start()
         started = time.monotonic()
         with pytest.raises(DistilleryError, match=f"bucket 'faults' at http://127.0.0.1:{port}") as failed:

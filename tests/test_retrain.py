@@ -19,8 +19,11 @@ from tests.conftest import TINY, copy_project
 from tests.test_pipeline import dvc
 
 PREFIX = "retrain/incoming"
-PARAMS = {**TINY, "ingest": {"source": "npz", "path": "data/source/incoming"},
-          "publish": {"model_name": "retrain-student"}}
+PARAMS = {
+    **TINY,
+    "ingest": {"source": "npz", "path": "data/source/incoming"},
+    "publish": {"model_name": "retrain-student"},
+}
 
 
 def land_shard(name: str, x: np.ndarray, y: np.ndarray) -> None:

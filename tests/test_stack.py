@@ -13,14 +13,19 @@ from tests.conftest import ROOT, venv_env
 
 
 def stack(command: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra.stack", command], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "infra.stack", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 def test_stack_up_and_down(tmp_path):
     s3_port, prefect_port = free_port(), free_port()
-    env = {**venv_env(), "DISTILLERY_STACK_DIR": str(tmp_path), "DISTILLERY_S3_PORT": str(s3_port),
-           "DISTILLERY_PREFECT_PORT": str(prefect_port)}
+    env = {
+        **venv_env(),
+        "DISTILLERY_STACK_DIR": str(tmp_path),
+        "DISTILLERY_S3_PORT": str(s3_port),
+        "DISTILLERY_PREFECT_PORT": str(prefect_port),
+    }
     try:
         up = stack("up", env)
         assert up.returncode == 0, up.stderr
@@ -32,8 +37,12 @@ def test_stack_up_and_down(tmp_path):
         assert requests.get(f"http://127.0.0.1:{s3_port}/distillery", timeout=5).status_code == 403  # unsigned
         for name in ("s3", "prefect"):
             pid = int((tmp_path / f"{name}.pid").read_text())
-            listening = {c.laddr.ip for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-                         for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+            listening = {
+                c.laddr.ip
+                for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+                for c in p.net_connections("inet")
+                if c.status == psutil.CONN_LISTEN
+            }
             assert listening and listening <= {"127.0.0.1"}, (name, listening)
         assert stack("up", env).returncode == 0  # idempotent: already running
     finally:

@@ -62,10 +62,12 @@ def test_pruning_physically_shrinks_the_student(staged):
     before, _ = checkpoint.load(staged.student / "student_kd.safetensors")
     after, spec = checkpoint.load(staged.pruned / "pruned.safetensors")
     assert isinstance(after, StudentCNN) and spec["widths"] == after.widths() == [16, 32]
-    assert spec["pooled_blocks"] == 1 and [type(m) for m in after.features][:4] == [torch.nn.Sequential,
-                                                                                     torch.nn.MaxPool2d,
-                                                                                     torch.nn.Sequential,
-                                                                                     torch.nn.AdaptiveAvgPool2d]
+    assert spec["pooled_blocks"] == 1 and [type(m) for m in after.features][:4] == [
+        torch.nn.Sequential,
+        torch.nn.MaxPool2d,
+        torch.nn.Sequential,
+        torch.nn.AdaptiveAvgPool2d,
+    ]
     assert count_params(after) < 0.4 * count_params(before)
     assert (staged.export / "pruned.onnx").stat().st_size < (staged.export / "student_kd.onnx").stat().st_size
 
@@ -142,8 +144,14 @@ def test_metrics_json_has_every_required_field(staged):
     for entry in [*metrics["teachers"], *(metrics[m] for m in MODELS)]:
         assert 0 <= entry["accuracy"] <= 1 and entry["params"] > 0 and entry["bytes"] > 0
         assert entry["latency_ms"]["b1"] > 0 and entry["latency_ms"]["b256"] > 0
-    for key in ("compression_ratio_vs_ensemble", "compression_ratio_vs_best_teacher", "speedup_b1_vs_ensemble",
-                "accuracy_drop_pp_vs_ensemble", "git_commit", "params"):
+    for key in (
+        "compression_ratio_vs_ensemble",
+        "compression_ratio_vs_best_teacher",
+        "speedup_b1_vs_ensemble",
+        "accuracy_drop_pp_vs_ensemble",
+        "git_commit",
+        "params",
+    ):
         assert key in metrics
     assert metrics["dataset"]["name"] == "digits" and len(metrics["dataset"]["md5"]) == len("0" * 32 + ".dir")
     assert metrics["compression_ratio_vs_ensemble"] > 100
@@ -153,20 +161,25 @@ def test_metrics_json_has_every_required_field(staged):
 
 
 def latencies(pruned_ms: float, int8_ms: float) -> dict:
-    return {"pruned": {"latency_ms": {"b1": pruned_ms, "b256": 100}},
-            "int8": {"latency_ms": {"b1": int8_ms, "b256": 50}}}
+    return {
+        "pruned": {"latency_ms": {"b1": pruned_ms, "b256": 100}},
+        "int8": {"latency_ms": {"b1": int8_ms, "b256": 50}},
+    }
 
 
 FLOOR_1PT = ShipConfig(max_accuracy_drop_pp=1.0)
 CLOSE = {"ensemble": 0.98, "pruned": 0.975, "int8": 0.976}
 
 
-@pytest.mark.parametrize("val, measured, ship, expected", [
-    (CLOSE, latencies(0.05, 0.08), FLOOR_1PT, "pruned"),
-    (CLOSE, latencies(0.05, 0.08), FLOOR_1PT.model_copy(update={"latency_batch": 256}), "int8"),
-    ({**CLOSE, "int8": 0.960}, latencies(0.09, 0.08), FLOOR_1PT, "pruned"),
-    (CLOSE, latencies(0.05, 0.08), ShipConfig(max_accuracy_drop_pp=0.3), None),
-])
+@pytest.mark.parametrize(
+    "val, measured, ship, expected",
+    [
+        (CLOSE, latencies(0.05, 0.08), FLOOR_1PT, "pruned"),
+        (CLOSE, latencies(0.05, 0.08), FLOOR_1PT.model_copy(update={"latency_batch": 256}), "int8"),
+        ({**CLOSE, "int8": 0.960}, latencies(0.09, 0.08), FLOOR_1PT, "pruned"),
+        (CLOSE, latencies(0.05, 0.08), ShipConfig(max_accuracy_drop_pp=0.3), None),
+    ],
+)
 def test_the_faster_model_that_meets_the_floor_ships(val, measured, ship, expected):
     assert report.choose_shipped(val, measured, ship)["model"] == expected
 

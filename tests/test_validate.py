@@ -56,14 +56,20 @@ def label_gap(x, y):
     return x, np.where(y == 2, 3, y)
 
 
-@pytest.mark.parametrize("corrupt, expectation", [
-    (leak, "expect_column_values_to_be_unique(sha256)"),
-    (nan_pixels, "expect_column_values_to_be_in_set(non_finite)"),
-    (out_of_range, "expect_column_values_to_be_between(pixel_max)"),
-    (starve_class, "expect_column_values_to_be_between(n_images)"),
-    (label_gap, "classes: a class with fewer images than validate.min_images_per_class — "
-                "expect_column_values_to_be_between(n_images)"),
-])
+@pytest.mark.parametrize(
+    "corrupt, expectation",
+    [
+        (leak, "expect_column_values_to_be_unique(sha256)"),
+        (nan_pixels, "expect_column_values_to_be_in_set(non_finite)"),
+        (out_of_range, "expect_column_values_to_be_between(pixel_max)"),
+        (starve_class, "expect_column_values_to_be_between(n_images)"),
+        (
+            label_gap,
+            "classes: a class with fewer images than validate.min_images_per_class — "
+            "expect_column_values_to_be_between(n_images)",
+        ),
+    ],
+)
 def test_bad_data_fails_naming_the_expectation(tmp_path, corrupt, expectation):
     layout = ingest_npz(tmp_path, *corrupt(*clean_data()))
     with pytest.raises(DistilleryError, match="Data validation failed") as info:
