@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from distillery import checkpoint
 from distillery.data import Dataset
 from distillery.training import TrainSettings, optimizer_for, set_cosine_lr, train_epoch
 
@@ -19,7 +18,14 @@ def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 
 def masked_prune(
-    model: nn.Module, remove: int, data: Dataset, steps: int, settings: TrainSettings, loss_fn, device: torch.device
+    model: nn.Module,
+    data: Dataset,
+    *,
+    remove: int,
+    steps: int,
+    settings: TrainSettings,
+    loss_fn,
+    device: torch.device,
 ) -> nn.Module:
     """Zero the `remove` smallest-magnitude conv/linear weights (global L1) in `steps` steps, one per
     epoch, with the prune stage's fine-tuning schedule. The model keeps its dense shape."""
@@ -71,8 +77,3 @@ def ort_static_int8(fp32_onnx: Path, calibration: np.ndarray, out: Path) -> Path
     )
     prepared.unlink()
     return out
-
-
-def checkpoint_model(path: Path) -> tuple[nn.Module, dict]:
-    model, spec = checkpoint.load(path)
-    return model.eval(), spec

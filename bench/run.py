@@ -29,16 +29,16 @@ import torch
 
 from bench import baselines, save_results
 from bench.gpu import cpu_flags
-from distillery import models, onnx_export
+from distillery import checkpoint, models, onnx_export
 from distillery.data import load_dataset
+from distillery.files import read_json
 from distillery.models import Ensemble
 from distillery.training import make_loss
-from tasks import distill, report
-from tasks.config import PipelineParams, load_params
-from tasks.layout import Layout
-from tasks.runtime import device, kd_settings, read_json, train_settings
-from tasks.stages import stage_calls
-from tasks.teachers import load_ensemble
+from project.artifacts import load_ensemble, load_model, read_record
+from project.config import PipelineParams, load_params
+from project.layout import PIPELINE_MODELS, TEACHER, Layout
+from project.settings import device, kd_settings, train_settings
+from tasks import STAGES, distill, report
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("distillery")
@@ -67,11 +67,11 @@ def seed_params(params: PipelineParams, seed: int) -> PipelineParams:
 def run_stages(params: PipelineParams, layout: Layout) -> dict[str, float]:
     """Every stage but publish, called directly; wall seconds per stage."""
     seconds = {}
-    for name, (fn, args) in stage_calls(params, layout).items():
-        if name != "publish":
+    for stage in STAGES:
+        if stage.name != "publish":
             started = time.perf_counter()
-            fn(*args)
-            seconds[name] = time.perf_counter() - started
+            stage.call(params, layout)
+            seconds[stage.name] = time.perf_counter() - started
     return seconds
 
 
@@ -84,32 +84,31 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     data = load_dataset(layout.raw)
     example, dev = data.test.head(2), device()
     ensemble = load_ensemble(layout).to(dev)
-    teachers = sorted(layout.teachers.glob("*.json"))
-    best = max(teachers, key=lambda f: read_json(f)["val_accuracy"]).stem  # chosen on validation, not test
-    student, spec = baselines.checkpoint_model(layout.student / "student_kd.safetensors")
-    teacher, _ = baselines.checkpoint_model(layout.teachers / f"{best}.safetensors")
+    teachers = [TEACHER + name for name in layout.teacher_names()]
+    best = max(teachers, key=lambda t: read_record(layout, t)["val_accuracy"])  # chosen on validation, not test
+    student, spec = checkpoint.load(layout.checkpoint("student_kd"))
+    teacher = Ensemble([load_model(layout, best)]).to(dev)
     kd_one, _ = distill.train_student(
-        spec, Ensemble([teacher]).to(dev), data, params.distill, params.kd, "student_kd_best_teacher"
+        spec, data, params.distill, params.kd, teacher=teacher, name="student_kd_best_teacher"
     )
-    pruned_params = models.count_params(baselines.checkpoint_model(layout.pruned / "pruned.safetensors")[0])
-    loss = make_loss(ensemble, kd_settings(params.kd))
+    pruned_params = models.count_params(load_model(layout, "pruned"))
     masked = baselines.masked_prune(
         student,
-        models.count_params(student) - pruned_params,
         data,
-        params.prune.steps,
-        train_settings(params.prune),
-        loss,
-        dev,
+        remove=models.count_params(student) - pruned_params,
+        steps=params.prune.steps,
+        settings=train_settings(params.prune),
+        loss_fn=make_loss(ensemble, kd_settings(params.kd)),
+        device=dev,
     )
     probe = {**spec, "widths": distill.scaled_widths(spec["widths"], probe_scale)}
-    probe_alone, _ = distill.train_student(probe, None, data, params.distill, params.kd, "probe_alone")
-    probe_kd, _ = distill.train_student(probe, ensemble, data, params.distill, params.kd, "probe_kd")
+    probe_alone, _ = distill.train_student(probe, data, params.distill, params.kd, teacher=None, name="probe_alone")
+    probe_kd, _ = distill.train_student(probe, data, params.distill, params.kd, teacher=ensemble, name="probe_kd")
     found = {
         "best_teacher": {
-            "onnx": layout.export / f"teacher_{best}.onnx",
-            "name": best,
-            "params": read_json(layout.teachers / f"{best}.json")["params"],
+            "onnx": layout.onnx(best),
+            "name": best.removeprefix(TEACHER),
+            "params": read_record(layout, best)["params"],
         }
     }
     for name, model in (
@@ -122,7 +121,7 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
         found[name] = {"onnx": out / f"{name}.onnx", "params": baselines.nonzero_params(model)}
     calibration = data.train.head(512).numpy()
     found["ptq_int8"] = {
-        "onnx": baselines.ort_static_int8(layout.export / "pruned.onnx", calibration, out / "ptq_int8.onnx"),
+        "onnx": baselines.ort_static_int8(layout.onnx("pruned"), calibration, out / "ptq_int8.onnx"),
         "params": pruned_params,
     }
     return found
@@ -169,10 +168,7 @@ def seed_map(dask_address: str | None, dask_workers: int | None) -> Iterator[Cal
 
 def pipeline_models(layout: Layout) -> dict[str, dict]:
     metrics = read_json(layout.metrics)
-    found = {
-        m: {"onnx": layout.export / f"{m}.onnx", "params": metrics[m]["params"]}
-        for m in ("ensemble", "student_alone", "student_kd", "pruned", "int8")
-    }
+    found = {m: {"onnx": layout.onnx(m), "params": metrics[m]["params"]} for m in PIPELINE_MODELS}
     shipped = metrics["shipped"]["model"]
     found["shipped"] = {**found[shipped or "int8"], "name": shipped}
     return found
@@ -347,11 +343,12 @@ def main() -> None:
         orchestration = {"flow_s": flow_s, "direct_s": direct_s, "overhead_share": (flow_s - direct_s) / flow_s}
 
     for run in runs:  # one process, one thread setting, every model of every seed
-        data = load_dataset(run.pop("layout").raw)
+        layout = run.pop("layout")
+        data = load_dataset(layout.raw)
         run["models"] = {m: measure(e, data, threads, args.latency_budget_s) for m, e in found[run["seed"]].items()}
         teachers = [
-            measure({"onnx": p, "name": p.stem}, data, threads, 0.05)
-            for p in sorted(found[run["seed"]]["ensemble"]["onnx"].parent.glob("teacher_*.onnx"))
+            measure({"onnx": layout.onnx(TEACHER + name), "name": TEACHER + name}, data, threads, 0.05)
+            for name in layout.teacher_names()
         ]
         run["models"]["best_teacher_by_test"] = max(teachers, key=lambda t: t["accuracy"])
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from prefect import flow
 
 from bench import save_results
-from flows.cli import prefect_environment
+from flows.flow_commands import prefect_environment
 from flows.runners import RunnerConfig, teacher_map
-from tasks import ingest, train_teachers, validate
-from tasks.config import PipelineParams
-from tasks.layout import Layout
-from tasks.runtime import read_json
+from project.artifacts import read_record
+from project.config import PipelineParams
+from project.layout import TEACHER, Layout
+from tasks import Stage, train_teachers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,11 +31,11 @@ def teacher_stage(params: PipelineParams, root: str, runner: RunnerConfig) -> di
     """Wall seconds of the stage, and each teacher's seconds, threads and validation accuracy."""
     layout = Layout(Path(root))
     started = time.perf_counter()
-    train_teachers.run(params.teachers, layout, teacher_map(runner))
+    train_teachers.run(params.teachers, layout, map_fn=teacher_map(runner))
     wall = time.perf_counter() - started
     teachers = {
-        f.stem: {k: read_json(f)[k] for k in ("seconds", "torch_threads", "val_accuracy")}
-        for f in sorted(layout.teachers.glob("*.json"))
+        name: {k: read_record(layout, TEACHER + name)[k] for k in ("seconds", "torch_threads", "val_accuracy")}
+        for name in layout.teacher_names()
     }
     return {"wall_s": round(wall, 1), "teachers": teachers}
 
@@ -69,8 +69,8 @@ def main() -> None:
     params = PipelineParams.model_validate({"teachers": {"epochs": args.epochs}})
     layout = Layout(ROOT / "bench" / "work" / "teachers")
     prefect_environment(layout.root)
-    ingest.run(params.ingest, layout)
-    validate.run(params.validate_, layout)
+    for name in ("ingest", "validate"):
+        Stage(name).call(params, layout)
     runners = {
         "local": RunnerConfig(),
         "dask": RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": args.workers, "threads_per_worker": 1}),

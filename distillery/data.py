@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from distillery import raw_format
 from distillery.errors import DistilleryError
 
 SPLITS = ("train", "val", "test")
 CPU = torch.device("cpu")
-FILES = ("images.npy", "labels.npy", "splits.npy", "info.json")
+FILES = (raw_format.IMAGES, raw_format.LABELS, raw_format.SPLITS, raw_format.INFO)
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
@@ -57,19 +58,19 @@ class Dataset:
 
 
 def load_dataset(raw: Path) -> Dataset:
-    """Open the ingest stage's output: images.npy is memory-mapped, not read into memory."""
+    """Open the ingest stage's output: the images are memory-mapped, not read into memory."""
     missing = [name for name in FILES if not (raw / name).exists()]
     if missing:
         raise DistilleryError(f"{raw} lacks {', '.join(missing)}; run the ingest stage first.")
-    images = torch.from_numpy(np.load(raw / "images.npy", mmap_mode="c"))  # copy-on-write: the file stays as is
-    labels = torch.from_numpy(np.load(raw / "labels.npy")).long()
-    splits = torch.from_numpy(np.load(raw / "splits.npy"))
+    images = torch.from_numpy(np.load(raw / raw_format.IMAGES, mmap_mode="c"))  # copy-on-write: the file stays as is
+    labels = torch.from_numpy(np.load(raw / raw_format.LABELS)).long()
+    splits = torch.from_numpy(np.load(raw / raw_format.SPLITS))
     if not len(images) == len(labels) == len(splits):
         raise DistilleryError(
             f"{raw}: {len(images)} images, {len(labels)} labels and {len(splits)} split ids do not "
             "match; rerun the ingest stage."
         )
-    num_classes = len(json.loads((raw / "info.json").read_text())["classes"])
+    num_classes = len(json.loads((raw / raw_format.INFO).read_text())["classes"])
     parts = []
     for i in range(len(SPLITS)):
         rows = torch.nonzero(splits == i).flatten()

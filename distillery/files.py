@@ -1,8 +1,9 @@
-"""Atomic writes (an output appears complete or not at all), file hashes and the workspace lock."""
+"""Atomic writes (an output appears complete or not at all), JSON files, file hashes and the workspace lock."""
 
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -67,6 +68,14 @@ def atomic_file(final: Path) -> Iterator[Path]:
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:

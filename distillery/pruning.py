@@ -38,6 +38,7 @@ def conv_layers(model: StudentCNN) -> dict[str, nn.Conv2d]:
 def make_pruner(
     model: StudentCNN,
     example: torch.Tensor,
+    *,
     ratio: float,
     steps: int,
     round_to: int,
@@ -70,14 +71,17 @@ def sensitivity_scan(
         scan[name] = []
         for ratio in grid:
             trial = copy.deepcopy(model).to(device).eval()
-            make_pruner(trial, example, 0.0, 1, 0, "linear", {name: ratio}).step()
+            pruner = make_pruner(
+                trial, example, ratio=0.0, steps=1, round_to=0, schedule="linear", layer_ratios={name: ratio}
+            )
+            pruner.step()
             pruned = conv_layers(trial)[name].out_channels < layer.out_channels
             scan[name].append(accuracy(trial, val, device) if pruned else None)
     return scan
 
 
 def ratios_from_scan(
-    scan: dict[str, list[float | None]], grid: list[float], baseline: float, max_drop_pp: float, cap: float
+    scan: dict[str, list[float | None]], grid: list[float], *, baseline: float, max_drop_pp: float, cap: float
 ) -> dict[str, float]:
     """Per layer, the largest ratio (up to `cap`) whose accuracy drop stays within `max_drop_pp`."""
     return {
@@ -98,6 +102,7 @@ def prune_gradually(
     train: Split,
     val: Split,
     pruner: tp.pruner.MetaPruner,
+    *,
     steps: int,
     settings: TrainSettings,
     loss_fn,

@@ -14,14 +14,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from distillery.files import read_json
 from flows.dvc_sync import DvcTracker
 from flows.runners import RunnerConfig, teacher_map
-from tasks import report
-from tasks.config import PipelineParams, read_params_file
-from tasks.layout import Layout
-from tasks.runtime import read_json, workspace_lock
-from tasks.s3_store import S3Settings
-from tasks.stages import stage_calls
+from project.config import PipelineParams, read_params_file
+from project.layout import Layout
+from project.store import S3Settings
+from tasks import STAGES, report
 
 DEFAULT_PARAMS = PipelineParams()
 DEFAULT_RUNNER = RunnerConfig()
@@ -41,11 +40,9 @@ def publish_artifacts(layout: Layout) -> None:
         key="distillery-metrics",
         description="Accuracy, size and latency of every model",
     )
-    create_markdown_artifact(
-        (layout.reports / "report.md").read_text(), key="distillery-report", description="Distillery report"
-    )
+    create_markdown_artifact(layout.report.read_text(), key="distillery-report", description="Distillery report")
     create_link_artifact(
-        (layout.data_docs / "index.html").as_uri(),
+        layout.data_docs_index.as_uri(),
         link_text="Data Docs",
         key="distillery-data-docs",
         description="great-expectations validation results",
@@ -89,7 +86,7 @@ def compress(
     train: in this process one after another, or all at once on a Dask cluster.
     """
     layout = Layout(Path(root).resolve())
-    with workspace_lock(layout):
+    with layout.lock():
         return run_stages(params, layout, update_data, runner)
 
 
@@ -102,15 +99,16 @@ def run_stages(params: PipelineParams, layout: Layout, update_data: bool, runner
     try:
         if tracker and update_data and params.ingest.source in ("folder", "npz"):
             update_source(tracker, layout.root / params.ingest.path)
-        for name, (fn, args) in stage_calls(params, layout).items():
+        for stage in STAGES:
+            name = stage.name
             if tracker and tracker.is_fresh(name) and not (name == "publish" and unpublished(layout)):
                 logger.info("stage %s is up to date (dvc status); skipped", name)
                 continue
             started = time.monotonic()
-            if name == "train_teachers":
-                fn(*args, teacher_map(runner))
+            if name == "train_teachers":  # each teacher is a task run of its own
+                stage.call(params, layout, map_fn=teacher_map(runner))
             else:
-                task(fn, name=name)(*args)
+                task(stage.run, name=name)(*stage.configs(params), layout)
             ran[name] = round(time.monotonic() - started, 1)
             logger.info("stage %s done in %.1f s", name, ran[name])
             if tracker:

@@ -8,12 +8,12 @@ from torch import nn
 
 from distillery import checkpoint, models
 from distillery.data import Dataset, load_dataset
-from distillery.files import atomic_dir
+from distillery.files import atomic_dir, write_json
 from distillery.training import accuracy, fit, make_loss, seeded
-from tasks.config import DistillConfig, KDConfig, ShipConfig
-from tasks.layout import Layout
-from tasks.runtime import device, kd_settings, train_settings, write_json
-from tasks.teachers import load_ensemble
+from project.artifacts import load_ensemble
+from project.config import DistillConfig, KDConfig, ShipConfig
+from project.layout import Layout
+from project.settings import device, kd_settings, train_settings
 
 log = logging.getLogger("distillery")
 
@@ -30,18 +30,21 @@ def candidate_widths(config: DistillConfig) -> list[list[int]]:
 
 
 def train_student(
-    spec: dict, teacher: nn.Module | None, data: Dataset, config: DistillConfig, kd: KDConfig, name: str
+    spec: dict, data: Dataset, config: DistillConfig, kd: KDConfig, *, teacher: nn.Module | None, name: str
 ) -> tuple[nn.Module, dict]:
+    """The student of `spec` trained on `data`, from `teacher`'s soft targets (None: on labels alone)."""
     model = seeded(config.seed, lambda: models.build(spec))
-    history = fit(
-        model, data.train, data.val, train_settings(config), device(), make_loss(teacher, kd_settings(kd)), name=name
-    )
+    loss = make_loss(teacher, kd_settings(kd))
+    history = fit(model, data.train, data.val, train_settings(config), device(), loss, name=name)
     return model, {
         "params": models.count_params(model),
         "widths": spec["widths"],
         "val_accuracy": accuracy(model.eval(), data.val, device()),
         "history": history,
     }
+
+
+SECTIONS = ("distill", "kd", "ship")
 
 
 def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
@@ -57,22 +60,24 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     }
     search = []
     for widths in candidate_widths(config):
-        kd_model, kd_result = train_student({**base, "widths": widths}, ensemble, data, config, kd, "student_kd")
+        kd_model, kd_result = train_student(
+            {**base, "widths": widths}, data, config, kd, teacher=ensemble, name="student_kd"
+        )
         search.append({k: kd_result[k] for k in ("widths", "params", "val_accuracy")})
         if kd_result["val_accuracy"] >= floor:
             break
     log.info("student widths %s chosen (floor %.4f val accuracy): %s", widths, floor, search)
     spec = {**base, "widths": widths}
-    alone_model, alone_result = train_student(spec, None, data, config, kd, "student_alone")
+    alone_model, alone_result = train_student(spec, data, config, kd, teacher=None, name="student_alone")
     kd_result |= {"width_search": search, "floor_val_accuracy": floor}
     with atomic_dir(layout.student) as out:
         for name, model, result in (("student_alone", alone_model, alone_result), ("student_kd", kd_model, kd_result)):
-            checkpoint.save(model, spec, out / f"{name}.safetensors")
-            write_json(out / f"{name}.json", result)
+            checkpoint.save(model, spec, out / layout.checkpoint(name).name)
+            write_json(out / layout.record(name).name, result)
     return {"widths": widths, "student_alone": alone_result["val_accuracy"], "student_kd": kd_result["val_accuracy"]}
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from project.cli import main
 
-    main(run, ("distill", "kd", "ship"))
+    main(run, SECTIONS)

@@ -10,43 +10,34 @@ import logging
 
 import torch
 
-from distillery import checkpoint, onnx_export
+from distillery import onnx_export
 from distillery.data import load_dataset
 from distillery.errors import DistilleryError
 from distillery.fidelity import FidelityRule, compare_logits
-from distillery.files import atomic_dir
+from distillery.files import atomic_dir, write_json
 from distillery.quantize import convert, load_prepared
 from distillery.training import logits
-from tasks import exported
-from tasks.config import ExportConfig
-from tasks.layout import Layout
-from tasks.runtime import write_json
-from tasks.teachers import load_ensemble
+from project.artifacts import load_model, onnx_hashes
+from project.config import ExportConfig
+from project.layout import Layout
 
 log = logging.getLogger("distillery")
 
 
-def float_models(layout: Layout) -> dict[str, torch.nn.Module]:
-    """The fp32 models by export name: each teacher, the ensemble, the students, the pruned student."""
-    found = {f"teacher_{f.stem}": checkpoint.load(f)[0] for f in sorted(layout.teachers.glob("*.safetensors"))}
-    found["ensemble"] = load_ensemble(layout)
-    for name in ("student_alone", "student_kd"):
-        found[name] = checkpoint.load(layout.student / f"{name}.safetensors")[0]
-    found["pruned"] = checkpoint.load(layout.pruned / "pruned.safetensors")[0]
-    return found
+SECTIONS = ("export",)
 
 
 def run(config: ExportConfig, layout: Layout) -> dict:
-    """Write data/export/: <model>.onnx for every model, int8.onnx, and verification.json (with
+    """Write data/export/: an ONNX file for every model of the run, and the verification record (with
     every file's sha256, which the report and publish stages check)."""
     data = load_dataset(layout.raw)
     example, test = data.test.head(2), data.test
-    int8 = convert(load_prepared(layout.qat / "qat.safetensors", example)[0])
+    int8 = convert(load_prepared(layout.checkpoint("int8"), example)[0])
     with atomic_dir(layout.export) as out:
-        for name, model in float_models(layout).items():
-            onnx_export.export(model.eval(), example, out / f"{name}.onnx")
-        onnx_export.export(int8, example, out / "int8.onnx")
-        verification = verify_int8(int8, onnx_export.session(out / "int8.onnx"), test, config)
+        for name in layout.run_models():
+            model = int8 if name == "int8" else load_model(layout, name)
+            onnx_export.export(model, example, out / layout.onnx(name).name)
+        verification = verify_int8(int8, onnx_export.session(out / layout.onnx("int8").name), test, config)
         if not verification["passed"]:
             raise DistilleryError(
                 f"Export verification failed: onnxruntime's int8 model does not compute what PyTorch's does. "
@@ -56,8 +47,8 @@ def run(config: ExportConfig, layout: Layout) -> dict:
                 f"{config.max_mean_logit_error_steps}). A step is {verification['logit_step']:.4g}, 1/255 of the "
                 "range of PyTorch's test logits."
             )
-        verification["sha256"] = exported.onnx_hashes(out)
-        write_json(out / exported.VERIFICATION, verification)
+        verification["sha256"] = onnx_hashes(out)
+        write_json(out / layout.verification.name, verification)
     log.info(
         "exported; int8 verified on %d test images: top-1 agreement %.4f, mean logit difference %.3f steps",
         verification["images"],
@@ -81,6 +72,6 @@ def verify_int8(int8: torch.nn.Module, session, test, config: ExportConfig) -> d
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from project.cli import main
 
-    main(run, ("export",))
+    main(run, SECTIONS)

@@ -6,7 +6,6 @@ chunk (an .npz shard, a batch of decoded image files), written straight to data/
 with one row of facts per image for the validation gate."""
 
 import hashlib
-import json
 import logging
 import zipfile
 from collections.abc import Callable, Iterator
@@ -18,9 +17,9 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from distillery.errors import DistilleryError
-from distillery.files import atomic_dir
-from tasks.config import IngestConfig
-from tasks.layout import Layout
+from distillery.files import atomic_dir, write_json
+from project.config import IngestConfig
+from project.layout import Layout
 
 log = logging.getLogger("distillery")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -265,11 +264,11 @@ def as_uint8(raw: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(raw, nan=0.0, posinf=255.0, neginf=0.0).round(), 0, 255).astype(np.uint8)
 
 
-def write_images(source: Source, split: np.ndarray, out: Path) -> tuple[int, ...]:
-    """Stream the source's pixels into out/images.npy (uint8, N x C x H x W, source order) and their
-    facts into out/facts.csv, one chunk at a time; returns the image shape (C, H, W)."""
+def write_images(source: Source, split: np.ndarray, images_file: Path, facts_file: Path) -> tuple[int, ...]:
+    """Stream the source's pixels into `images_file` (.npy, uint8, N x C x H x W, source order) and their
+    facts into `facts_file` (CSV), one chunk at a time; returns the image shape (C, H, W)."""
     labels, written, shape = source.labels, 0, None
-    with (out / "images.npy").open("wb") as images, (out / "facts.csv").open("w", newline="") as facts:
+    with images_file.open("wb") as images, facts_file.open("w", newline="") as facts:
         for chunk in source.chunks():
             if shape is None:
                 shape = chunk.shape[1:]
@@ -287,18 +286,21 @@ def write_images(source: Source, split: np.ndarray, out: Path) -> tuple[int, ...
     return shape
 
 
+SECTIONS = ("ingest",)
+
+
 def run(config: IngestConfig, layout: Layout) -> dict:
-    """Write data/raw/: images.npy (uint8 N x C x H x W), labels.npy, splits.npy (0 train, 1 val,
-    2 test), facts.csv (one row per image) and info.json."""
+    """Write data/raw/ (its files: distillery/raw_format.py): the uint8 images, labels, split ids, one row
+    of facts per image and the dataset's info."""
     source = open_source(config, layout.root)
     if len(source.labels) == 0:
         raise DistilleryError(f"{source.where} holds no images.")
     y = source.labels.astype(np.int64)
     split = stratified_split(y, config, source.where)
     with atomic_dir(layout.raw) as out:
-        shape = write_images(source, split, out)
-        np.save(out / "labels.npy", y)
-        np.save(out / "splits.npy", split)
+        shape = write_images(source, split, out / layout.images.name, out / layout.facts.name)
+        np.save(out / layout.labels.name, y)
+        np.save(out / layout.splits.name, split)
         info = {
             "source": config.source,
             "images": len(y),
@@ -308,12 +310,12 @@ def run(config: IngestConfig, layout: Layout) -> dict:
             "n_val": int((split == 1).sum()),
             "n_test": int((split == 2).sum()),
         }
-        (out / "info.json").write_text(json.dumps(info, indent=2))
+        write_json(out / layout.dataset_info.name, info)
     log.info("ingested %d images from %s: %s", len(y), config.source, info)
     return info
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from project.cli import main
 
-    main(run, ("ingest",))
+    main(run, SECTIONS)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from distillery import checkpoint, models, onnx_export
 from distillery.data import Dataset, load_dataset
-from distillery.files import atomic_dir
+from distillery.files import atomic_dir, write_json
 from distillery.models import StudentCNN
 from distillery.pruning import make_pruner, prune_gradually, ratios_from_scan, sensitivity_scan
 from distillery.training import accuracy, make_loss
-from tasks.config import KDConfig, PruneConfig, ShipConfig
-from tasks.layout import Layout
-from tasks.runtime import device, kd_settings, train_settings, write_json
-from tasks.teachers import load_ensemble
+from project.artifacts import load_ensemble
+from project.config import KDConfig, PruneConfig, ShipConfig
+from project.layout import Layout
+from project.settings import device, kd_settings, train_settings
 
 log = logging.getLogger("distillery")
 SENSITIVITY_GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -63,10 +63,13 @@ def plot_sensitivity(
     plt.close(fig)
 
 
+SECTIONS = ("prune", "kd", "ship")
+
+
 def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
     """Write data/models/pruned/: a physically smaller student (new widths in its spec)."""
     data = load_dataset(layout.raw)
-    model, spec = checkpoint.load(layout.student / "student_kd.safetensors")
+    model, spec = checkpoint.load(layout.checkpoint("student_kd"))
     model.to(device()).eval()
     before = models.count_params(model)
     result: dict = {"params_before": before, "schedule": config.schedule}
@@ -74,7 +77,9 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
     if config.per_layer == "sensitivity":
         baseline = accuracy(model, data.val, device())
         scan = sensitivity_scan(model, data.val, SENSITIVITY_GRID, device())
-        layer_ratios = ratios_from_scan(scan, SENSITIVITY_GRID, baseline, config.sensitivity_max_drop_pp, config.ratio)
+        layer_ratios = ratios_from_scan(
+            scan, SENSITIVITY_GRID, baseline=baseline, max_drop_pp=config.sensitivity_max_drop_pp, cap=config.ratio
+        )
         result["sensitivity"] = {
             "grid": SENSITIVITY_GRID,
             "val_accuracy": scan,
@@ -87,15 +92,23 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
     pruner = make_pruner(
         model,
         data.train.head(2).to(device()),
-        config.ratio,
-        config.steps,
-        config.round_to,
-        config.schedule,
-        layer_ratios,
+        ratio=config.ratio,
+        steps=config.steps,
+        round_to=config.round_to,
+        schedule=config.schedule,
+        layer_ratios=layer_ratios,
     )
     loss = make_loss(load_ensemble(layout).to(device()), kd_settings(kd))
     history = prune_gradually(
-        model, data.train, data.val, pruner, config.steps, train_settings(config), loss, device(), fast_enough
+        model,
+        data.train,
+        data.val,
+        pruner,
+        steps=config.steps,
+        settings=train_settings(config),
+        loss_fn=loss,
+        device=device(),
+        fast_enough=fast_enough,
     )
     spec = {**spec, "widths": model.widths()}
     result |= {
@@ -115,14 +128,14 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
                 result["latency_ms"],
             )
     with atomic_dir(layout.pruned) as out:
-        checkpoint.save(model, spec, out / "pruned.safetensors")
-        write_json(out / "pruned.json", result)
+        checkpoint.save(model, spec, out / layout.checkpoint("pruned").name)
+        write_json(out / layout.record("pruned").name, result)
         if layer_ratios is not None:
-            plot_sensitivity(scan, baseline, layer_ratios, out / "sensitivity.png")
+            plot_sensitivity(scan, baseline, layer_ratios, out / layout.sensitivity_plot.name)
     return {k: result[k] for k in ("params_before", "params", "widths", "val_accuracy")}
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from project.cli import main
 
-    main(run, ("prune", "kd", "ship"))
+    main(run, SECTIONS)

@@ -5,21 +5,20 @@ passed verification. The manifest records lineage: dataset md5, git commit, para
 package versions.
 """
 
-import json
 import logging
 import time
 from importlib import metadata
 from pathlib import Path
 
 from distillery.errors import DistilleryError
-from distillery.files import atomic_file
-from tasks import exported
-from tasks.config import PublishConfig
-from tasks.layout import Layout
-from tasks.runtime import read_json
-from tasks.s3_store import ArtifactStore, S3Settings, check_name, manifest_key
+from distillery.files import atomic_file, read_json, write_json
+from project.artifacts import verified_onnx
+from project.config import PublishConfig
+from project.layout import Layout
+from project.store import ArtifactStore, S3Settings, check_name, manifest_key
 
 log = logging.getLogger("distillery")
+SHIPPED_MODEL = "model.onnx"  # the deployable model's path in every published version, whichever model it is
 PACKAGES = (
     "torch",
     "torchvision",
@@ -36,22 +35,23 @@ PACKAGES = (
 
 def run_files(layout: Layout) -> dict[str, Path]:
     """Every file of a finished run, by its path inside the published version."""
-    if not layout.metrics.exists() or not (layout.export / exported.VERIFICATION).exists():
+    if not layout.metrics.exists() or not layout.verification.exists():
         raise DistilleryError(f"No finished run in {layout.data}: run the pipeline before publishing.")
     shipped = read_json(layout.metrics)["shipped"]
     if not shipped["model"]:
         raise DistilleryError(f"Nothing is published: {shipped['reason']}.")
     try:
-        files = {f"models/{p.name}": p for p in exported.verified_onnx(layout).values()}
+        files = {f"models/{p.name}": p for p in verified_onnx(layout).values()}
     except DistilleryError as e:
         raise DistilleryError(f"Nothing is published: {e}") from e
     files.update({f"reports/{p.name}": p for p in sorted(layout.reports.iterdir()) if p.is_file()})
     files.update(
         {f"data_docs/{p.relative_to(layout.data_docs)}": p for p in sorted(layout.data_docs.rglob("*")) if p.is_file()}
     )
-    if f"models/{shipped['model']}.onnx" not in files:
-        raise DistilleryError(f"{layout.export / shipped['model']}.onnx is missing; rerun the export stage.")
-    files["model.onnx"] = files[f"models/{shipped['model']}.onnx"]  # the deployable model, under a fixed name
+    shipped_onnx = layout.onnx(shipped["model"])
+    if f"models/{shipped_onnx.name}" not in files:
+        raise DistilleryError(f"{shipped_onnx} is missing; rerun the export stage.")
+    files[SHIPPED_MODEL] = files[f"models/{shipped_onnx.name}"]
     return files
 
 
@@ -97,6 +97,9 @@ def upload(name: str, layout: Layout, settings: S3Settings | None = None, versio
     return {"name": name, "version": version, "files": len(files), "manifest": manifest_key(name, version)}
 
 
+SECTIONS = ("publish",)
+
+
 def run(config: PublishConfig, layout: Layout) -> dict:
     """The pipeline's last stage: publish when an S3 store is configured, and write a receipt
     (data/published.json) saying what was published, or that nothing was."""
@@ -111,24 +114,11 @@ def run(config: PublishConfig, layout: Layout) -> dict:
         }
         log.warning("not published: %s", receipt["reason"])
     with atomic_file(layout.published) as tmp:
-        tmp.write_text(json.dumps(receipt, indent=2))
+        write_json(tmp, receipt)
     return receipt
 
 
-def describe(manifest: dict) -> str:
-    lineage = manifest["lineage"]
-    return json.dumps(
-        {k: manifest[k] for k in ("name", "version", "files")}
-        | {
-            "shipped": lineage["metrics"]["shipped"],
-            "dataset": lineage["dataset"],
-            "git_commit": lineage["git_commit"],
-        },
-        indent=2,
-    )
-
-
 if __name__ == "__main__":
-    from tasks.cli import main
+    from project.cli import main
 
-    main(run, ("publish",))
+    main(run, SECTIONS)

@@ -7,21 +7,24 @@ import torch
 
 from distillery import checkpoint
 from distillery.data import load_dataset
-from distillery.files import atomic_dir
+from distillery.files import atomic_dir, write_json
 from distillery.quantize import convert, prepare_qat, qat_finetune
 from distillery.training import accuracy, make_loss
-from tasks.config import KDConfig, QuantizeConfig
-from tasks.layout import Layout
-from tasks.runtime import device, kd_settings, train_settings, write_json
-from tasks.teachers import load_ensemble
+from project.artifacts import load_ensemble
+from project.config import KDConfig, QuantizeConfig
+from project.layout import Layout
+from project.settings import device, kd_settings, train_settings
 
 log = logging.getLogger("distillery")
+
+
+SECTIONS = ("quantize", "kd")
 
 
 def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
     """Write data/models/qat/: the fake-quantized student's state (safetensors) and its history."""
     data = load_dataset(layout.raw)
-    model, spec = checkpoint.load(layout.pruned / "pruned.safetensors")
+    model, spec = checkpoint.load(layout.checkpoint("pruned"))
     prepared = prepare_qat(model, data.train.head(2))
     loss = make_loss(load_ensemble(layout).to(device()), kd_settings(kd))
     history = qat_finetune(prepared, data.train, data.val, train_settings(config), loss, device())
@@ -36,12 +39,12 @@ def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
         "QAT done: fake-quant val %.4f, int8 val %.4f", result["val_accuracy_fake_quant"], result["val_accuracy_int8"]
     )
     with atomic_dir(layout.qat) as out:
-        checkpoint.save(prepared, {**spec, "quantization": "x86_int8_qat"}, out / "qat.safetensors")
-        write_json(out / "qat.json", result)
+        checkpoint.save(prepared, {**spec, "quantization": "x86_int8_qat"}, out / layout.checkpoint("int8").name)
+        write_json(out / layout.record("int8").name, result)
     return {k: v for k, v in result.items() if k != "history"}
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from project.cli import main
 
-    main(run, ("quantize", "kd"))
+    main(run, SECTIONS)

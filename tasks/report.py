@@ -8,17 +8,15 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from distillery import checkpoint, onnx_export
+from distillery import onnx_export
 from distillery.data import Dataset, load_dataset
-from distillery.files import atomic_dir, file_digest
+from distillery.files import atomic_dir, file_digest, read_json, write_json
 from distillery.models import count_params
-from tasks import exported
-from tasks.config import PipelineParams, ReportConfig, ShipConfig
-from tasks.layout import Layout
-from tasks.runtime import read_json, write_json
+from project.artifacts import load_model, read_record, verified_onnx
+from project.config import WHOLE_FILE, PipelineParams, ShipConfig
+from project.layout import PIPELINE_MODELS, TEACHER, Layout
 
 log = logging.getLogger("distillery")
-MODELS = ("ensemble", "student_alone", "student_kd", "pruned", "int8")
 DEPLOYABLE = ("pruned", "int8")  # the fp32 and the int8 student: the faster one that meets the floor ships
 
 
@@ -45,13 +43,10 @@ def git_commit(root: Path) -> str | None:
 
 
 def param_counts(layout: Layout) -> dict[str, int]:
-    teachers = sorted(layout.teachers.glob("*.safetensors"))
-    counts = {f"teacher_{f.stem}": count_params(checkpoint.load(f)[0]) for f in teachers}
-    counts["ensemble"] = sum(counts.values())
-    for name in ("student_alone", "student_kd"):
-        counts[name] = count_params(checkpoint.load(layout.student / f"{name}.safetensors")[0])
-    counts["pruned"] = counts["int8"] = count_params(checkpoint.load(layout.pruned / "pruned.safetensors")[0])
-    return counts
+    """Parameters of every model of the run; the int8 model has the pruned student's, the ensemble its teachers'."""
+    return {
+        name: count_params(load_model(layout, "pruned" if name == "int8" else name)) for name in layout.run_models()
+    }
 
 
 def measure(path: Path, data: Dataset, params: int | None, budget_s: float, threads: int = 0) -> dict:
@@ -120,7 +115,7 @@ def row(m: dict) -> dict:
 def table_rows(metrics: dict) -> list[dict]:
     rows = [{"model": f"teacher {t['name']}", **row(t)} for t in metrics["teachers"]]
     shipped = metrics["shipped"]["model"]
-    return rows + [{"model": m + (" (shipped)" if m == shipped else ""), **row(metrics[m])} for m in MODELS]
+    return rows + [{"model": m + (" (shipped)" if m == shipped else ""), **row(metrics[m])} for m in PIPELINE_MODELS]
 
 
 def markdown_table(metrics: dict) -> str:
@@ -130,7 +125,7 @@ def markdown_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(metrics: dict) -> str:
+def markdown_report(metrics: dict, layout: Layout) -> str:
     d = metrics["dataset"]
     shipped = metrics["shipped"]
     return "\n".join(
@@ -155,23 +150,22 @@ def markdown_report(metrics: dict) -> str:
             f"- Distillation: student alone {metrics['student_alone']['accuracy']:.4f}, "
             f"with KD {metrics['student_kd']['accuracy']:.4f} (one seed; differences under ~0.5 points are noise).",
             "",
-            "![accuracy vs size](accuracy_vs_size.png)",
+            f"![accuracy vs size]({layout.accuracy_plot.name})",
             "",
-            "![training curves](training_curves.png)",
+            f"![training curves]({layout.curves_plot.name})",
             "",
         ]
     )
 
 
-def plot(metrics: dict, histories: dict[str, list[dict]], out: Path) -> None:
+def plot_accuracy_vs_size(metrics: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    points = [(t["name"], t) for t in metrics["teachers"]] + [(m, metrics[m]) for m in MODELS]
+    points = [(t["name"], t) for t in metrics["teachers"]] + [(m, metrics[m]) for m in PIPELINE_MODELS]
     for name, m in points:
         ax.scatter(m["bytes"] / 1024, m["accuracy"] * 100)
         ax.annotate(
@@ -180,8 +174,16 @@ def plot(metrics: dict, histories: dict[str, list[dict]], out: Path) -> None:
     ax.set(xscale="log", xlabel="ONNX file size (KiB, log scale)", ylabel="test accuracy (%)", title="Accuracy vs size")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_size.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_training_curves(histories: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, history in histories.items():
@@ -191,34 +193,30 @@ def plot(metrics: dict, histories: dict[str, list[dict]], out: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def histories(layout: Layout) -> dict[str, list[dict]]:
-    files = sorted(layout.teachers.glob("*.json")) + [
-        layout.student / "student_alone.json",
-        layout.student / "student_kd.json",
-        layout.pruned / "pruned.json",
-        layout.qat / "qat.json",
-    ]
-    return {f.stem: read_json(f)["history"] for f in files}
+    """The validation curve of every trained model (the ensemble is not trained)."""
+    return {name: read_record(layout, name)["history"] for name in layout.run_models() if name != "ensemble"}
 
 
-def run(config: ReportConfig, params: PipelineParams, layout: Layout) -> dict:
-    """Write data/reports/: metrics.json, report.md and PNG plots."""
+SECTIONS = (WHOLE_FILE,)  # metrics.json records the whole run's params
+
+
+def run(params: PipelineParams, layout: Layout) -> dict:
+    """Write data/reports/: the metrics, the markdown report and its plots."""
     data = load_dataset(layout.raw)
     counts = param_counts(layout)
     measured = {
-        name: measure(path, data, counts[name], config.latency_budget_s)
-        for name, path in exported.verified_onnx(layout).items()
+        name: measure(path, data, counts[name], params.report.latency_budget_s)
+        for name, path in verified_onnx(layout).items()
     }
     info = read_json(layout.dataset_info)
     metrics = {
-        "teachers": [
-            {"name": k.removeprefix("teacher_"), **v} for k, v in measured.items() if k.startswith("teacher_")
-        ],
-        **{m: measured[m] for m in MODELS},
+        "teachers": [{"name": k.removeprefix(TEACHER), **v} for k, v in measured.items() if k.startswith(TEACHER)],
+        **{m: measured[m] for m in PIPELINE_MODELS},
         "dataset": {
             "name": info["source"],
             "md5": dvc_md5(layout.raw),
@@ -234,9 +232,10 @@ def run(config: ReportConfig, params: PipelineParams, layout: Layout) -> dict:
     metrics["shipped"] = choose_shipped(val, measured, params.ship)
     metrics.update(summary(metrics))
     with atomic_dir(layout.reports) as out:
-        write_json(out / "metrics.json", metrics)
-        (out / "report.md").write_text(markdown_report(metrics))
-        plot(metrics, histories(layout), out)
+        write_json(out / layout.metrics.name, metrics)
+        (out / layout.report.name).write_text(markdown_report(metrics, layout))
+        plot_accuracy_vs_size(metrics, out / layout.accuracy_plot.name)
+        plot_training_curves(histories(layout), out / layout.curves_plot.name)
     log.info("report written to %s", layout.reports)
     log.info("shipped: %s", metrics["shipped"]["reason"])
     return {
@@ -249,6 +248,6 @@ def run(config: ReportConfig, params: PipelineParams, layout: Layout) -> dict:
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from project.cli import main
 
-    main(run, ("report", "all"))
+    main(run, SECTIONS)

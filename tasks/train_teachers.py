@@ -12,12 +12,12 @@ import torch
 
 from distillery import checkpoint, models
 from distillery.data import load_dataset
-from distillery.files import atomic_dir
+from distillery.files import atomic_dir, write_json
 from distillery.training import accuracy, fit, seeded
-from tasks.config import TeachersConfig
-from tasks.layout import Layout
-from tasks.runtime import device, train_settings, write_json
-from tasks.validate import require_valid
+from project.artifacts import require_valid
+from project.config import TeachersConfig
+from project.layout import TEACHER, Layout
+from project.settings import device, train_settings
 
 log = logging.getLogger("distillery")
 
@@ -36,7 +36,7 @@ def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path)
     settings = replace(train_settings(config), seed=config.seed + index)
     model = seeded(settings.seed, lambda: models.build(spec))
     history = fit(model, data.train, data.val, settings, device(), name=name)
-    checkpoint.save(model, spec, out / f"{name}.safetensors")
+    checkpoint.save(model, spec, out / layout.checkpoint(TEACHER + name).name)
     result = {
         "name": name,
         "arch": spec["arch"],
@@ -47,8 +47,11 @@ def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path)
         "torch_threads": torch.get_num_threads(),
         "process": f"{socket.gethostname()}:{os.getpid()}",
     }
-    write_json(out / f"{name}.json", result)
+    write_json(out / layout.record(TEACHER + name).name, result)
     return result
+
+
+SECTIONS = ("teachers",)
 
 
 def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[str, float]:
@@ -70,6 +73,6 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[
 
 
 if __name__ == "__main__":
-    from tasks.cli import main
+    from project.cli import main
 
-    main(run, ("teachers",))
+    main(run, SECTIONS)

@@ -4,17 +4,15 @@ Writes data/validation/ (summary.json and Data Docs HTML) whether or not the dat
 then stops the pipeline with a message naming every failed expectation if it does not.
 """
 
-import json
 import logging
 import os
 
 import pandas as pd
 
 from distillery.errors import DistilleryError
-from distillery.files import atomic_dir
-from tasks.config import ValidateConfig
-from tasks.layout import Layout
-from tasks.runtime import read_json
+from distillery.files import atomic_dir, read_json, write_json
+from project.config import ValidateConfig
+from project.layout import Layout
 
 log = logging.getLogger("distillery")
 
@@ -123,6 +121,9 @@ def run_checkpoint(tables: dict[str, tuple[pd.DataFrame, list]], docs_dir) -> tu
     return not failures, failures
 
 
+SECTIONS = ("validate",)
+
+
 def run(config: ValidateConfig, layout: Layout) -> dict:
     """Check data/raw/ and write data/validation/; raise if any expectation fails."""
     if not layout.facts.exists():
@@ -139,34 +140,26 @@ def run(config: ValidateConfig, layout: Layout) -> dict:
             "images": (facts, image_expectations(gx, facts, num_classes)),
             "classes": (classes, class_expectations(gx, config, num_classes)),
         }
-        success, failures = run_checkpoint(tables, out / "docs")
+        success, failures = run_checkpoint(tables, out / layout.data_docs.name)
         summary = {
             "success": success,
             "failures": failures,
             "images": len(facts),
             "classes": num_classes,
-            "docs": "docs/index.html",
+            "docs": str(layout.data_docs_index.relative_to(layout.validation)),
         }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / layout.validation_summary.name, summary)
     if not success:
         raise DistilleryError(
             f"Data validation failed ({len(failures)} expectation(s)); no training was run. "
             + " | ".join(failures)
-            + f". Data Docs: {layout.data_docs / 'index.html'}"
+            + f". Data Docs: {layout.data_docs_index}"
         )
     log.info("validation passed: %d images, %d classes", len(facts), num_classes)
     return summary
 
 
-def require_valid(layout: Layout) -> None:
-    """The gate later stages pass through: the dataset must have passed validation."""
-    if not layout.validation_summary.exists():
-        raise DistilleryError(f"{layout.validation_summary} is missing; run the validate stage first.")
-    if not json.loads(layout.validation_summary.read_text())["success"]:
-        raise DistilleryError("The dataset failed validation; fix it and rerun ingest and validate.")
-
-
 if __name__ == "__main__":
-    from tasks.cli import main
+    from project.cli import main
 
-    main(run, ("validate",))
+    main(run, SECTIONS)

@@ -18,10 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from infra.s3_server import free_port
+from project.config import IngestConfig
+from project.layout import Layout
+from project.store import ArtifactStore, S3Settings
 from tasks import ingest
-from tasks.config import IngestConfig
-from tasks.layout import Layout
-from tasks.s3_store import ArtifactStore, S3Settings
 from tests.conftest import ROOT, TINY, venv_env
 from tests.test_ingest import image_folder, write_npz
 from tests.test_validate import clean_data

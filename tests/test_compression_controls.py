@@ -8,9 +8,9 @@ import pytest
 
 from distillery import checkpoint
 from distillery.pruning import agp_schedule, ratios_from_scan
+from project.config import DistillConfig, KDConfig, PruneConfig, ShipConfig
+from project.layout import Layout
 from tasks import distill, prune
-from tasks.config import DistillConfig, KDConfig, PruneConfig, ShipConfig
-from tasks.layout import Layout
 
 
 def test_agp_prunes_most_channels_early_and_reaches_the_ratio():

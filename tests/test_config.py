@@ -5,7 +5,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from tasks.config import PipelineParams, load_params
+from project.config import PipelineParams, load_params
 from tests.conftest import ROOT
 
 

@@ -12,11 +12,11 @@ from prefect import flow
 from pydantic import ValidationError
 
 from distillery import checkpoint
-from flows.cli import flow_runner
+from distillery.files import read_json
+from flows.flow_commands import flow_runner
 from flows.runners import RunnerConfig, cluster_kwargs, teacher_map
-from tasks import ingest, train_teachers, validate
-from tasks.layout import Layout
-from tasks.runtime import read_json
+from project.layout import Layout
+from tasks import Stage, train_teachers
 from tests.conftest import tiny_params
 
 TWO_WORKERS = RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": 2, "threads_per_worker": 1})
@@ -25,15 +25,14 @@ TWO_WORKERS = RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": 2, "th
 @flow
 def teacher_stage(root: str, runner: RunnerConfig) -> dict[str, dict]:
     layout = Layout(Path(root))
-    train_teachers.run(tiny_params().teachers, layout, teacher_map(runner))
+    train_teachers.run(tiny_params().teachers, layout, map_fn=teacher_map(runner))
     return {f.stem: read_json(f) for f in sorted(layout.teachers.glob("*.json"))}
 
 
 def validated_workspace(root) -> Layout:
     layout = Layout(root)
-    params = tiny_params()
-    ingest.run(params.ingest, layout)
-    validate.run(params.validate_, layout)
+    for name in ("ingest", "validate"):
+        Stage(name).call(tiny_params(), layout)
     return layout
 
 

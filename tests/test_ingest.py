@@ -12,9 +12,9 @@ from PIL import Image
 
 from distillery.data import load_dataset
 from distillery.errors import DistilleryError
+from project.config import IngestConfig
+from project.layout import Layout
 from tasks import ingest
-from tasks.config import IngestConfig
-from tasks.layout import Layout
 
 
 def stored(layout: Layout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,10 +9,10 @@ import pytest
 
 from distillery.errors import DistilleryError
 from distillery.files import file_digest
+from project.config import PublishConfig
+from project.layout import Layout
+from project.store import ArtifactStore, S3Settings
 from tasks import publish
-from tasks.config import PublishConfig
-from tasks.layout import Layout
-from tasks.s3_store import ArtifactStore, S3Settings
 
 
 def store() -> ArtifactStore:

@@ -18,9 +18,9 @@ import yaml
 from distillery.errors import DistilleryError
 from distillery.files import exclusive_lock
 from flows.pipeline import compress
+from project.layout import Layout
+from project.store import ArtifactStore, S3Settings
 from tasks import publish
-from tasks.layout import Layout
-from tasks.s3_store import ArtifactStore, S3Settings
 from tests.conftest import ROOT, tiny_params, venv_env
 
 HOLD_LOCK = """
@@ -46,10 +46,10 @@ def ingest(project, preexec_fn=None) -> subprocess.CompletedProcess:
 
 def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, prefect_server):
     layout = Layout(project)
-    with exclusive_lock(layout.lock, "test"):  # a run in progress
+    with exclusive_lock(layout.lock_file, "test"):  # a run in progress
         stage = ingest(project)
         assert stage.returncode == 2 and "Traceback" not in stage.stderr
-        assert "is busy" in stage.stderr and f"pid {os.getpid()}" in stage.stderr and str(layout.lock) in stage.stderr
+        assert "is busy" in stage.stderr and f"pid {os.getpid()}" in stage.stderr and str(layout.lock_file) in stage.stderr
         with pytest.raises(DistilleryError, match="is busy"):
             compress(params=tiny_params(), root=str(project))
         assert not layout.raw.exists()
@@ -59,7 +59,7 @@ def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, pr
 def test_a_killed_run_leaves_no_lock_behind(project):
     layout = Layout(project)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(layout.lock)], cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_LOCK, str(layout.lock_file)], cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout.readline().strip() == "held"
     assert "is busy" in ingest(project).stderr

@@ -12,10 +12,9 @@ from distillery import checkpoint, onnx_export
 from distillery.data import load_dataset, normalise
 from distillery.errors import DistilleryError
 from distillery.models import StudentCNN, build, count_params
+from project.config import ShipConfig, TeachersConfig
+from project.layout import PIPELINE_MODELS, Layout
 from tasks import export, publish, report, train_teachers
-from tasks.config import ShipConfig, TeachersConfig
-from tasks.layout import Layout
-from tasks.report import MODELS
 from tests import export_bugs
 from tests.conftest import TINY, tiny_params
 
@@ -141,7 +140,7 @@ def test_export_fails_and_writes_nothing_when_the_int8_onnx_is_broken(staged, tm
 def test_metrics_json_has_every_required_field(staged):
     metrics = json.loads(staged.metrics.read_text())
     assert len(metrics["teachers"]) == len(TINY["teachers"]["models"])
-    for entry in [*metrics["teachers"], *(metrics[m] for m in MODELS)]:
+    for entry in [*metrics["teachers"], *(metrics[m] for m in PIPELINE_MODELS)]:
         assert 0 <= entry["accuracy"] <= 1 and entry["params"] > 0 and entry["bytes"] > 0
         assert entry["latency_ms"]["b1"] > 0 and entry["latency_ms"]["b256"] > 0
     for key in (

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from distillery.errors import DistilleryError
+from project.artifacts import require_valid
+from project.config import IngestConfig, TeachersConfig, ValidateConfig
+from project.layout import Layout
 from tasks import ingest, train_teachers, validate
-from tasks.config import IngestConfig, TeachersConfig, ValidateConfig
-from tasks.layout import Layout
 
 
 def ingest_npz(tmp_path, x, y) -> Layout:
@@ -29,7 +30,7 @@ def test_clean_data_passes_and_docs_are_built(tmp_path):
     layout = ingest_npz(tmp_path, *clean_data())
     summary = validate.run(ValidateConfig(), layout)
     assert summary["success"] and (layout.data_docs / "index.html").exists()
-    validate.require_valid(layout)
+    require_valid(layout)
 
 
 def leak(x, y):

@@ -1,4 +1,5 @@
-"""The thin command line behind `python -m tasks.<stage>` and clear errors for users."""
+"""What the command lines share (clear errors for users, the local stack's settings) and the thin
+command line behind `python -m tasks.<stage>`."""
 
 import argparse
 import json
@@ -12,16 +13,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from distillery.errors import DistilleryError
-from tasks.config import PipelineParams, Section, read_params_file
-from tasks.layout import Layout
-from tasks.runtime import workspace_lock
+from project.config import WHOLE_FILE, PipelineParams, Section, read_params_file, section_schema
+from project.layout import Layout
 
 
 def describe(error: ValidationError, source: str) -> str:
     """One readable paragraph from a pydantic error: each bad key, what is wrong, what was given."""
     problems = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]).replace("validate_", "validate")
+        key = ".".join(str(part) for part in item["loc"])
         given = f" (got {item['input']!r})" if item["type"] != "missing" and "input" in item else ""
         problems.append(f"{key or '(top level)'}: {item['msg']}{given}")
     return f"Invalid parameters in {source}: " + "; ".join(problems) + "."
@@ -40,13 +40,12 @@ def user_errors(debug: bool, source: str = "params.yaml") -> Iterator[None]:
         sys.exit(2)
 
 
-def section_config(raw: dict, name: str) -> Section:
-    """Validate one section of params.yaml (defaults fill what it leaves out); "all": the whole file."""
-    if name == "all":
+def section_config(raw: dict, name: str) -> Section | PipelineParams:
+    """Validate one section of params.yaml (defaults fill what it leaves out); WHOLE_FILE: all of it."""
+    if name == WHOLE_FILE:
         return PipelineParams.model_validate(raw)
-    field = PipelineParams.model_fields["validate_" if name == "validate" else name]
     try:
-        return field.annotation.model_validate(raw.get(name) or {})
+        return section_schema(name).model_validate(raw.get(name) or {})
     except ValidationError as e:
         raise DistilleryError(describe(e, "params.yaml").replace(": ", f": {name}.", 1)) from e
 
@@ -70,19 +69,19 @@ def use_local_stack(root: Path) -> None:
 
 def main(stage: Callable, sections: tuple[str, ...]) -> None:
     """Run `stage(*configs, layout)` with its sections of params.yaml; print its result as JSON."""
-    name = stage.__module__.rsplit(".", 1)[-1]
-    parser = argparse.ArgumentParser(prog=f"python -m tasks.{name}", description=stage.__doc__)
+    module = sys.modules[stage.__module__].__spec__.name  # tasks.<stage>, also when run as __main__
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=stage.__doc__)
     parser.add_argument("--params", type=Path, help="params file (default: ROOT/params.yaml)")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (data/ lives here)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args()
-    args.params = args.params or args.root / "params.yaml"
+    layout = Layout(args.root.resolve())
+    params_file = args.params or layout.params
     configure_logging()
-    use_local_stack(args.root.resolve())
-    with user_errors(args.debug, str(args.params)):
-        raw = read_params_file(args.params)
+    use_local_stack(layout.root)
+    with user_errors(args.debug, str(params_file)):
+        raw = read_params_file(params_file)
         configs = [section_config(raw, section) for section in sections]
-        layout = Layout(args.root.resolve())
-        with workspace_lock(layout):
+        with layout.lock():
             result = stage(*configs, layout)
     print(json.dumps(result, indent=2, default=str))

@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from distillery.errors import DistilleryError
+
 TeacherArch = Literal["wide_cnn", "small_resnet", "resnet18"]
 
 
@@ -173,6 +175,7 @@ class ShipConfig(Section):
         return ensemble_val_accuracy - self.max_accuracy_drop_pp / 100
 
 
+WHOLE_FILE = "all"  # what a stage reads that records every parameter (the report), as dvc.yaml's `params.yaml:`
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # model names and versions: S3 keys and folder names
 
 
@@ -199,16 +202,28 @@ class PipelineParams(Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    def section(self, name: str) -> Section:
-        return getattr(self, "validate_" if name == "validate" else name)
+    def section(self, name: str) -> "Section | PipelineParams":
+        """A section by its name in params.yaml; WHOLE_FILE: all of them."""
+        return self if name == WHOLE_FILE else getattr(self, field_name(name))
 
     def to_yaml_dict(self) -> dict:
         return self.model_dump(mode="json", by_alias=True)
 
 
-def read_params_file(path: Path) -> dict:
-    from distillery.errors import DistilleryError
+def field_name(section: str) -> str:
+    """The attribute that holds a params.yaml section (`validate` is `validate_`: BaseModel has a `validate`)."""
+    for name, field in PipelineParams.model_fields.items():
+        if (field.alias or name) == section:
+            return name
+    raise KeyError(section)
 
+
+def section_schema(section: str) -> type[BaseModel]:
+    """The model that validates a params.yaml section; WHOLE_FILE: the whole file's."""
+    return PipelineParams if section == WHOLE_FILE else PipelineParams.model_fields[field_name(section)].annotation
+
+
+def read_params_file(path: Path) -> dict:
     if not path.exists():
         raise DistilleryError(f"Params file {path} does not exist.")
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir, file_digest
-from tasks.config import SAFE_NAME
+from project.config import SAFE_NAME
 
 NAME = re.compile(SAFE_NAME)
 

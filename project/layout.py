@@ -1,0 +1,91 @@
+"""Where every file of a run lives, relative to the project root: the one place for paths and file names.
+
+A stage builds its output folder elsewhere and renames it into place (`distillery.files.atomic_dir`),
+so it names each file it writes by the final path's name: `out / layout.checkpoint("pruned").name`.
+"""
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from distillery import raw_format
+from distillery.files import exclusive_lock
+
+TEACHER = "teacher_"  # a teacher's model name is this prefix and its file stem, e.g. teacher_0_wide_cnn
+PIPELINE_MODELS = ("ensemble", "student_alone", "student_kd", "pruned", "int8")  # after the teachers, in this order
+
+
+def under_root(*parts: str) -> property:
+    return property(lambda self: self.root.joinpath(*parts))
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    params = under_root("params.yaml")
+    data = under_root("data")
+    raw = under_root("data", "raw")
+    images = under_root("data", "raw", raw_format.IMAGES)
+    labels = under_root("data", "raw", raw_format.LABELS)
+    splits = under_root("data", "raw", raw_format.SPLITS)
+    facts = under_root("data", "raw", raw_format.FACTS)
+    dataset_info = under_root("data", "raw", raw_format.INFO)
+    validation = under_root("data", "validation")
+    validation_summary = under_root("data", "validation", "summary.json")
+    data_docs = under_root("data", "validation", "docs")
+    data_docs_index = under_root("data", "validation", "docs", "index.html")
+    models = under_root("data", "models")
+    teachers = under_root("data", "models", "teachers")
+    student = under_root("data", "models", "student")
+    pruned = under_root("data", "models", "pruned")
+    qat = under_root("data", "models", "qat")
+    sensitivity_plot = under_root("data", "models", "pruned", "sensitivity.png")
+    export = under_root("data", "export")
+    verification = under_root("data", "export", "verification.json")
+    reports = under_root("data", "reports")
+    metrics = under_root("data", "reports", "metrics.json")
+    report = under_root("data", "reports", "report.md")
+    accuracy_plot = under_root("data", "reports", "accuracy_vs_size.png")
+    curves_plot = under_root("data", "reports", "training_curves.png")
+    published = under_root("data", "published.json")
+    lock_file = under_root(".distillery", "run.lock")
+
+    def teacher_names(self) -> list[str]:
+        """The trained teachers' names (`<index>_<arch>`), from their checkpoints."""
+        return [f.stem for f in sorted(self.teachers.glob("*.safetensors"))]
+
+    def run_models(self) -> list[str]:
+        """Every model of a finished run, in report order: each teacher, the ensemble, the students,
+        the pruned student and the int8 student."""
+        return [TEACHER + name for name in self.teacher_names()] + list(PIPELINE_MODELS)
+
+    def checkpoint(self, model: str) -> Path:
+        """The weights of `model` (every model but the ensemble, which is its teachers)."""
+        return self.home(model) / f"{self.stem(model)}.safetensors"
+
+    def record(self, model: str) -> Path:
+        """What the stage that trained `model` recorded about it: its history, validation accuracy, ..."""
+        return self.home(model) / f"{self.stem(model)}.json"
+
+    def onnx(self, model: str) -> Path:
+        return self.export / f"{model}.onnx"
+
+    def home(self, model: str) -> Path:
+        """The folder of the stage that trains `model`."""
+        if model.startswith(TEACHER):
+            return self.teachers
+        return {"student_alone": self.student, "student_kd": self.student, "pruned": self.pruned, "int8": self.qat}[
+            model
+        ]
+
+    @staticmethod
+    def stem(model: str) -> str:
+        """The file stem of `model`'s checkpoint and record; the int8 model's are its QAT state's (qat.*)."""
+        if model.startswith(TEACHER):
+            return model.removeprefix(TEACHER)
+        return "qat" if model == "int8" else model
+
+    def lock(self) -> AbstractContextManager[None]:
+        """One run at a time in a project: the flow and every stage command hold this."""
+        return exclusive_lock(self.lock_file, f"The workspace {self.root}")

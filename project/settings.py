@@ -1,0 +1,28 @@
+"""The library's settings from params: the device, the training recipe and the distillation loss."""
+
+import os
+
+import torch
+
+from distillery.training import KDSettings, TrainSettings, pick_device
+from project.config import KDConfig, TrainConfig
+
+
+def device() -> torch.device:
+    """CUDA when present, else CPU; DISTILLERY_DEVICE=cpu|cuda|auto overrides."""
+    return pick_device(os.environ.get("DISTILLERY_DEVICE", "auto"))
+
+
+def train_settings(config: TrainConfig) -> TrainSettings:
+    return TrainSettings(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        augment=config.augment,
+        seed=config.seed,
+    )
+
+
+def kd_settings(config: KDConfig) -> KDSettings:
+    return KDSettings(temperature=config.temperature, alpha=config.alpha)
