@@ -92,7 +92,7 @@ def cpu_latency(onnx_dir: Path, dataset: Path, threads: int) -> dict:
     results = {}
     for name in ("pruned", "int8"):
         sess = onnx_export.session(onnx_dir / f"{name}.onnx", threads)
-        results[name] = {f"b{b}": onnx_export.latency_ms(sess, x, b, budget_s=2.0) for b in (1, 256)}
+        results[name] = {f"b{b}": onnx_export.latency_ms(sess, x, batch=b, budget_s=2.0) for b in (1, 256)}
     results["int8_speedup"] = {b: results["pruned"][b] / results["int8"][b] for b in ("b1", "b256")}
     print(f"onnxruntime CPU ({threads} threads): {results}", flush=True)
     return results

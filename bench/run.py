@@ -174,9 +174,10 @@ def pipeline_models(layout: Layout) -> dict[str, dict]:
     return found
 
 
-def measure(entry: dict, data, threads: int, budget_s: float) -> dict:
+def measure(entry: dict, data, *, threads: int, budget_s: float) -> dict:
     """The report stage's measurement, with this benchmark's thread count, plus the entry's name."""
-    return report.measure(entry["onnx"], data, entry.get("params"), budget_s, threads) | {"name": entry.get("name")}
+    measured = report.measure(entry["onnx"], data, params=entry.get("params"), budget_s=budget_s, threads=threads)
+    return measured | {"name": entry.get("name")}
 
 
 def flow_wall_time(params: PipelineParams, work: Path) -> float:
@@ -345,9 +346,11 @@ def main() -> None:
     for run in runs:  # one process, one thread setting, every model of every seed
         layout = run.pop("layout")
         data = load_dataset(layout.raw)
-        run["models"] = {m: measure(e, data, threads, args.latency_budget_s) for m, e in found[run["seed"]].items()}
+        run["models"] = {
+            m: measure(e, data, threads=threads, budget_s=args.latency_budget_s) for m, e in found[run["seed"]].items()
+        }
         teachers = [
-            measure({"onnx": layout.onnx(TEACHER + name), "name": TEACHER + name}, data, threads, 0.05)
+            measure({"onnx": layout.onnx(TEACHER + name), "name": TEACHER + name}, data, threads=threads, budget_s=0.05)
             for name in layout.teacher_names()
         ]
         run["models"]["best_teacher_by_test"] = max(teachers, key=lambda t: t["accuracy"])

@@ -70,7 +70,7 @@ def accuracy(sess: ort.InferenceSession, data: Split) -> float:
 
 
 def latency_ms(
-    sess: ort.InferenceSession, sample: np.ndarray, batch: int, budget_s: float = 2.0, max_runs: int = 200
+    sess: ort.InferenceSession, sample: np.ndarray, *, batch: int, budget_s: float = 2.0, max_runs: int = 200
 ) -> float:
     """Median wall time of one `sess.run` on a batch of `batch` images, after a warm-up."""
     name = sess.get_inputs()[0].name

@@ -26,7 +26,9 @@ def onnx_latency_ms(model: StudentCNN, data: Dataset, batch: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx_export.export(copy.deepcopy(model).cpu().eval(), data.val.head(2), path)
-        return onnx_export.latency_ms(onnx_export.session(path), data.val.head(batch).numpy(), batch, budget_s=0.5)
+        return onnx_export.latency_ms(
+            onnx_export.session(path), data.val.head(batch).numpy(), batch=batch, budget_s=0.5
+        )
 
 
 def latency_check(target_ms: float, data: Dataset, batch: int) -> Callable[[StudentCNN], bool]:

@@ -49,7 +49,7 @@ def param_counts(layout: Layout) -> dict[str, int]:
     }
 
 
-def measure(path: Path, data: Dataset, params: int | None, budget_s: float, threads: int = 0) -> dict:
+def measure(path: Path, data: Dataset, *, params: int | None, budget_s: float, threads: int = 0) -> dict:
     """Test and validation accuracy, size and batch-1/256 latency of one ONNX model in onnxruntime."""
     sess = onnx_export.session(path, threads)
     x = data.test.head(256).numpy()
@@ -59,8 +59,8 @@ def measure(path: Path, data: Dataset, params: int | None, budget_s: float, thre
         "params": params,
         "bytes": path.stat().st_size,
         "latency_ms": {
-            "b1": onnx_export.latency_ms(sess, x, 1, budget_s),
-            "b256": onnx_export.latency_ms(sess, x, 256, budget_s),
+            "b1": onnx_export.latency_ms(sess, x, batch=1, budget_s=budget_s),
+            "b256": onnx_export.latency_ms(sess, x, batch=256, budget_s=budget_s),
         },
     }
 
@@ -210,7 +210,7 @@ def run(params: PipelineParams, layout: Layout) -> dict:
     data = load_dataset(layout.raw)
     counts = param_counts(layout)
     measured = {
-        name: measure(path, data, counts[name], params.report.latency_budget_s)
+        name: measure(path, data, params=counts[name], budget_s=params.report.latency_budget_s)
         for name, path in verified_onnx(layout).items()
     }
     info = read_json(layout.dataset_info)

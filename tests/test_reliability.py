@@ -49,7 +49,9 @@ def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, pr
     with exclusive_lock(layout.lock_file, "test"):  # a run in progress
         stage = ingest(project)
         assert stage.returncode == 2 and "Traceback" not in stage.stderr
-        assert "is busy" in stage.stderr and f"pid {os.getpid()}" in stage.stderr and str(layout.lock_file) in stage.stderr
+        assert (
+            "is busy" in stage.stderr and f"pid {os.getpid()}" in stage.stderr and str(layout.lock_file) in stage.stderr
+        )
         with pytest.raises(DistilleryError, match="is busy"):
             compress(params=tiny_params(), root=str(project))
         assert not layout.raw.exists()
@@ -59,7 +61,11 @@ def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, pr
 def test_a_killed_run_leaves_no_lock_behind(project):
     layout = Layout(project)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(layout.lock_file)], cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_LOCK, str(layout.lock_file)],
+        cwd=ROOT,
+        env=venv_env(),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     assert "is busy" in ingest(project).stderr

@@ -5,6 +5,7 @@ dvc.yaml runs (names, order, commands, params sections), every output dvc.yaml d
 import inspect
 import re
 import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -107,3 +108,21 @@ def test_layout_names_every_model_file_from_the_model_name(tmp_path):
     assert layout.record("int8") == layout.qat / "qat.json"
     assert layout.onnx("pruned") == layout.export / "pruned.onnx"
     assert {field.name for field in fields(Layout)} == {"root"}  # every path derives from the root
+
+
+LAYERS = {  # each layer imports only the layers before it: distillery → project → tasks → flows
+    "distillery": ("project", "tasks", "flows", "bench", "prefect", "dvc", "great_expectations", "pydantic"),
+    "project": ("tasks", "flows", "bench", "prefect", "dvc"),
+    "tasks": ("flows", "bench", "prefect", "dvc"),
+}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_each_layer_imports_only_the_layers_below(layer):
+    modules = sorted(f"{layer}.{p.stem}" for p in (ROOT / layer).glob("*.py") if p.stem != "__init__")
+    script = f"import sys\nimport {', '.join(modules)}\nprint(' '.join(sys.modules))"
+    imported = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    above = sorted({name.split(".")[0] for name in imported} & set(LAYERS[layer]))
+    assert not above, f"{layer} imports {above}"
