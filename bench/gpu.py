@@ -6,8 +6,7 @@ GPU machines have), and fits in a few minutes on one H100/H200.
     (DataLoader of float tensors, fp32, contiguous) on the same model, data, batch size and optimizer.
 (b) int8 vs fp32 onnxruntime latency of the same pruned student on this machine's CPU.
 
-    python -m bench.gpu --dataset bench/work/seed-0/data/raw \\
-        --onnx-dir bench/work/seed-0/data/export --out $OUT/gpu.json
+    python -m bench.gpu --run bench/work/seed-0 --out $OUT/gpu.json
 """
 
 import argparse
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from distillery import models, onnx_export
 from distillery.data import Split, load_dataset
 from distillery.training import TrainSettings, fit, pick_device, seeded
+from project.layout import DEPLOYABLE, Layout
 
 
 def replicated(split: Split, times: int) -> Split:
@@ -87,11 +87,11 @@ def training_throughput(
     return results
 
 
-def cpu_latency(onnx_dir: Path, dataset: Path, threads: int) -> dict:
-    x = load_dataset(dataset).test.head(256).numpy()
+def cpu_latency(layout: Layout, threads: int) -> dict:
+    x = load_dataset(layout.raw).test.head(256).numpy()
     results = {}
-    for name in ("pruned", "int8"):
-        sess = onnx_export.session(onnx_dir / f"{name}.onnx", threads)
+    for name in DEPLOYABLE:
+        sess = onnx_export.session(layout.onnx(name), threads)
         results[name] = {f"b{b}": onnx_export.latency_ms(sess, x, batch=b, budget_s=2.0) for b in (1, 256)}
     results["int8_speedup"] = {b: results["pruned"][b] / results["int8"][b] for b in ("b1", "b256")}
     print(f"onnxruntime CPU ({threads} threads): {results}", flush=True)
@@ -114,8 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.gpu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", type=Path, required=True, help="a data/raw folder written by the ingest stage")
-    parser.add_argument("--onnx-dir", type=Path, required=True, help="folder with pruned.onnx and int8.onnx")
+    parser.add_argument("--run", type=Path, required=True, help="the root of a finished run (its data/ and export)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--archs", nargs="+", default=["resnet18", "wide_cnn", "small_resnet"])
@@ -124,6 +123,7 @@ def main() -> None:
     parser.add_argument("--replicate", type=int, default=8, help="repeat the training images this many times")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime CPU threads")
     args = parser.parse_args()
+    layout = Layout(args.run)
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     result = {
@@ -131,8 +131,8 @@ def main() -> None:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "cpu": cpu_flags(),
-        "training": training_throughput(args.dataset, args.archs, args.epochs, args.batch_size, args.replicate, device),
-        "cpu_latency_ms": cpu_latency(args.onnx_dir, args.dataset, args.threads),
+        "training": training_throughput(layout.raw, args.archs, args.epochs, args.batch_size, args.replicate, device),
+        "cpu_latency_ms": cpu_latency(layout, args.threads),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -38,7 +38,7 @@ from project.artifacts import load_ensemble, load_model, read_record
 from project.config import PipelineParams, load_params
 from project.layout import PIPELINE_MODELS, TEACHER, Layout
 from project.settings import device, kd_settings, train_settings
-from tasks import STAGES, distill, report
+from tasks import distill, report, stages_through
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("distillery")
@@ -67,11 +67,10 @@ def seed_params(params: PipelineParams, seed: int) -> PipelineParams:
 def run_stages(params: PipelineParams, layout: Layout) -> dict[str, float]:
     """Every stage but publish, called directly; wall seconds per stage."""
     seconds = {}
-    for stage in STAGES:
-        if stage.name != "publish":
-            started = time.perf_counter()
-            stage.call(params, layout)
-            seconds[stage.name] = time.perf_counter() - started
+    for stage in stages_through("report"):
+        started = time.perf_counter()
+        stage.call(params, layout)
+        seconds[stage.name] = time.perf_counter() - started
     return seconds
 
 
@@ -84,8 +83,9 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     data = load_dataset(layout.raw)
     example, dev = data.test.head(2), device()
     ensemble = load_ensemble(layout).to(dev)
-    teachers = [TEACHER + name for name in layout.teacher_names()]
-    best = max(teachers, key=lambda t: read_record(layout, t)["val_accuracy"])  # chosen on validation, not test
+    best = max(
+        layout.teacher_models(), key=lambda t: read_record(layout, t)["val_accuracy"]
+    )  # chosen on validation, not test
     student, spec = checkpoint.load(layout.checkpoint("student_kd"))
     teacher = Ensemble([load_model(layout, best)]).to(dev)
     kd_one, _ = distill.train_student(
@@ -185,7 +185,7 @@ def flow_wall_time(params: PipelineParams, work: Path) -> float:
     clone = work / "flow"
     shutil.rmtree(clone, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    (clone / "params.yaml").write_text(json.dumps(params.to_yaml_dict()))  # JSON is YAML; the clone's own
+    Layout(clone).params.write_text(json.dumps(params.to_yaml_dict()))  # JSON is YAML; the clone's own
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DISTILLERY_BUCKET")}
     env["DISTILLERY_STACK_DIR"] = str(clone / "no-stack")  # nothing is published from a benchmark
     started = time.perf_counter()
@@ -311,7 +311,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--params", type=Path, default=Layout(ROOT).params)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
@@ -350,8 +350,8 @@ def main() -> None:
             m: measure(e, data, threads=threads, budget_s=args.latency_budget_s) for m, e in found[run["seed"]].items()
         }
         teachers = [
-            measure({"onnx": layout.onnx(TEACHER + name), "name": TEACHER + name}, data, threads=threads, budget_s=0.05)
-            for name in layout.teacher_names()
+            measure({"onnx": layout.onnx(teacher), "name": teacher}, data, threads=threads, budget_s=0.05)
+            for teacher in layout.teacher_models()
         ]
         run["models"]["best_teacher_by_test"] = max(teachers, key=lambda t: t["accuracy"])
 

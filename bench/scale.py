@@ -28,10 +28,11 @@ import yaml
 from PIL import Image
 
 from bench import save_results
+from project.layout import Layout
 from tasks.ingest import mnist5k
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {  # row name: (stage command, source)
+ROWS = {  # row name: (stage command, source)
     "ingest (npz shards)": ("ingest", "npz"),
     "ingest (image folder)": ("ingest", "folder"),
     "validate": ("validate", "npz"),
@@ -113,7 +114,7 @@ def startup(stage: str) -> dict:
 
 def workspace(root: Path, source: str, epochs: int) -> Path:
     root.mkdir(parents=True)
-    (root / "params.yaml").write_text(
+    Layout(root).params.write_text(
         yaml.safe_dump(
             {
                 "ingest": {"source": source, "path": f"data/source/{source}"},
@@ -139,9 +140,9 @@ def measure(scale: int, epochs: int, repeats: int, work: Path, startups: dict) -
     roots = {source: workspace(work / f"x{scale}" / source, source, epochs) for source in ("npz", "folder")}
     images = write_source(roots["npz"] / "data" / "source" / "npz", scale)
     write_image_folder(roots["folder"] / "data" / "source" / "folder", scale)
-    stages = {name: repeated(repeats, stage, "--root", str(roots[source])) for name, (stage, source) in STAGES.items()}
+    stages = {name: repeated(repeats, stage, "--root", str(roots[source])) for name, (stage, source) in ROWS.items()}
     for name, result in stages.items():
-        stage = STAGES[name][0]
+        stage = ROWS[name][0]
         per = images * (epochs if stage == "train_teachers" else 1)
         result["us_per_image"] = round((result["seconds"] - startups[stage]["seconds"]) / per * 1e6, 1)
     return {"images": images, "stages": stages}
@@ -155,7 +156,7 @@ def growth(results: dict) -> dict:
             "us_per_image": round(high[name]["us_per_image"] / low[name]["us_per_image"], 2),
             "peak_mb": round(high[name]["peak_mb"] / low[name]["peak_mb"], 2),
         }
-        for name in STAGES
+        for name in ROWS
     }
 
 
@@ -174,7 +175,7 @@ def markdown(results: dict) -> str:
         + f" | {top}: µs per image / peak MB |",
         "|---|" + "---|" * (len(scales) + 1),
     ]
-    for name in STAGES:
+    for name in ROWS:
         cells = [results[str(s)]["stages"][name] for s in scales]
         ratio = results["growth"][name]
         lines.append(
@@ -201,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     work = ROOT / "bench" / "work" / "scale"
     shutil.rmtree(work, ignore_errors=True)
-    startups = {stage: startup(stage) for stage in sorted({stage for stage, _ in STAGES.values()})}
+    startups = {stage: startup(stage) for stage in sorted({stage for stage, _ in ROWS.values()})}
     results = {"scales": args.scales, "epochs": args.epochs, "repeats": args.repeats, "startup": startups}
     for scale in args.scales:
         results[str(scale)] = measure(scale, args.epochs, args.repeats, work, startups)

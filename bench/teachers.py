@@ -21,7 +21,7 @@ from flows.runners import RunnerConfig, teacher_map
 from project.artifacts import read_record
 from project.config import PipelineParams
 from project.layout import TEACHER, Layout
-from tasks import Stage, train_teachers
+from tasks import stages_through, train_teachers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +34,10 @@ def teacher_stage(params: PipelineParams, root: str, runner: RunnerConfig) -> di
     train_teachers.run(params.teachers, layout, map_fn=teacher_map(runner))
     wall = time.perf_counter() - started
     teachers = {
-        name: {k: read_record(layout, TEACHER + name)[k] for k in ("seconds", "torch_threads", "val_accuracy")}
-        for name in layout.teacher_names()
+        teacher.removeprefix(TEACHER): {
+            k: read_record(layout, teacher)[k] for k in ("seconds", "torch_threads", "val_accuracy")
+        }
+        for teacher in layout.teacher_models()
     }
     return {"wall_s": round(wall, 1), "teachers": teachers}
 
@@ -69,8 +71,8 @@ def main() -> None:
     params = PipelineParams.model_validate({"teachers": {"epochs": args.epochs}})
     layout = Layout(ROOT / "bench" / "work" / "teachers")
     prefect_environment(layout.root)
-    for name in ("ingest", "validate"):
-        Stage(name).call(params, layout)
+    for stage in stages_through("validate"):
+        stage.call(params, layout)
     runners = {
         "local": RunnerConfig(),
         "dask": RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": args.workers, "threads_per_worker": 1}),

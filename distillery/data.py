@@ -1,6 +1,5 @@
 """The canonical dataset (data/raw/: uint8 images, labels, split ids), read batch by batch from disk."""
 
-import json
 import math
 import multiprocessing
 import os
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from distillery import raw_format
 from distillery.errors import DistilleryError
+from distillery.files import read_json
 
 SPLITS = ("train", "val", "test")
 CPU = torch.device("cpu")
@@ -70,7 +70,7 @@ def load_dataset(raw: Path) -> Dataset:
             f"{raw}: {len(images)} images, {len(labels)} labels and {len(splits)} split ids do not "
             "match; rerun the ingest stage."
         )
-    num_classes = len(json.loads((raw / raw_format.INFO).read_text())["classes"])
+    num_classes = len(read_json(raw / raw_format.INFO)["classes"])
     parts = []
     for i in range(len(SPLITS)):
         rows = torch.nonzero(splits == i).flatten()

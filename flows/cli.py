@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 
 from flows import flow_commands, store_commands
-from project.cli import use_local_stack
 from project.layout import Layout
+from project.local_stack import use_local_stack
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from distillery.errors import DistilleryError
 from distillery.files import read_json
-from project.cli import user_errors
 from project.config import PipelineParams, load_params
 from project.layout import Layout
+from project.user_errors import user_errors
 
 
 def prefect_environment(root: Path) -> None:

@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 from distillery.errors import DistilleryError
-from project.cli import user_errors
 from project.layout import Layout
 from project.store import ArtifactStore, S3Settings
+from project.user_errors import user_errors
 
 
 def publish(args: argparse.Namespace) -> None:
@@ -17,7 +17,7 @@ def publish(args: argparse.Namespace) -> None:
         print(upload(args.name, Layout(args.root.resolve()), version=args.version))
 
 
-def describe(manifest: dict) -> str:
+def describe_manifest(manifest: dict) -> str:
     """A published version in brief: its files, the shipped model, the data and code it came from."""
     lineage = manifest["lineage"]
     brief = {k: manifest[k] for k in ("name", "version", "files")} | {
@@ -39,7 +39,7 @@ def models(args: argparse.Namespace) -> None:
             manifest = store.manifest_or_none(args.name, version)
             if manifest is None:
                 raise DistilleryError(f"{args.name} version {version} is not published.")
-            print(describe(manifest))
+            print(describe_manifest(manifest))
         else:
             dest = args.dest or Path("downloads") / args.name / version
             store.download(args.name, version, dest)

@@ -11,7 +11,7 @@ from distillery import checkpoint
 from distillery.errors import DistilleryError
 from distillery.files import file_digest, read_json
 from distillery.models import Ensemble
-from project.layout import TEACHER, Layout
+from project.layout import Layout
 
 
 def require_valid(layout: Layout) -> None:
@@ -23,17 +23,20 @@ def require_valid(layout: Layout) -> None:
 
 
 def load_model(layout: Layout, model: str) -> nn.Module:
-    """A trained fp32 model of the run by name (see `Layout.run_models`), in eval mode."""
+    """A trained fp32 model of the run by name (see `Layout.run_models`), in eval mode. The int8 model
+    is a quantization-aware training state: `distillery.quantize.load_prepared` reads it."""
+    if model == "int8":
+        raise ValueError("the int8 model is a QAT state; load it with distillery.quantize.load_prepared")
     if model == "ensemble":
         return load_ensemble(layout)
     return checkpoint.load(layout.checkpoint(model))[0]
 
 
 def load_ensemble(layout: Layout) -> Ensemble:
-    names = layout.teacher_names()
-    if not names:
+    teachers = layout.teacher_models()
+    if not teachers:
         raise DistilleryError(f"No teacher checkpoints in {layout.teachers}; run the train_teachers stage first.")
-    return Ensemble([checkpoint.load(layout.checkpoint(TEACHER + name))[0] for name in names]).eval()
+    return Ensemble([checkpoint.load(layout.checkpoint(teacher))[0] for teacher in teachers]).eval()
 
 
 def read_record(layout: Layout, model: str) -> dict:

@@ -13,6 +13,7 @@ from distillery.files import exclusive_lock
 
 TEACHER = "teacher_"  # a teacher's model name is this prefix and its file stem, e.g. teacher_0_wide_cnn
 PIPELINE_MODELS = ("ensemble", "student_alone", "student_kd", "pruned", "int8")  # after the teachers, in this order
+DEPLOYABLE = ("pruned", "int8")  # the fp32 and the int8 student: the faster one that meets the floor ships
 
 
 def under_root(*parts: str) -> property:
@@ -51,14 +52,14 @@ class Layout:
     published = under_root("data", "published.json")
     lock_file = under_root(".distillery", "run.lock")
 
-    def teacher_names(self) -> list[str]:
-        """The trained teachers' names (`<index>_<arch>`), from their checkpoints."""
-        return [f.stem for f in sorted(self.teachers.glob("*.safetensors"))]
+    def teacher_models(self) -> list[str]:
+        """The trained teachers' model names, from their checkpoints: teacher_<index>_<arch>."""
+        return [TEACHER + f.stem for f in sorted(self.teachers.glob("*.safetensors"))]
 
     def run_models(self) -> list[str]:
         """Every model of a finished run, in report order: each teacher, the ensemble, the students,
         the pruned student and the int8 student."""
-        return [TEACHER + name for name in self.teacher_names()] + list(PIPELINE_MODELS)
+        return self.teacher_models() + list(PIPELINE_MODELS)
 
     def checkpoint(self, model: str) -> Path:
         """The weights of `model` (every model but the ensemble, which is its teachers)."""

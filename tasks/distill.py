@@ -78,6 +78,6 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
 
 
 if __name__ == "__main__":
-    from project.cli import main
+    from project.stage_cli import main
 
     main(run, SECTIONS)

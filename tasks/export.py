@@ -72,6 +72,6 @@ def verify_int8(int8: torch.nn.Module, session, test, config: ExportConfig) -> d
 
 
 if __name__ == "__main__":
-    from project.cli import main
+    from project.stage_cli import main
 
     main(run, SECTIONS)

@@ -316,6 +316,6 @@ def run(config: IngestConfig, layout: Layout) -> dict:
 
 
 if __name__ == "__main__":
-    from project.cli import main
+    from project.stage_cli import main
 
     main(run, SECTIONS)

@@ -138,6 +138,6 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
 
 
 if __name__ == "__main__":
-    from project.cli import main
+    from project.stage_cli import main
 
     main(run, SECTIONS)

@@ -119,6 +119,6 @@ def run(config: PublishConfig, layout: Layout) -> dict:
 
 
 if __name__ == "__main__":
-    from project.cli import main
+    from project.stage_cli import main
 
     main(run, SECTIONS)

@@ -45,6 +45,6 @@ def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
 
 
 if __name__ == "__main__":
-    from project.cli import main
+    from project.stage_cli import main
 
     main(run, SECTIONS)

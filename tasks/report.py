@@ -14,10 +14,9 @@ from distillery.files import atomic_dir, file_digest, read_json, write_json
 from distillery.models import count_params
 from project.artifacts import load_model, read_record, verified_onnx
 from project.config import WHOLE_FILE, PipelineParams, ShipConfig
-from project.layout import PIPELINE_MODELS, TEACHER, Layout
+from project.layout import DEPLOYABLE, PIPELINE_MODELS, TEACHER, Layout
 
 log = logging.getLogger("distillery")
-DEPLOYABLE = ("pruned", "int8")  # the fp32 and the int8 student: the faster one that meets the floor ships
 
 
 def dvc_md5(folder: Path) -> str:
@@ -248,6 +247,6 @@ def run(params: PipelineParams, layout: Layout) -> dict:
 
 
 if __name__ == "__main__":
-    from project.cli import main
+    from project.stage_cli import main
 
     main(run, SECTIONS)

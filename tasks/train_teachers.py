@@ -73,6 +73,6 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[
 
 
 if __name__ == "__main__":
-    from project.cli import main
+    from project.stage_cli import main
 
     main(run, SECTIONS)

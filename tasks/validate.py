@@ -160,6 +160,6 @@ def run(config: ValidateConfig, layout: Layout) -> dict:
 
 
 if __name__ == "__main__":
-    from project.cli import main
+    from project.stage_cli import main
 
     main(run, SECTIONS)

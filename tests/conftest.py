@@ -41,11 +41,10 @@ def tiny_params():
 
 def run_stages(layout) -> None:
     """Every stage but publish once on the tiny params, as plain functions (no orchestration)."""
-    from tasks import STAGES
+    from tasks import stages_through
 
-    for stage in STAGES:
-        if stage.name != "publish":
-            stage.call(tiny_params(), layout)
+    for stage in stages_through("report"):
+        stage.call(tiny_params(), layout)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from distillery.files import read_json
 from flows.flow_commands import flow_runner
 from flows.runners import RunnerConfig, cluster_kwargs, teacher_map
 from project.layout import Layout
-from tasks import Stage, train_teachers
+from tasks import stages_through, train_teachers
 from tests.conftest import tiny_params
 
 TWO_WORKERS = RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": 2, "threads_per_worker": 1})
@@ -31,8 +31,8 @@ def teacher_stage(root: str, runner: RunnerConfig) -> dict[str, dict]:
 
 def validated_workspace(root) -> Layout:
     layout = Layout(root)
-    for name in ("ingest", "validate"):
-        Stage(name).call(tiny_params(), layout)
+    for stage in stages_through("validate"):
+        stage.call(tiny_params(), layout)
     return layout
 
 

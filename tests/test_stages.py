@@ -28,7 +28,7 @@ def test_teachers_are_diverse_and_reloadable(staged):
 
 
 def test_torchvision_resnet18_teacher_trains_reloads_and_exports(staged, tmp_path):
-    config = TeachersConfig(epochs=1, models=["resnet18"])
+    config = TeachersConfig(epochs=2, models=["resnet18"])  # one epoch reached 43% on an AMD EPYC, 2: 76%
     result = train_teachers.train_teacher(config, 0, staged, tmp_path)
     assert result["arch"] == "resnet18" and result["val_accuracy"] > 0.5  # 10 classes: chance is 0.1
     model, spec = checkpoint.load(tmp_path / "0_resnet18.safetensors")
