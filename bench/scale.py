@@ -69,12 +69,13 @@ def write_image_folder(folder: Path, scale: int) -> None:
 
 
 def tree_pss(process: psutil.Process) -> int:
-    """Proportional set size of a process and its descendants, in bytes."""
+    """Proportional set size of a process and its descendants, in bytes. A process that ended since it
+    was listed holds no memory; one this process may not read raises (the total would be too low)."""
     total = 0
     for p in (process, *process.children(recursive=True)):
         try:
             total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except psutil.NoSuchProcess:
             pass
     return total
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
 from distillery.data import Split, batches
@@ -15,6 +16,7 @@ from distillery.errors import DistilleryError
 from distillery.files import atomic_file
 
 BATCH = torch.export.Dim("batch", min=1, max=4096)
+UNREADABLE = (ort_errors.NoSuchFile, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph)  # a missing or bad file
 
 
 def export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -51,7 +53,7 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types for bad files
+    except UNREADABLE as e:  # other onnxruntime errors are bugs, ours or its, and keep their traceback
         raise DistilleryError(f"onnxruntime cannot load {path}: {e}") from e
 
 
