@@ -168,5 +168,46 @@ def test_each_layer_imports_only_the_layers_below(layer):
     assert not {k: v for k, v in above.items() if v}, f"{layer} imports a layer above it"
 
 
+LOCAL = ("distillery", "project", "tasks")  # the code a stage runs (flows/ and bench/ run stages, not in them)
+
+
+def local_imports(relative: str) -> set[str]:
+    """The project's own modules (as files) that a module imports, inside functions too."""
+    found = set()
+    for node in ast.walk(ast.parse((ROOT / relative).read_text())):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for module in modules:
+            path = module.replace(".", "/") + ".py"
+            if module.split(".")[0] in LOCAL and (ROOT / path).exists():
+                found.add(path)
+    return found
+
+
+def imported_closure(relative: str) -> set[str]:
+    """`relative` and every project module it imports, directly or through others."""
+    seen, todo = set(), [relative]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += local_imports(module)
+    return seen
+
+
+def test_each_stage_depends_on_every_module_it_imports():
+    for stage in STAGES:
+        declared = {dep for dep in DVC_STAGES[stage.name]["deps"] if dep.endswith(".py")}
+        imported = imported_closure(f"tasks/{stage.name}.py")
+        assert declared == imported, (
+            f"dvc.yaml deps of {stage.name}: missing {sorted(imported - declared)}, not imported "
+            f"{sorted(declared - imported)}; the code deps are [{', '.join(sorted(imported))}]"
+        )
+
+
 def test_the_layer_check_sees_imports_inside_functions():
     assert imported_packages("def f():\n    from prefect import flow\n") == {"prefect"}
