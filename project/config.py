@@ -141,8 +141,18 @@ class QuantizeConfig(TrainConfig):
 
 
 class ExportConfig(Section):
-    """How closely onnxruntime's int8 model must follow PyTorch's on the test split. A logit step is
-    1/255 of the range of PyTorch's test logits (see distillery/fidelity.py)."""
+    """How closely each ONNX file must follow its PyTorch model on the test split, in onnxruntime. A
+    logit step is 1/255 of the range of the PyTorch model's test outputs (see distillery/fidelity.py)."""
+
+    min_fp32_agreement: float = Field(
+        0.999, gt=0, le=1, description="Share of test images an fp32 file must give the class its model gives"
+    )
+    max_fp32_error_steps: PositiveFloat = Field(
+        0.01, description="Largest allowed |onnxruntime - PyTorch| output difference of an fp32 file, in steps"
+    )
+    min_int8_agreement: float = Field(
+        0.99, gt=0, le=1, description="Share of test images the int8 file must classify as PyTorch's int8 model"
+    )
 
     decisive_margin_steps: PositiveFloat = Field(
         8.0,

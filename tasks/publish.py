@@ -102,7 +102,9 @@ SECTIONS = ("publish",)
 
 def run(config: PublishConfig, layout: Layout) -> dict:
     """The pipeline's last stage: publish when an S3 store is configured, and write a receipt
-    (data/published.json) saying what was published, or that nothing was."""
+    (data/published.json) saying what was published, or that nothing was. A run with no model that
+    meets the accuracy floor, or whose files changed since the export, fails here, store or not."""
+    run_files(layout)
     settings = S3Settings.from_env()
     if settings.configured:
         receipt = {"published": True, **upload(config.model_name, layout, settings)}

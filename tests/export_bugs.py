@@ -1,4 +1,4 @@
-"""Real export bugs, injected into an int8 ONNX graph: each returns a broken copy of the model."""
+"""Real export bugs, injected into an int8 or an fp32 ONNX graph: each returns a broken copy of the model."""
 
 import copy
 
@@ -45,6 +45,22 @@ def classifier_bias_dropped(model: onnx.ModelProto) -> onnx.ModelProto:
     return with_constant(model, gemm.input[2], np.zeros_like)
 
 
+def first_kernel_transposed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The first conv's fp32 kernels stored with height and width swapped."""
+    first = next(n for n in model.graph.node if n.op_type == "Conv")
+    return with_constant(model, first.input[1], lambda a: np.ascontiguousarray(a.transpose(0, 1, 3, 2)))
+
+
+def last_kernel_one_percent_off(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The last conv's fp32 weights 1% too large: few images change class, every output moves."""
+    return with_constant(model, last_conv(model).input[1], lambda a: a * 1.01)
+
+
+FP32_BUGS = {
+    "first kernel transposed": first_kernel_transposed,
+    "last kernel 1% off": last_kernel_one_percent_off,
+    "classifier bias dropped": classifier_bias_dropped,
+}
 BUGS = {
     "weight scale doubled": weight_scale_doubled,
     "weight layout transposed": weight_layout_transposed,

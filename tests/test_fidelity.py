@@ -1,4 +1,5 @@
-"""The int8 export check: rounding ties on close calls pass, real export bugs fail."""
+"""The export check: rounding ties on close calls pass, real export bugs fail, in the int8 file and in
+an fp32 one."""
 
 import numpy as np
 import onnx
@@ -9,11 +10,13 @@ from distillery.data import load_dataset
 from distillery.errors import DistilleryError
 from distillery.fidelity import FidelityRule, compare_logits
 from distillery.quantize import convert, load_prepared
-from tasks.export import verify_int8
+from project.artifacts import load_model
+from tasks.export import rules, verify
 from tests import export_bugs
 from tests.conftest import tiny_params
 
-RULE = FidelityRule(decisive_margin_steps=8, max_mean_logit_error_steps=0.5)
+RULE = FidelityRule(min_top1_agreement=0.5, max_mean_error_steps=0.5, decisive_margin_steps=8)
+FP32_RULE, INT8_RULE = rules(tiny_params().export)
 
 
 def logits_with_margins(margins: list[float]) -> np.ndarray:
@@ -27,7 +30,7 @@ def test_a_rounding_flip_on_a_near_tie_passes():
     candidate = reference.copy()
     candidate[1, 1] += 0.1  # one step: the near-tied image changes class
     result = compare_logits(reference, candidate, RULE)
-    assert result["passed"] and result["top1_agreement"] == 0.75 and result["decisive_flips"] == 0
+    assert not result["failures"] and result["top1_agreement"] == 0.75 and result["decisive_flips"] == 0
 
 
 def test_a_flip_of_a_clear_call_fails():
@@ -35,24 +38,41 @@ def test_a_flip_of_a_clear_call_fails():
     candidate = reference.copy()
     candidate[1, 1] += 3.1  # 31 steps: an image 30 steps clear changes class
     result = compare_logits(reference, candidate, RULE)
-    assert result["mean_error_steps"] < 0.5 and result["decisive_flips"] == 1 and not result["passed"]
+    assert result["mean_error_steps"] < 0.5 and result["decisive_flips"] == 1
+    assert result["failures"] == ["1 of 41 images with a margin of at least 8 steps changed class"]
 
 
 def test_logits_off_by_more_than_the_mean_bound_fail_without_any_flip():
     reference = logits_with_margins([3.0] * 40)
     result = compare_logits(reference, reference + np.array([0.0, 0.2, 0.0]), RULE)  # class 1 up by 2 steps
-    assert result["top1_agreement"] == 1 and result["mean_error_steps"] > 0.5 and not result["passed"]
+    assert result["top1_agreement"] == 1 and result["mean_error_steps"] > 0.5
+    assert result["failures"] == [f"mean difference {result['mean_error_steps']:.3g} steps > 0.5"]
+
+
+def test_too_many_near_tie_flips_fail_the_agreement_bound():
+    reference = logits_with_margins([0.05] * 3)
+    candidate = reference.copy()
+    candidate[1:, 1] += 0.1  # three near ties flip: 1 of 4 images keeps its class
+    result = compare_logits(reference, candidate, RULE)
+    assert result["decisive_flips"] == 0 and result["failures"] == ["top-1 agreement 0.2500 < 0.5"]
+
+
+def test_an_fp32_file_may_differ_by_float_rounding_only():
+    reference = logits_with_margins([3.0] * 4)
+    assert not compare_logits(reference, reference + 1e-6, FP32_RULE)["failures"]
+    result = compare_logits(reference, reference + 0.01, FP32_RULE)  # a tenth of a step, no class changes
+    assert result["top1_agreement"] == 1 and result["failures"] == ["largest difference 0.1 steps > 0.01"]
 
 
 def test_logits_without_a_spread_are_refused():
-    with pytest.raises(DistilleryError, match="same logits"):
+    with pytest.raises(DistilleryError, match="same outputs"):
         compare_logits(np.ones((4, 3)), np.ones((4, 3)), RULE)
 
 
 @pytest.fixture(scope="module")
 def int8_model(staged):
     test = load_dataset(staged.raw).test
-    return convert(load_prepared(staged.qat / "qat.safetensors", test.head(2))[0]), test
+    return convert(load_prepared(staged.checkpoint("int8"), test.head(2))[0]), test
 
 
 def session_for(model: onnx.ModelProto):
@@ -63,13 +83,22 @@ def session_for(model: onnx.ModelProto):
 
 def test_the_exported_int8_model_passes(staged, int8_model):
     model, test = int8_model
-    result = verify_int8(model, onnx_export.session(staged.export / "int8.onnx"), test, tiny_params().export)
-    assert result["passed"] and result["top1_agreement"] >= 0.99
+    result = verify(model, onnx_export.session(staged.onnx("int8")), test, INT8_RULE)
+    assert not result["failures"] and result["top1_agreement"] >= 0.99
 
 
 @pytest.mark.parametrize("bug", export_bugs.BUGS)
-def test_an_export_bug_fails_the_check(bug, staged, int8_model):
+def test_an_int8_export_bug_fails_the_check(bug, staged, int8_model):
     model, test = int8_model
-    broken = export_bugs.BUGS[bug](onnx.load(str(staged.export / "int8.onnx")))
-    result = verify_int8(model, session_for(broken), test, tiny_params().export)
-    assert not result["passed"], result
+    broken = export_bugs.BUGS[bug](onnx.load(str(staged.onnx("int8"))))
+    result = verify(model, session_for(broken), test, INT8_RULE)
+    assert result["failures"], result
+
+
+@pytest.mark.parametrize("bug", export_bugs.FP32_BUGS)
+def test_an_fp32_export_bug_fails_the_check(bug, staged):
+    model, test = load_model(staged, "pruned"), load_dataset(staged.raw).test
+    assert not verify(model, onnx_export.session(staged.onnx("pruned")), test, FP32_RULE)["failures"]
+    broken = export_bugs.FP32_BUGS[bug](onnx.load(str(staged.onnx("pruned"))))
+    result = verify(model, session_for(broken), test, FP32_RULE)
+    assert result["failures"], result

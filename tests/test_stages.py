@@ -12,7 +12,7 @@ from distillery import checkpoint, onnx_export
 from distillery.data import load_dataset, normalise
 from distillery.errors import DistilleryError
 from distillery.models import StudentCNN, build, count_params
-from project.config import ShipConfig, TeachersConfig
+from project.config import PublishConfig, ShipConfig, TeachersConfig
 from project.layout import PIPELINE_MODELS, Layout
 from tasks import export, publish, report, train_teachers
 from tests import export_bugs
@@ -105,20 +105,34 @@ def test_int8_input_quantizer_maps_every_pixel_to_itself(staged):
     assert np.abs(normalised / scale - pixels).max() < 0.01  # each pixel on a grid point, none near a rounding tie
 
 
-def test_export_verification_compares_onnxruntime_with_torch(staged):
-    result = json.loads((staged.export / "verification.json").read_text())
-    assert result["passed"] and result["decisive_flips"] == 0
-    assert result["mean_error_steps"] <= result["rule"]["max_mean_logit_error_steps"]
-    assert result["decisive_images"] > 0.8 * result["images"]  # trained enough: most test images are clear calls
-    test = np.load(staged.raw / "splits.npy") == 2
+def test_every_exported_file_is_verified_against_its_torch_model(staged):
+    result = json.loads(staged.verification.read_text())
+    files = result["files"]
+    assert set(files) == set(staged.run_models()) == {p.stem for p in staged.export.glob("*.onnx")}
+    for name, record in files.items():
+        assert record["images"] == result["images"] == len(load_dataset(staged.raw).test) and not record["failures"]
+        if name != "int8":  # fp32: the same classes and outputs to within float rounding
+            assert record["top1_agreement"] >= 0.999 and record["max_error_steps"] <= 0.01, name
+    int8 = files["int8"]
+    assert int8["top1_agreement"] >= 0.99 and int8["decisive_flips"] == 0
+    assert int8["mean_error_steps"] <= int8["rule"]["max_mean_error_steps"]
+    assert int8["decisive_images"] > 0.8 * int8["images"]  # trained enough: most test images are clear calls
+    test = np.load(staged.splits) == 2
     x = np.load(staged.images)[test] / 255.0  # the normalisation, computed apart from distillery.data
     sess = onnx_export.session(staged.export / "int8.onnx")
     scores = sess.run(None, {"images": x.astype(np.float32)})[0]
-    accuracy = (scores.argmax(axis=1) == np.load(staged.raw / "labels.npy")[test]).mean()
-    assert accuracy == pytest.approx(result["int8_test_accuracy_onnxruntime"], abs=1e-9)
+    accuracy = (scores.argmax(axis=1) == np.load(staged.labels)[test]).mean()
+    assert accuracy == pytest.approx(int8["test_accuracy_onnxruntime"], abs=1e-9)
 
 
-def test_export_fails_and_writes_nothing_when_the_int8_onnx_is_broken(staged, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("broken_model", "bug", "says"),
+    [
+        ("int8", export_bugs.BUGS["weight scale doubled"], "changed class"),
+        ("pruned", export_bugs.FP32_BUGS["last kernel 1% off"], "largest difference"),
+    ],
+)
+def test_export_fails_naming_the_broken_file_and_writes_nothing(broken_model, bug, says, staged, tmp_path, monkeypatch):
     layout = Layout(tmp_path)
     for part in ("raw", "teachers", "student", "pruned", "qat"):
         dest = getattr(layout, part)
@@ -126,14 +140,16 @@ def test_export_fails_and_writes_nothing_when_the_int8_onnx_is_broken(staged, tm
         dest.symlink_to(getattr(staged, part))
     real_export = onnx_export.export
 
-    def export_with_a_bug(model, example, path):  # the exporter writes a wrong scale into the int8 graph
+    def export_with_a_bug(model, example, path):  # the exporter writes a broken graph for one model
         real_export(model, example, path)
-        if path.name == "int8.onnx":
-            onnx.save(export_bugs.BUGS["weight scale doubled"](onnx.load(str(path))), str(path))
+        if path.name == layout.onnx(broken_model).name:
+            onnx.save(bug(onnx.load(str(path))), str(path))
 
     monkeypatch.setattr(onnx_export, "export", export_with_a_bug)
-    with pytest.raises(DistilleryError, match="Export verification failed"):
+    with pytest.raises(DistilleryError, match="Export verification failed") as failure:
         export.run(tiny_params().export, layout)
+    broken = [name for name in staged.run_models() if f"{layout.onnx(name).name} (" in str(failure.value)]
+    assert broken == [broken_model] and says in str(failure.value)
     assert not layout.export.exists()
 
 
@@ -183,14 +199,28 @@ def test_the_faster_model_that_meets_the_floor_ships(val, measured, ship, expect
     assert report.choose_shipped(val, measured, ship)["model"] == expected
 
 
-def test_nothing_is_published_when_no_model_meets_the_floor(staged, tmp_path):
+def test_nothing_is_published_and_the_stage_fails_when_no_model_meets_the_floor(staged, tmp_path, monkeypatch):
     layout = Layout(tmp_path)
     shutil.copytree(staged.data, layout.data)
     metrics = json.loads(layout.metrics.read_text())
     metrics["shipped"] = report.choose_shipped({"ensemble": 0.99, "pruned": 0.9, "int8": 0.9}, metrics, ShipConfig())
     layout.metrics.write_text(json.dumps(metrics))
+    for setting in ("DISTILLERY_BUCKET", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(setting, raising=False)  # no store: the run must fail all the same
     with pytest.raises(DistilleryError, match="Nothing is published: no model reaches the floor"):
-        publish.run_files(layout)
+        publish.run(PublishConfig(), layout)
+    assert not layout.published.exists()
+
+
+def test_the_best_teacher_is_chosen_on_validation():
+    teachers = [
+        {"name": "a", "accuracy": 0.99, "val_accuracy": 0.95, "bytes": 10, "latency_ms": {"b1": 1, "b256": 9}},
+        {"name": "b", "accuracy": 0.97, "val_accuracy": 0.97, "bytes": 20, "latency_ms": {"b1": 1, "b256": 9}},
+    ]
+    model = {"accuracy": 0.98, "bytes": 5, "latency_ms": {"b1": 1, "b256": 9}}
+    metrics = {"teachers": teachers, "ensemble": model, "int8": model, "shipped": {"model": "int8"}}
+    assert report.summary(metrics)["best_teacher"] == "b"  # not "a", the best on test
+    assert report.summary(metrics)["compression_ratio_vs_best_teacher"] == 4
 
 
 def test_checkpoints_never_unpickle(staged, tmp_path):
