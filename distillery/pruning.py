@@ -6,6 +6,7 @@ sensitivity scan, and a stop once the model is fast enough.
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -35,6 +36,20 @@ def conv_layers(model: StudentCNN) -> dict[str, nn.Conv2d]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
+def kept_channels(channels: int, ratio: float, round_to: int) -> int:
+    """How many of a layer's channels stay when at most `ratio` of them go: at least channels x (1 - ratio),
+    rounded up to a multiple of `round_to` (0: no rounding), and never more than the layer has."""
+    kept = math.ceil(channels * (1 - ratio) - 1e-9)  # the tolerance keeps 64 x 0.5 at 32, not 33
+    if round_to:
+        kept = math.ceil(kept / round_to) * round_to
+    return max(1, min(channels, kept))
+
+
+def exact_ratio(channels: int, kept: int) -> float:
+    """The ratio torch-pruning turns into exactly `kept` channels (it keeps int(channels x (1 - ratio)))."""
+    return max(0.0, 1 - (kept + 0.5) / channels)
+
+
 def make_pruner(
     model: StudentCNN,
     example: torch.Tensor,
@@ -45,38 +60,48 @@ def make_pruner(
     schedule: str = "agp",
     layer_ratios: dict[str, float] | None = None,
 ) -> tp.pruner.MetaPruner:
+    """A pruner that takes each conv layer to `kept_channels` of its ratio (`layer_ratios`, else `ratio`)
+    in `steps` steps. torch-pruning's own rounding keeps fewer channels (it rounds down), so the ratios
+    it gets are the exact ones for the channel counts wanted, and it does no rounding."""
     layers = conv_layers(model)
+    targets = {
+        layer: exact_ratio(
+            layer.out_channels, kept_channels(layer.out_channels, (layer_ratios or {}).get(name, ratio), round_to)
+        )
+        for name, layer in layers.items()
+    }
     return tp.pruner.MetaPruner(
         model,
         example,
         importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio,
-        pruning_ratio_dict={layers[n]: r for n, r in (layer_ratios or {}).items()},
+        pruning_ratio=0.0,
+        pruning_ratio_dict=targets,
         iterative_steps=steps,
         iterative_pruning_ratio_scheduler=SCHEDULES[schedule],
         ignored_layers=[model.classifier],
-        round_to=round_to or None,
     )
 
 
 def sensitivity_scan(
-    model: StudentCNN, val: Split, grid: list[float], device: torch.device
+    model: StudentCNN, val: Split, grid: list[float], device: torch.device, round_to: int
 ) -> dict[str, list[float | None]]:
-    """Validation accuracy with one conv layer at a time pruned by each ratio in `grid`, no fine-tuning
-    (channel counts not rounded, so that each ratio is what it says). None where torch-pruning
-    declines a ratio (it would leave the layer almost empty)."""
+    """Validation accuracy with one conv layer at a time pruned by each ratio in `grid`, no fine-tuning,
+    to the channel count pruning would apply (`kept_channels`: rounded up to `round_to`). None where
+    that count is the layer's own (the ratio removes nothing)."""
     example = val.head(2).to(device)
     scan = {}
     for name, layer in conv_layers(model).items():
         scan[name] = []
         for ratio in grid:
+            if kept_channels(layer.out_channels, ratio, round_to) == layer.out_channels:
+                scan[name].append(None)
+                continue
             trial = copy.deepcopy(model).to(device).eval()
             pruner = make_pruner(
-                trial, example, ratio=0.0, steps=1, round_to=0, schedule="linear", layer_ratios={name: ratio}
+                trial, example, ratio=0.0, steps=1, round_to=round_to, schedule="linear", layer_ratios={name: ratio}
             )
             pruner.step()
-            pruned = conv_layers(trial)[name].out_channels < layer.out_channels
-            scan[name].append(accuracy(trial, val, device) if pruned else None)
+            scan[name].append(accuracy(trial, val, device))
     return scan
 
 

@@ -98,7 +98,8 @@ class PruneConfig(TrainConfig):
         ge=0,
         lt=1,
         description=(
-            "Share of each conv layer's channels removed; with per_layer: sensitivity, the most any layer loses"
+            "The most of each conv layer's channels that pruning removes (channel counts round up, so a layer "
+            "may lose less); with per_layer: sensitivity, each layer's share comes from the scan, up to this"
         ),
     )
     schedule: Literal["agp", "linear"] = Field(
@@ -109,7 +110,8 @@ class PruneConfig(TrainConfig):
         8,
         ge=0,
         description=(
-            "Keep channel counts multiples of this (0: off); onnxruntime's CPU kernels are fastest at multiples of 8"
+            "Keep channel counts multiples of this, rounding up (0: off); onnxruntime's CPU kernels are fastest at "
+            "multiples of 8"
         ),
     )
     per_layer: Literal["uniform", "sensitivity"] = Field(
@@ -178,6 +180,14 @@ class ShipConfig(Section):
     )
     latency_batch: Literal[1, 256] = Field(
         1, description="The batch size whose measured latency picks between the fp32 and int8 student"
+    )
+    latency_margin: NonNegativeFloat = Field(
+        0.1,
+        description="The faster student ships only if it is at least this much faster (0.1: 10%); within the "
+        "margin the one with the higher validation accuracy ships, and on equal accuracy the int8 one",
+    )
+    latency_rounds: PositiveInt = Field(
+        7, description="Interleaved timing rounds of the two students; the medians decide"
     )
 
     def floor(self, ensemble_val_accuracy: float) -> float:

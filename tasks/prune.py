@@ -10,7 +10,14 @@ from distillery import checkpoint, models, onnx_export
 from distillery.data import Dataset, load_dataset
 from distillery.files import atomic_dir, write_json
 from distillery.models import StudentCNN
-from distillery.pruning import make_pruner, prune_gradually, ratios_from_scan, sensitivity_scan
+from distillery.pruning import (
+    conv_layers,
+    kept_channels,
+    make_pruner,
+    prune_gradually,
+    ratios_from_scan,
+    sensitivity_scan,
+)
 from distillery.training import accuracy, make_loss
 from project.artifacts import load_ensemble
 from project.config import KDConfig, PruneConfig, ShipConfig
@@ -40,21 +47,22 @@ def latency_check(target_ms: float, data: Dataset, batch: int) -> Callable[[Stud
     return fast_enough
 
 
-def plot_sensitivity(
-    scan: dict[str, list[float | None]], baseline: float, ratios: dict[str, float], path: Path
-) -> None:
+def plot_sensitivity(sensitivity: dict, path: Path) -> None:
+    """Each layer's scan: validation accuracy against the share of its channels that pruning removes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, accs in scan.items():
-        percent = [a * 100 if a is not None else float("nan") for a in accs]  # gaps where not prunable
-        ax.plot(SENSITIVITY_GRID, percent, marker=".", label=f"{name} (chosen {ratios[name]:.1f})")
-    ax.axhline(baseline * 100, color="gray", linestyle="--", linewidth=1, label="unpruned")
+    for name, accs in sensitivity["val_accuracy"].items():
+        channels = sensitivity["channels"][name]
+        removed = [1 - kept / channels for kept in sensitivity["kept_channels"][name]]
+        percent = [a * 100 if a is not None else float("nan") for a in accs]  # gaps where nothing is removed
+        ax.plot(removed, percent, marker=".", label=f"{name} (chosen {sensitivity['layer_ratios'][name]:.1f})")
+    ax.axhline(sensitivity["baseline"] * 100, color="gray", linestyle="--", linewidth=1, label="unpruned")
     ax.set(
-        xlabel="share of the layer's channels removed (that layer alone, no fine-tuning)",
+        xlabel="share of the layer's channels removed (that layer alone, rounded as applied, no fine-tuning)",
         ylabel="validation accuracy (%)",
         title="Pruning sensitivity per layer",
     )
@@ -75,15 +83,20 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
     model.to(device()).eval()
     before = models.count_params(model)
     result: dict = {"params_before": before, "schedule": config.schedule}
+    channels = {name: layer.out_channels for name, layer in conv_layers(model).items()}
     layer_ratios = None
     if config.per_layer == "sensitivity":
         baseline = accuracy(model, data.val, device())
-        scan = sensitivity_scan(model, data.val, SENSITIVITY_GRID, device())
+        scan = sensitivity_scan(model, data.val, SENSITIVITY_GRID, device(), round_to=config.round_to)
         layer_ratios = ratios_from_scan(
             scan, SENSITIVITY_GRID, baseline=baseline, max_drop_pp=config.sensitivity_max_drop_pp, cap=config.ratio
         )
         result["sensitivity"] = {
             "grid": SENSITIVITY_GRID,
+            "channels": channels,
+            "kept_channels": {
+                name: [kept_channels(c, r, config.round_to) for r in SENSITIVITY_GRID] for name, c in channels.items()
+            },
             "val_accuracy": scan,
             "baseline": baseline,
             "layer_ratios": layer_ratios,
@@ -116,6 +129,7 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
     result |= {
         "params": models.count_params(model),
         "widths": spec["widths"],
+        "removed_share": {name: 1 - layer.out_channels / channels[name] for name, layer in conv_layers(model).items()},
         "val_accuracy": accuracy(model.eval(), data.val, device()),
         "history": history,
     }
@@ -133,7 +147,7 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
         checkpoint.save(model, spec, out / layout.checkpoint("pruned").name)
         write_json(out / layout.record("pruned").name, result)
         if layer_ratios is not None:
-            plot_sensitivity(scan, baseline, layer_ratios, out / layout.sensitivity_plot.name)
+            plot_sensitivity(result["sensitivity"], out / layout.sensitivity_plot.name)
     return {k: result[k] for k in ("params_before", "params", "widths", "val_accuracy")}
 
 

@@ -5,9 +5,11 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from distillery import checkpoint
-from distillery.pruning import agp_schedule, ratios_from_scan
+from distillery.models import StudentCNN
+from distillery.pruning import agp_schedule, kept_channels, make_pruner, ratios_from_scan
 from project.config import DistillConfig, KDConfig, PruneConfig, ShipConfig
 from project.layout import Layout
 from tasks import distill, prune
@@ -18,6 +20,20 @@ def test_agp_prunes_most_channels_early_and_reaches_the_ratio():
     assert ratios[0] == 0 and ratios[-1] == pytest.approx(0.5)
     steps = [b - a for a, b in zip(ratios, ratios[1:], strict=False)]
     assert steps == sorted(steps, reverse=True) and steps[0] > 0.5 / 4  # front-loaded vs linear
+
+
+@pytest.mark.parametrize(
+    ("round_to", "steps", "widths"),
+    [(8, 1, [8, 16, 32, 32]), (8, 3, [8, 16, 32, 32]), (0, 2, [7, 13, 26, 26]), (4, 1, [8, 16, 28, 28])],
+)
+def test_no_layer_loses_more_than_the_ratio_after_rounding(round_to, steps, widths):
+    model = StudentCNN(1, 10, [16, 32, 64, 64]).eval()
+    pruner = make_pruner(model, torch.zeros(2, 1, 28, 28), ratio=0.6, steps=steps, round_to=round_to)
+    for _ in range(steps):
+        pruner.step()
+    assert model.widths() == widths  # torch-pruning's own rounding gave [8, 8, 24, 24] at round_to 8
+    assert all(1 - after / before <= 0.6 for after, before in zip(widths, [16, 32, 64, 64], strict=True))
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)  # still a working model
 
 
 def test_each_layer_gets_the_largest_ratio_within_the_allowed_drop():
@@ -42,12 +58,17 @@ def test_sensitivity_scan_chooses_per_layer_ratios_and_plots_them(staged, tmp_pa
     layout, result = pruned_copy(staged, tmp_path, per_layer="sensitivity", sensitivity_max_drop_pp=5.0)
     sensitivity = result["sensitivity"]
     assert set(sensitivity["layer_ratios"]) == set(sensitivity["val_accuracy"]) and len(sensitivity["grid"]) == 9
-    assert all(0 <= r <= 0.5 for r in sensitivity["layer_ratios"].values())
     for accs in sensitivity["val_accuracy"].values():  # removing most of a layer hurts more than removing little
         measured = [a for a in accs if a is not None]
         assert len(measured) >= 2 and measured[-1] < measured[0]
-    before = checkpoint.load(staged.student / "student_kd.safetensors")[0].widths()
-    assert all(a <= b for a, b in zip(result["widths"], before, strict=True))
+    before = checkpoint.load(staged.checkpoint("student_kd"))[0].widths()
+    assert sensitivity["channels"] == dict(zip(sensitivity["channels"], before, strict=True))
+    for (name, ratio), width in zip(sensitivity["layer_ratios"].items(), result["widths"], strict=True):
+        channels = sensitivity["channels"][name]
+        assert width == kept_channels(channels, ratio, round_to=4)  # the rounded count, as scanned
+        if ratio > 0:  # the accuracy that chose this ratio was measured at this very width
+            assert sensitivity["kept_channels"][name][sensitivity["grid"].index(ratio)] == width
+        assert result["removed_share"][name] == pytest.approx(1 - width / channels) and 1 - width / channels <= 0.5
     assert (layout.pruned / "sensitivity.png").stat().st_size > 1000
 
 
