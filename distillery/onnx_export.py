@@ -86,3 +86,16 @@ def latency_ms(
         sess.run(None, {name: x})
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+def interleaved_latency_ms(
+    sessions: dict[str, ort.InferenceSession], sample: np.ndarray, *, batch: int, rounds: int, budget_s: float
+) -> dict[str, list[float]]:
+    """Each session's `latency_ms` in `rounds` rounds, taking turns (in reverse order every other round),
+    so that a slow spell of the machine hits every model alike."""
+    found: dict[str, list[float]] = {name: [] for name in sessions}
+    for round_index in range(rounds):
+        order = list(sessions) if round_index % 2 == 0 else list(reversed(sessions))
+        for name in order:
+            found[name].append(latency_ms(sessions[name], sample, batch=batch, budget_s=budget_s))
+    return found

@@ -9,7 +9,7 @@ import onnx
 import yaml
 
 from bench.run import MODELS
-from tests.conftest import ROOT, TINY, venv_env
+from tests.conftest import ROOT, TINY, tiny_params, venv_env
 
 
 def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
@@ -115,3 +115,12 @@ def test_scaled_source_has_distinct_images_in_shards(tmp_path):
     assert len(shards) == 3 and all(s["x"].shape == (5000, 28, 28) and s["x"].dtype == np.uint8 for s in shards)
     images = np.concatenate([s["x"] for s in shards]).reshape(15_000, -1)
     assert len(np.unique(images, axis=0)) == 15_000  # no duplicates: the validation gate passes
+
+
+def test_ship_choice_benchmark_repeats_the_report_stage_decision(staged, tmp_path):
+    from bench.ship_choice import markdown, repeat_choice
+
+    result = repeat_choice(staged, tiny_params(), repeats=3)
+    assert sum(result["counts"].values()) == 3 and set(result["counts"]) <= {"pruned", "int8"}
+    assert all(set(c["median_latency_ms"]) == {"pruned", "int8"} for c in result["choices"])
+    assert markdown(result).count("\n| ") == 3 + 1  # a row per repeat under the header

@@ -1,0 +1,78 @@
+"""Is the ship choice stable? The report stage's timing and decision, repeated on the fixed models of one
+finished run: every repeat should ship the same model.
+
+    python -m bench.ship_choice --run . [--repeats 20]
+
+Writes bench/results/ship_choice.json and ship_choice.md.
+"""
+
+import argparse
+import collections
+import os
+from pathlib import Path
+
+from bench import RESULTS, save_results
+from bench.gpu import cpu_flags
+from distillery.data import load_dataset
+from distillery.files import read_json
+from project.artifacts import verified_onnx
+from project.config import PipelineParams, load_params
+from project.layout import DEPLOYABLE, Layout
+from tasks import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repeat_choice(layout: Layout, params: PipelineParams, repeats: int) -> dict:
+    """The ship decision `repeats` times over on the run's models, each with fresh timing rounds."""
+    metrics = read_json(layout.metrics)
+    val = {m: metrics[m]["val_accuracy"] for m in ("ensemble", *DEPLOYABLE)}
+    data, paths = load_dataset(layout.raw), verified_onnx(layout)
+    choices = []
+    for _ in range(repeats):
+        latencies = report.ship_latencies(paths, data, params.ship, budget_s=params.report.latency_budget_s)
+        choices.append(report.choose_shipped(val, latencies, params.ship))
+    return {
+        "run": str(layout.root),
+        "ship": params.ship.model_dump(),
+        "val_accuracy": val,
+        "cpu": cpu_flags(),
+        "onnxruntime_threads": "default (all cores)",
+        "counts": dict(collections.Counter(str(c["model"]) for c in choices)),
+        "choices": [{k: c[k] for k in ("model", "median_latency_ms", "reason")} for c in choices],
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "# Ship choice, repeated on fixed models",
+        "",
+        f"{result['cpu']['model']}, {os.cpu_count()} CPUs; run `{result['run']}`; `python -m bench.ship_choice`.",
+        f"Choices: **{result['counts']}** (margin {result['ship']['latency_margin']:.0%}, "
+        f"{result['ship']['latency_rounds']} interleaved rounds, batch {result['ship']['latency_batch']}).",
+        "",
+        "| repeat | shipped | pruned ms | int8 ms |",
+        "|---|---|---:|---:|",
+    ]
+    for i, choice in enumerate(result["choices"], 1):
+        median = choice["median_latency_ms"]
+        lines.append(f"| {i} | {choice['model']} | {median['pruned']:.4f} | {median['int8']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ship_choice", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", type=Path, default=ROOT, help="the root of a finished run")
+    parser.add_argument("--params", type=Path, help="the run's params file (default: RUN/params.yaml)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    layout = Layout(args.run.resolve())
+    result = repeat_choice(layout, load_params(args.params or layout.params), args.repeats)
+    save_results("ship_choice", result, markdown(result), args.out)
+
+
+if __name__ == "__main__":
+    main()
