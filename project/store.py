@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from distillery.files import atomic_dir, file_digest
 from project.config import SAFE_NAME
 
 NAME = re.compile(SAFE_NAME)
+UNFINISHED = "unfinished.json"  # in a version's folder until its manifest is written: which run it holds
 
 
 def check_name(kind: str, value: str) -> str:
@@ -102,22 +104,40 @@ class ArtifactStore:
             raise DistilleryError(f"S3 {operation} on {self.settings.where()} failed: {e}") from e
 
     def upload_verified(self, path: Path, key: str) -> str:
-        """PUT with a SHA-256 checksum the server checks, then HEAD to confirm size and checksum.
+        """PUT with a SHA-256 checksum the server checks, then `verify` what it stored.
         Returns the file's sha256 (hex)."""
         digest = file_digest(path)
-        b64 = base64.b64encode(bytes.fromhex(digest)).decode()
         with path.open("rb") as body:
-            self.call("put_object", Key=key, Body=body, ChecksumSHA256=b64)
-        head = self.call("head_object", Key=key, ChecksumMode="ENABLED")
-        if head["ContentLength"] != path.stat().st_size or head.get("ChecksumSHA256", b64) != b64:
-            raise DistilleryError(f"Upload of {path} to {key} on {self.settings.where()} did not verify.")
+            self.call("put_object", Key=key, Body=body, ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())
+        self.verify(path, key, digest)
         return digest
 
-    def publish(self, name: str, version: str, files: dict[str, Path], lineage: dict) -> dict:
-        """Upload every file (verified), then the manifest, then move `latest.json`."""
+    def verify(self, path: Path, key: str, digest: str) -> None:
+        """The object at `key` is `path`: the same size, and the SHA-256 the server reports for it is `digest`.
+        A server that reports none (not every S3 does) gets the object read back and hashed here."""
+        head = self.call("head_object", Key=key, ChecksumMode="ENABLED")
+        reported = head.get("ChecksumSHA256")
+        stored = base64.b64decode(reported).hex() if reported else self.object_digest(key)
+        if head["ContentLength"] != path.stat().st_size or stored != digest:
+            raise DistilleryError(
+                f"Upload of {path} to {key} on {self.settings.where()} did not verify: the stored object's "
+                f"size or SHA-256 differs from the file's."
+            )
+
+    def object_digest(self, key: str) -> str:
+        """SHA-256 (hex) of an object as read back from the store."""
+        sha = hashlib.sha256()
+        for chunk in self.call("get_object", Key=key)["Body"].iter_chunks(1 << 20):
+            sha.update(chunk)
+        return sha.hexdigest()
+
+    def publish(self, name: str, version: str, files: dict[str, Path], lineage: dict, run_id: str) -> dict:
+        """Upload every file (verified), then the manifest, then move `latest.json`. Until the manifest is
+        in place, a marker names the run being uploaded, so that a rerun can finish this version."""
         prefix = version_prefix(name, version)
         if self.manifest_or_none(name, version) is not None:
             raise DistilleryError(f"Version {version} of {name} is already published on {self.settings.where()}.")
+        self.put_json(f"{prefix}/{UNFINISHED}", {"run": run_id})
         entries = [
             {
                 "path": relative,
@@ -128,8 +148,20 @@ class ArtifactStore:
         ]
         manifest = {"name": name, "version": version, "files": entries, "lineage": lineage}
         self.put_json(manifest_key(name, version), manifest)
+        self.call("delete_object", Key=f"{prefix}/{UNFINISHED}")
         self.put_json(f"models/{name}/latest.json", {"version": version, "manifest": manifest_key(name, version)})
         return manifest
+
+    def unfinished_version(self, name: str, run_id: str) -> str | None:
+        """The version an interrupted upload of the same run started (its marker is there, its manifest not)."""
+        prefix = f"models/{check_name('model name', name)}/"
+        for key in self.keys(prefix):
+            if not key.endswith(f"/{UNFINISHED}"):
+                continue
+            version = key[len(prefix) : -len(UNFINISHED) - 1]
+            if self.get_json(key)["run"] == run_id and self.manifest_or_none(name, version) is None:
+                return version
+        return None
 
     def put_json(self, key: str, data: dict) -> None:
         body = json.dumps(data, indent=2, sort_keys=True).encode()
@@ -150,20 +182,21 @@ class ArtifactStore:
                 return None
             raise
 
+    def keys(self, prefix: str) -> Iterator[str]:
+        """Every object key under `prefix`, page by page."""
+        token = {}
+        while True:
+            page = self.call("list_objects_v2", Prefix=prefix, **token)
+            yield from (o["Key"] for o in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
     def versions(self, name: str) -> list[str]:
         """Complete versions only: those whose manifest exists."""
         prefix = f"models/{check_name('model name', name)}/"
-        found, token = [], {}
-        while True:
-            page = self.call("list_objects_v2", Prefix=prefix, **token)
-            found += [
-                o["Key"][len(prefix) : -len("/manifest.json")]
-                for o in page.get("Contents", [])
-                if o["Key"].endswith("/manifest.json")
-            ]
-            if not page.get("IsTruncated"):
-                return sorted(found)
-            token = {"ContinuationToken": page["NextContinuationToken"]}
+        manifest = "/manifest.json"
+        return sorted(key[len(prefix) : -len(manifest)] for key in self.keys(prefix) if key.endswith(manifest))
 
     def latest(self, name: str) -> str:
         return self.get_json(f"models/{check_name('model name', name)}/latest.json")["version"]
@@ -177,9 +210,7 @@ class ArtifactStore:
             for entry in manifest["files"]:
                 target = out / check_relative(entry["path"])
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.client.download_file(
-                    self.settings.bucket, f"{version_prefix(name, version)}/{entry['path']}", str(target)
-                )
+                self.call("download_file", Key=f"{version_prefix(name, version)}/{entry['path']}", Filename=str(target))
                 if file_digest(target) != entry["sha256"]:
                     raise DistilleryError(f"{entry['path']} of {name} {version} does not match its manifest sha256.")
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from distillery.errors import DistilleryError
-from distillery.files import atomic_file, read_json, write_json
+from distillery.files import atomic_file, file_digest, read_json, write_json
 from project.artifacts import verified_onnx
 from project.config import PublishConfig
 from project.layout import Layout
@@ -77,14 +77,16 @@ def new_version(metrics: dict) -> str:
 
 
 def upload(name: str, layout: Layout, settings: S3Settings | None = None, version: str | None = None) -> dict:
-    """Upload the run in `layout` as `models/<name>/<version>/` and move `latest.json` to it."""
+    """Upload the run in `layout` as `models/<name>/<version>/` and move `latest.json` to it. Without a
+    `version`: the one an interrupted upload of this run started, else a new one."""
     check_name("model name", name)
     files = run_files(layout)
     metrics = read_json(layout.metrics)
-    version = check_name("version", version or new_version(metrics))
     store = ArtifactStore(settings or S3Settings.from_env())
+    run_id = file_digest(layout.metrics)  # a rerun of an interrupted upload finishes the version it started
+    version = check_name("version", version or store.unfinished_version(name, run_id) or new_version(metrics))
     started = time.monotonic()
-    manifest = store.publish(name, version, files, lineage(metrics))
+    manifest = store.publish(name, version, files, lineage(metrics), run_id)
     log.info(
         "published %s %s: %d files, %.1f MB in %.1f s to %s",
         name,

@@ -3,6 +3,8 @@ checksums; clear errors for wrong credentials, a missing bucket, tampered object
 
 import json
 import shutil
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -13,6 +15,7 @@ from project.config import PublishConfig
 from project.layout import Layout
 from project.store import ArtifactStore, S3Settings
 from tasks import publish
+from tests.conftest import ROOT, venv_env
 
 
 def store() -> ArtifactStore:
@@ -95,3 +98,60 @@ def test_s3_server_listens_on_loopback_only(s3_server):
         c.laddr.ip for c in psutil.Process(s3_server["pid"]).net_connections("inet") if c.status == psutil.CONN_LISTEN
     }
     assert addresses and addresses <= {"127.0.0.1"}
+
+
+def test_an_upload_that_stored_other_bytes_is_refused(s3_env, tmp_path):
+    s3 = store()
+    good, other = tmp_path / "good.onnx", tmp_path / "other.onnx"
+    good.write_bytes(b"the model")
+    other.write_bytes(b"the modem")  # same size, other bytes
+    s3.upload_verified(good, "checks/a")
+    s3.verify(good, "checks/a", file_digest(good))
+    with pytest.raises(DistilleryError, match="did not verify"):
+        s3.verify(other, "checks/a", file_digest(other))
+
+
+def test_a_server_that_reports_no_checksum_gets_the_object_read_back(s3_env, tmp_path):
+    s3 = store()
+    good, other = tmp_path / "good.onnx", tmp_path / "other.onnx"
+    good.write_bytes(b"the model")
+    other.write_bytes(b"the modem")
+    s3.client.put_object(Bucket=s3_env["bucket"], Key="checks/plain", Body=good.read_bytes())  # no checksum
+    assert "ChecksumSHA256" not in s3.call("head_object", Key="checks/plain", ChecksumMode="ENABLED")
+    s3.verify(good, "checks/plain", file_digest(good))  # hashed from the object read back
+    with pytest.raises(DistilleryError, match="did not verify"):
+        s3.verify(other, "checks/plain", file_digest(other))
+
+
+def test_a_rerun_finishes_the_version_an_interrupted_upload_started(staged, s3_env, monkeypatch):
+    real_upload, uploads = ArtifactStore.upload_verified, []
+
+    def fails_on_the_third_file(self, path, key):
+        uploads.append(key)
+        if len(uploads) == 3:
+            raise DistilleryError("S3 went away")
+        return real_upload(self, path, key)
+
+    monkeypatch.setattr(ArtifactStore, "upload_verified", fails_on_the_third_file)
+    with pytest.raises(DistilleryError, match="S3 went away"):
+        publish.upload("resumed", staged)
+    monkeypatch.setattr(ArtifactStore, "upload_verified", real_upload)
+    s3 = store()
+    assert s3.versions("resumed") == []
+    receipt = publish.upload("resumed", staged)
+    assert uploads[0].startswith(f"models/resumed/{receipt['version']}/")  # the same version, finished
+    assert s3.versions("resumed") == [receipt["version"]] and s3.latest("resumed") == receipt["version"]
+    prefixes = {key.split("/")[2] for key in s3.keys("models/resumed/") if key.count("/") > 2}
+    assert prefixes == {receipt["version"]}  # no orphaned objects of another version
+    assert not [key for key in s3.keys("models/resumed/") if key.endswith("unfinished.json")]
+    assert publish.upload("resumed", staged)["version"] != receipt["version"]  # a finished run: a new version
+
+
+def test_download_of_a_missing_object_is_one_paragraph(staged, s3_env, tmp_path):
+    publish.upload("gone", staged, version="v1")
+    store().call("delete_object", Key="models/gone/v1/models/int8.onnx")
+    command = [sys.executable, "-m", "flows.cli", "models", "download", "gone", "v1", "--dest", str(tmp_path / "d")]
+    result = subprocess.run(command, cwd=ROOT, env=venv_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "S3 refused download_file" in result.stderr and s3_env["endpoint"] in result.stderr
+    assert not (tmp_path / "d").exists()
