@@ -22,7 +22,7 @@ from project.config import IngestConfig
 from project.layout import Layout
 
 log = logging.getLogger("distillery")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 DECODE_BATCH = 256  # image files decoded per chunk
 
 
@@ -103,6 +103,27 @@ def npz_labels(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
     return y, image_shape
 
 
+def check_labels(y: np.ndarray, where: str) -> None:
+    """Labels number the classes 0..K-1, each class with images: a stray label (a typo, a placeholder such as
+    -1 or 99) is named as such, not left to fail later as an impossible split or an empty class."""
+    labels, counts = np.unique(y, return_counts=True)
+    if not len(labels):
+        return
+    problems = [
+        f"label {label} ({count} images) is negative" for label, count in zip(labels, counts, strict=True) if label < 0
+    ]
+    present = labels[labels >= 0]
+    if missing := int(labels[-1]) + 1 - len(present):
+        first = np.setdiff1d(np.arange(min(int(labels[-1]), len(present) + 5)), present)[:5]
+        listed = ", ".join(map(str, first)) + (f", ... ({missing} labels)" if missing > len(first) else "")
+        problems.append(f"no image has label {listed}, yet label {labels[-1]} has {counts[-1]} images")
+    if problems:
+        raise DistilleryError(
+            f"{where}: labels must number the classes 0..K-1, each with images, but {'; '.join(problems)}. "
+            "Fix or remove the images with a stray label."
+        )
+
+
 def npz(path: Path) -> Source:
     """An .npz file, or a folder of .npz shards joined in name order (new data lands as new shards);
     each holds `x` (N,H,W), (N,H,W,C) or (N,C,H,W) pixels in 0..255 and integer labels `y`."""
@@ -125,6 +146,7 @@ def npz(path: Path) -> Source:
             )
         labels.append(y)
     y = np.concatenate(labels)
+    check_labels(y, str(path))
 
     def chunks() -> Iterator[np.ndarray]:
         for shard in shards:
@@ -135,17 +157,33 @@ def npz(path: Path) -> Source:
     return Source(y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)], chunks, str(path))
 
 
+def eight_bit(img):
+    """A PIL image with 8 bits per channel. 16-bit gray (modes I;16* and I, as 16-bit PNG and TIFF files open)
+    is scaled from 0..65535 to 0..255: PIL's own conversion clips it, turning most pixels white. Float
+    pixels carry no scale (0..1? 0..255?), so they are refused rather than guessed."""
+    from PIL import Image
+
+    if img.mode == "F":
+        raise ValueError("its pixels are 32-bit floats, whose scale the file does not say; save it with 8 or 16 bits")
+    if img.mode.startswith("I;16") or img.mode == "I":
+        pixels = np.asarray(img, dtype=np.int64)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise ValueError(f"its integer pixels span {pixels.min()}..{pixels.max()}, outside 16 bits (0..65535)")
+        return Image.fromarray(np.round(pixels / 257).astype(np.uint8))
+    return img
+
+
 def read_image(file: Path, color: str, size: tuple[int, int] | None) -> np.ndarray:
-    """One PNG/JPEG file as C x H x W pixels, converted to `color` and resized to `size` if set."""
+    """One PNG/JPEG/TIFF file as C x H x W pixels, converted to `color` and resized to `size` if set."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(file) as img:
-            img = img.convert("L" if color == "gray" else "RGB")
+            img = eight_bit(img).convert("L" if color == "gray" else "RGB")
             if size:
                 img = img.resize((size[1], size[0]))
             pixels = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         raise DistilleryError(f"Cannot read image {file}: {e}. Remove or replace it.") from e
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
@@ -168,7 +206,7 @@ class ImageFiles:
 
 
 def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> Source:
-    """One sub-folder per class of PNG/JPEG files, decoded in parallel by DataLoader workers."""
+    """One sub-folder per class of PNG/JPEG/TIFF files, decoded in parallel by DataLoader workers."""
     if not path.is_dir():
         raise DistilleryError(f"ingest.path {path} does not exist or is not a folder.")
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -178,7 +216,7 @@ def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> Source
     for label, name in enumerate(classes):
         found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise DistilleryError(f"Class folder {path / name} holds no PNG or JPEG images.")
+            raise DistilleryError(f"Class folder {path / name} holds no PNG, JPEG or TIFF images.")
         files += found
         labels += [label] * len(found)
 
@@ -220,6 +258,15 @@ def open_source(config: IngestConfig, root: Path) -> Source:
 
 def stratified_split(y: np.ndarray, config: IngestConfig, where: str) -> np.ndarray:
     """Split ids (0 train, 1 val, 2 test), stratified by label and fixed by the seed."""
+    labels, counts = np.unique(y, return_counts=True)
+    if (few := counts < 3).any():
+        shown = ", ".join(
+            f"label {label}: {count} image(s)" for label, count in zip(labels[few], counts[few], strict=True)
+        )
+        raise DistilleryError(
+            f"Cannot make a stratified train/val/test split of {where}: every class needs at least 3 images "
+            f"(one per split), but {shown}. Add images to those classes or remove them."
+        )
     index = np.arange(len(y))
     try:
         rest, test = train_test_split(index, test_size=config.test_fraction, stratify=y, random_state=config.seed)

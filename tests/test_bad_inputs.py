@@ -175,7 +175,7 @@ CASES = {
         absent=("data/raw",),
     ),
     "class-folder-without-images": folder_case(
-        lambda d: (d / "class_3").mkdir(), "{root}/data/source/d/class_3", "holds no PNG or JPEG"
+        lambda d: (d / "class_3").mkdir(), "{root}/data/source/d/class_3", "holds no PNG, JPEG or TIFF"
     ),
     "truncated-png": folder_case(
         lambda d: truncate(d / "class_1" / "3.png"), "{root}/data/source/d/class_1/3.png", "Cannot read image"
@@ -210,6 +210,15 @@ CASES = {
     "npz-bad-shape": npz_case({"x": np.zeros((4, 5)), "y": np.zeros(4, int)}, "must be (N,H,W)"),
     "npz-one-image-per-class": npz_case(
         {"x": np.zeros((3, 5, 5)), "y": np.arange(3)}, "Cannot make a stratified train/val/test split"
+    ),
+    "npz-stray-label": npz_case(
+        {"x": np.zeros((30, 5, 5)), "y": np.r_[np.repeat(np.arange(3), 9), 99, 99, 99]},
+        "no image has label 3, 4, 5, 6, 7, ... (96 labels), yet label 99 has 3 images",
+    ),
+    "folder-float-image": folder_case(
+        lambda d: Image.fromarray(np.ones((8, 8), np.float32)).save(d / "class_1" / "float.tif"),
+        "{root}/data/source/d/class_1/float.tif",
+        "32-bit floats",
     ),
     "npz-shards-disagree": Case(
         INGEST,

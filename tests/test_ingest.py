@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -158,3 +159,103 @@ def test_the_dataset_is_memory_mapped_not_read(tmp_path):
 
 def resident_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+GRADIENT = np.tile(np.linspace(0, 255, 16).round().astype(np.uint8), (16, 1))  # 16 x 16, 0..255
+
+
+def saved(path: Path, image: Image.Image) -> Path:
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mode", "suffix"),
+    [
+        ("L", "png"),
+        ("LA", "png"),
+        ("P", "png"),
+        ("RGB", "png"),
+        ("RGBA", "png"),
+        ("RGB", "jpg"),
+        ("PA", "tif"),
+        ("CMYK", "tif"),
+        ("YCbCr", "tif"),
+    ],
+)
+def test_every_8_bit_pil_mode_reads_as_gray_and_rgb(tmp_path, mode, suffix):
+    file = saved(tmp_path / f"g.{suffix}", Image.fromarray(GRADIENT).convert(mode))
+    tolerance = 4 if suffix == "jpg" else 0  # JPEG is lossy
+    for color, channels in (("gray", 1), ("rgb", 3)):
+        pixels = ingest.read_image(file, color, None)
+        assert pixels.shape == (channels, 16, 16) and pixels.dtype == np.uint8
+        assert np.abs(pixels.astype(int) - GRADIENT).max() <= tolerance, (mode, color)
+
+
+def test_1_bit_images_read_as_black_and_white(tmp_path):
+    file = saved(tmp_path / "b.png", Image.fromarray(GRADIENT).point(lambda v: 255 if v >= 128 else 0).convert("1"))
+    assert np.array_equal(ingest.read_image(file, "gray", None)[0], np.where(GRADIENT >= 128, 255, 0))
+
+
+@pytest.mark.parametrize("suffix", ["png", "tif"])
+def test_16_bit_images_scale_to_8_bits_instead_of_clipping_to_white(tmp_path, suffix):
+    """A 16-bit gradient reads as the 8-bit gradient it scales to: PIL's own conversion clipped
+    every value above 255 to white, and the gate then saw duplicates."""
+    sixteen = GRADIENT.astype(np.uint16) * 257  # 0..65535
+    file = saved(tmp_path / f"g16.{suffix}", Image.fromarray(sixteen))
+    assert Image.open(file).mode.startswith("I")
+    assert np.array_equal(ingest.read_image(file, "gray", None)[0], GRADIENT)
+    assert np.array_equal(ingest.read_image(file, "rgb", None), np.repeat(GRADIENT[None], 3, axis=0))
+
+
+def test_a_folder_of_16_bit_images_ingests_its_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    expected = []
+    for label in range(3):
+        (root / f"class_{label}").mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 65536, (8, 8)).astype(np.uint16)
+            Image.fromarray(pixels).save(root / f"class_{label}" / f"{i:02d}.png")
+            expected.append(np.round(pixels / 257))
+    layout = Layout(tmp_path)
+    ingest.run(IngestConfig(source="folder", path=root), layout)
+    images, _, _ = stored(layout)
+    assert np.array_equal(images[:, 0], np.array(expected)) and len(np.unique(images.reshape(36, -1), axis=0)) == 36
+
+
+@pytest.mark.parametrize(
+    ("image", "says"),
+    [
+        (Image.fromarray(GRADIENT.astype(np.float32) / 255), "32-bit floats"),
+        (Image.fromarray(GRADIENT.astype(np.int32) * 1000), "outside 16 bits"),
+    ],
+)
+def test_pixels_without_a_known_scale_are_refused_naming_the_file(tmp_path, image, says):
+    file = saved(tmp_path / "odd.tif", image)
+    with pytest.raises(DistilleryError, match=f"Cannot read image {file}: .*{says}"):
+        ingest.read_image(file, "gray", None)
+
+
+def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch):
+    file = saved(tmp_path / "bomb.png", Image.fromarray(GRADIENT))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 256 pixels is over twice the limit, as a bomb is
+    with pytest.raises(DistilleryError, match=f"Cannot read image {file}: .*decompression bomb"):
+        ingest.read_image(file, "gray", None)
+
+
+@pytest.mark.parametrize(
+    ("stray", "says"),
+    [
+        (99, "no image has label 3, 4, 5, 6, 7, ... (96 labels), yet label 99 has 2 images."),
+        (-1, "label -1 (2 images) is negative."),
+    ],
+)
+def test_a_stray_label_is_named_as_such(tmp_path, stray, says):
+    y = np.repeat(np.arange(3), 10)
+    y[[4, 17]] = stray
+    path = write_npz(tmp_path / "d.npz", x=np.zeros((30, 5, 5), np.uint8), y=y)
+    with pytest.raises(DistilleryError, match=re.escape(says)) as raised:
+        ingest.run(IngestConfig(source="npz", path=path), Layout(tmp_path))
+    assert str(raised.value).startswith(f"{path}: labels must number the classes 0..K-1")
+    assert not Layout(tmp_path).raw.exists()
