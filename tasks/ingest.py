@@ -2,11 +2,13 @@
 
 Sources are read in two passes, so memory holds one chunk of images at a time whatever the
 dataset's size: first the labels (they decide the stratified split), then the pixels, chunk by
-chunk (an .npz shard, a batch of decoded image files), written straight to data/raw/images.npy
-with one row of facts per image for the validation gate."""
+chunk (FACTS_BYTES of float32 pixels' worth of rows streamed from an .npz, a batch of
+DECODE_BATCH decoded image files), written straight to data/raw/images.npy with one row of facts
+per image for the validation gate. The built-in datasets come from their packages whole."""
 
 import hashlib
 import logging
+import math
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from project.layout import Layout
 log = logging.getLogger("distillery")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 DECODE_BATCH = 256  # image files decoded per chunk
+FACTS_BYTES = 32 * 2**20  # the most float32 pixels the facts of one step see: an .npz is read this many rows at a time
 
 
 @dataclass(frozen=True)
@@ -56,16 +59,47 @@ def digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.round(d.images * (255 / 16))[:, None], d.target, [str(i) for i in range(10)]
 
 
+def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """Shape, Fortran order and dtype from the header of an .npy stream; None for a header version read only whole."""
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    return read(f) if read else None
+
+
 def npz_shape(path: Path, name: str) -> tuple[int, ...]:
     """The shape of array `name` in an .npz file, read from its header without loading the array."""
     with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(f)[0]
-        if version == (2, 0):
-            return np.lib.format.read_array_header_2_0(f)[0]
+        if header := npy_header(f):
+            return header[0]
     with np.load(path, allow_pickle=False) as arrays:
         return arrays[name].shape
+
+
+def rows_per_step(image_shape: tuple[int, ...]) -> int:
+    """Images per step so that their float32 pixels take at most FACTS_BYTES."""
+    return max(1, FACTS_BYTES // (4 * math.prod(image_shape)))
+
+
+def npz_rows(path: Path, name: str) -> Iterator[np.ndarray]:
+    """Array `name` of an .npz file, `rows_per_step` rows at a time, streamed from the archive (stored or
+    compressed) without loading it whole. An array saved in Fortran order, or with a header version this
+    reader does not know, is the exception: it is loaded whole."""
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
+        header = npy_header(f)
+        if header and header[2].hasobject:
+            raise DistilleryError(f"{path}: `{name}` holds Python objects (a pickle); it must hold numbers.")
+        if header and not header[1]:
+            shape, _, dtype = header
+            rows, row_bytes = rows_per_step(shape[1:]), dtype.itemsize * math.prod(shape[1:])
+            for start in range(0, shape[0], rows):
+                count = min(rows, shape[0] - start)
+                data = f.read(count * row_bytes)
+                if len(data) != count * row_bytes:
+                    raise DistilleryError(f"{path}: `{name}` ends after {start + len(data) // row_bytes} rows.")
+                yield np.frombuffer(data, dtype).reshape(count, *shape[1:])
+            return
+    with np.load(path, allow_pickle=False) as arrays:
+        yield arrays[name]
 
 
 def as_nchw(x_shape: tuple[int, ...], path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -150,9 +184,8 @@ def npz(path: Path) -> Source:
 
     def chunks() -> Iterator[np.ndarray]:
         for shard in shards:
-            with np.load(shard, allow_pickle=False) as arrays:
-                x = arrays["x"]
-            yield as_nchw(x.shape, shard)(x)
+            to_nchw = as_nchw(npz_shape(shard, "x"), shard)
+            yield from (to_nchw(rows) for rows in npz_rows(shard, "x"))
 
     return Source(y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)], chunks, str(path))
 
@@ -322,12 +355,15 @@ def write_images(source: Source, split: np.ndarray, images_file: Path, facts_fil
                 np.lib.format.write_array_header_1_0(
                     images, {"descr": "|u1", "fortran_order": False, "shape": (len(labels), *shape)}
                 )
-            rows = slice(written, written + len(chunk))
-            raw = chunk.astype(np.float32, copy=False)
-            stored = as_uint8(chunk)
-            image_facts(raw, stored, labels[rows], split[rows]).to_csv(facts, header=written == 0, index=False)
-            images.write(stored.tobytes())
-            written += len(chunk)
+            step = rows_per_step(chunk.shape[1:])
+            for part in (chunk[i : i + step] for i in range(0, len(chunk), step)):
+                rows = slice(written, written + len(part))
+                stored = as_uint8(part)
+                image_facts(part.astype(np.float32, copy=False), stored, labels[rows], split[rows]).to_csv(
+                    facts, header=written == 0, index=False
+                )
+                images.write(stored.tobytes())
+                written += len(part)
     if written != len(labels):
         raise DistilleryError(f"{source.where} gave {written} images for {len(labels)} labels.")
     return shape

@@ -117,6 +117,25 @@ def test_npz_shards_stream_one_at_a_time(tmp_path):
     assert peak < 15e6, f"peak {peak / 1e6:.1f} MB"
 
 
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_a_single_large_npz_streams_in_blocks_of_rows(tmp_path, save, monkeypatch):
+    """One 36 MB .npz (stored or compressed) is read a block of rows at a time, not whole: with
+    2 MB blocks, numpy's peak allocation stays well under the file's size; the pixels arrive intact."""
+    monkeypatch.setattr(ingest, "FACTS_BYTES", 2 * 2**20)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (9000, 32, 32)).astype(np.float32)
+    save(tmp_path / "one.npz", x=x, y=np.arange(9000) % 10)
+    layout = Layout(tmp_path)
+    tracemalloc.start()
+    try:
+        info = ingest.run(IngestConfig(source="npz", path=tmp_path / "one.npz"), layout)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert info["images"] == 9000 and np.array_equal(stored(layout)[0][:, 0], x)
+    assert peak < 15e6, f"peak {peak / 1e6:.1f} MB"
+
+
 def test_image_files_decode_in_worker_processes_in_file_order(tmp_path):
     root = image_folder(tmp_path / "imgs", per_class=ingest.DECODE_BATCH * 3)  # enough files for workers
     layout = Layout(tmp_path)
