@@ -99,14 +99,17 @@ def cpu_latency(layout: Layout, threads: int) -> dict:
 
 
 def cpu_flags() -> dict:
+    """The first processor's model name and the int8 instruction sets among its flags."""
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    first = (line.split(":", 1) for line in text.split("\n\n", 1)[0].splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in first}
+    flags = set(fields.get("flags", "").split())
     return {
-        "model": name or platform.processor(),
+        "model": fields.get("model name") or platform.processor(),
         "cores": os.cpu_count(),
-        "avx512_vnni": "avx512_vnni" in text,
-        "avx_vnni": "avx_vnni" in text,
-        "amx": "amx_int8" in text,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
+        "amx": "amx_int8" in flags,
     }
 
 

@@ -9,6 +9,8 @@ import onnx
 import yaml
 
 from bench.run import MODELS
+from distillery.raw_format import SPLITS
+from project.layout import PIPELINE_MODELS, Layout
 from tests.conftest import ROOT, TINY, tiny_params, venv_env
 
 
@@ -45,10 +47,15 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     run = result["runs"][0]
     assert run["seed"] == 3 and set(MODELS) <= set(run["models"])
     assert not run["process"].endswith(f":{bench.pid}")  # trained on the Dask worker, not in the bench's process
-    seed = json.loads((tmp_path / "work/seed-3/data/reports/metrics.json").read_text())["params"]
-    assert {seed[s]["seed"] for s in ("teachers", "distill", "prune", "quantize")} == {3}
-    for entry in run["models"].values():
-        assert 0 <= entry["accuracy"] <= 1 and entry["latency_ms"]["b1"] > 0 and entry["latency_ms"]["b256"] > 0
+    seed_run = Layout(tmp_path / "work" / "seed-3")
+    metrics = json.loads(seed_run.metrics.read_text())
+    assert {metrics["params"][s]["seed"] for s in ("teachers", "distill", "prune", "quantize")} == {3}
+    test_images = int((np.load(seed_run.raw / SPLITS) == 2).sum())
+    for name, entry in run["models"].items():
+        assert (entry["accuracy"] * test_images).is_integer(), name  # a count of right answers on the test split
+        assert entry["latency_ms"]["b1"] > 0 and entry["latency_ms"]["b256"] > 0
+    for name in PIPELINE_MODELS:  # the bench measures the same ONNX files on the same images as the report
+        assert run["models"][name]["accuracy"] == metrics[name]["accuracy"], name
     models = run["models"]
     # masked pruning zeroes as many weights as structured pruning removes, but the file stays dense
     assert models["masked_pruned"]["params"] == models["pruned"]["params"]
@@ -94,7 +101,10 @@ def test_gpu_benchmark_script_runs_with_torch_and_onnxruntime_alone(staged, tmp_
     training = result["training"]["small_resnet"]
     assert training["plain_images_per_s"] > 0 and training["distillery_images_per_s"] > 0
     assert set(result["cpu_latency_ms"]) == {"pruned", "int8", "int8_speedup"}
-    assert result["device"] == "cpu" and "avx512_vnni" in result["cpu"]
+    assert result["device"] == "cpu"
+    for flag, key in (("avx512_vnni", "avx512_vnni"), ("avx_vnni", "avx_vnni"), ("amx_int8", "amx")):
+        has_flag = subprocess.run(["grep", "-qw", flag, "/proc/cpuinfo"]).returncode == 0
+        assert result["cpu"][key] is has_flag, flag
     imported = subprocess.run(
         [sys.executable, "-c", "import sys, bench.gpu; print(sorted(sys.modules))"],
         cwd=ROOT,

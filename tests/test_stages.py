@@ -12,7 +12,7 @@ from distillery import checkpoint, onnx_export
 from distillery.data import load_dataset, normalise
 from distillery.errors import DistilleryError
 from distillery.models import StudentCNN, build, count_params
-from project.config import PublishConfig, ShipConfig, TeachersConfig
+from project.config import ExportConfig, PublishConfig, ShipConfig, TeachersConfig
 from project.layout import PIPELINE_MODELS, Layout
 from tasks import export, publish, report, train_teachers
 from tests import export_bugs
@@ -177,8 +177,19 @@ def test_metrics_json_has_every_required_field(staged):
     assert metrics["dataset"]["name"] == "digits" and len(metrics["dataset"]["md5"]) == len("0" * 32 + ".dir")
     assert metrics["compression_ratio_vs_ensemble"] > 100
     assert (staged.reports / "accuracy_vs_size.png").stat().st_size > 1000
-    shipped = metrics["shipped"]["model"]
-    assert shipped in ("pruned", "int8") and f"| {shipped} (shipped) |" in (staged.reports / "report.md").read_text()
+    val = {m: metrics[m]["val_accuracy"] for m in ("ensemble", "pruned", "int8")}
+    ship = ShipConfig.model_validate(metrics["params"]["ship"])
+    assert report.choose_shipped(val, shipped["latency_ms_rounds"], ship) == shipped  # the rule, on what it recorded
+    assert f"| {shipped['model']} (shipped) |" in (staged.reports / "report.md").read_text()
+
+
+def test_the_tiny_run_holds_the_default_gates(staged):
+    """The tests' tiny run is fast, not lax: its export passed the default fidelity bounds, and a model
+    ships under the default 2-point floor too, not only under the tests' 5-point one."""
+    assert tiny_params().export == ExportConfig() and json.loads(staged.verification.read_text())["passed"]
+    metrics = json.loads(staged.metrics.read_text())
+    val = {m: metrics[m]["val_accuracy"] for m in ("ensemble", "pruned", "int8")}
+    assert report.choose_shipped(val, metrics["shipped"]["latency_ms_rounds"], ShipConfig())["model"] is not None
 
 
 def rounds(pruned_ms: float, int8_ms: float, noise: float = 0.0) -> dict[str, list[float]]:
