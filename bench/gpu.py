@@ -124,7 +124,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--replicate", type=int, default=8, help="repeat the training images this many times")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=onnx_export.cpu_threads(),
+        help="onnxruntime CPU threads (as the report)",
+    )
     args = parser.parse_args()
     layout = Layout(args.run)
     device = pick_device(args.device)

@@ -174,10 +174,11 @@ def pipeline_models(layout: Layout) -> dict[str, dict]:
     return found
 
 
-def measure(entry: dict, data, *, threads: int, budget_s: float) -> dict:
-    """The report stage's measurement, with this benchmark's thread count, plus the entry's name."""
-    measured = report.measure(entry["onnx"], data, params=entry.get("params"), budget_s=budget_s, threads=threads)
-    return measured | {"name": entry.get("name")}
+def measure(entry: dict, data, *, budget_s: float) -> dict:
+    """The report stage's measurement (the same onnxruntime threads), plus the entry's name."""
+    return report.measure(entry["onnx"], data, params=entry.get("params"), budget_s=budget_s) | {
+        "name": entry.get("name")
+    }
 
 
 def flow_wall_time(params: PipelineParams, work: Path) -> float:
@@ -336,7 +337,6 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
     params = load_params(args.params)
-    threads = os.cpu_count() or 1
 
     one_seed = partial(run_seed, params, work=args.work, probe_scale=args.kd_probe_scale)
     with seed_map(args.dask_address, args.dask_workers) as map_seeds:
@@ -350,9 +350,7 @@ def main() -> None:
 
     for run in runs:  # one process, one thread setting, every model of every seed
         data = load_dataset(run.pop("layout").raw)
-        run["models"] = {
-            m: measure(e, data, threads=threads, budget_s=args.latency_budget_s) for m, e in found[run["seed"]].items()
-        }
+        run["models"] = {m: measure(e, data, budget_s=args.latency_budget_s) for m, e in found[run["seed"]].items()}
 
     summary = summarize(runs)
     result = {
@@ -360,7 +358,7 @@ def main() -> None:
         "params": params.to_yaml_dict(),
         "git_commit": report.git_commit(ROOT),
         "machine": machine(),
-        "onnxruntime_threads": threads,
+        "onnxruntime_threads": onnx_export.cpu_threads(),
         "runs": runs,
         "summary": summary,
         "orchestration": orchestration,

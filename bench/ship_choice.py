@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench import RESULTS, save_results
 from bench.gpu import cpu_flags
+from distillery import onnx_export
 from distillery.data import load_dataset
 from distillery.files import read_json
 from project.artifacts import verified_onnx
@@ -37,7 +38,7 @@ def repeat_choice(layout: Layout, params: PipelineParams, repeats: int) -> dict:
         "ship": params.ship.model_dump(),
         "val_accuracy": val,
         "cpu": cpu_flags(),
-        "onnxruntime_threads": "default (all cores)",
+        "onnxruntime_threads": onnx_export.cpu_threads(),
         "counts": dict(collections.Counter(str(c["model"]) for c in choices)),
         "choices": [{k: c[k] for k in ("model", "median_latency_ms", "reason")} for c in choices],
     }

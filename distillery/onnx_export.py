@@ -1,5 +1,6 @@
 """ONNX export (dynamo exporter, dynamic batch) and onnxruntime evaluation and timing."""
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -47,9 +48,16 @@ def strip_debug_info(path: Path) -> None:
     onnx.save(proto, str(path))
 
 
-def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+def cpu_threads() -> int:
+    """onnxruntime's intra-op threads here: the CPUs this process may run on. One count for every latency
+    this project measures (report, ship choice, the prune stage's latency check, bench), recorded with them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session of `threads` intra-op threads, `cpu_threads()` unless told."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or cpu_threads()
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

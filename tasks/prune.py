@@ -135,6 +135,7 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
     }
     if target:
         result["latency_ms"] = onnx_latency_ms(model, data, ship.latency_batch)
+        result["onnxruntime_threads"] = onnx_export.cpu_threads()
         result["target_latency_met"] = result["latency_ms"] <= target
         if not result["target_latency_met"]:
             log.warning(

@@ -49,9 +49,9 @@ def param_counts(layout: Layout) -> dict[str, int]:
     }
 
 
-def measure(path: Path, data: Dataset, *, params: int | None, budget_s: float, threads: int = 0) -> dict:
+def measure(path: Path, data: Dataset, *, params: int | None, budget_s: float) -> dict:
     """Test and validation accuracy, size and batch-1/256 latency of one ONNX model in onnxruntime."""
-    sess = onnx_export.session(path, threads)
+    sess = onnx_export.session(path)
     x = data.test.head(256).numpy()
     return {
         "accuracy": onnx_export.accuracy(sess, data.test),
@@ -269,7 +269,7 @@ def run(params: PipelineParams, layout: Layout) -> dict:
             "n_test": info["n_test"],
         },
         "git_commit": git_commit(layout.root),
-        "onnxruntime": {"version": ort.__version__, "threads": "default"},
+        "onnxruntime": {"version": ort.__version__, "threads": onnx_export.cpu_threads()},
         "params": params.to_yaml_dict(),
     }
     val = {m: measured[m]["val_accuracy"] for m in ("ensemble", *DEPLOYABLE)}

@@ -54,6 +54,7 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     for name, entry in run["models"].items():
         assert (entry["accuracy"] * test_images).is_integer(), name  # a count of right answers on the test split
         assert entry["latency_ms"]["b1"] > 0 and entry["latency_ms"]["b256"] > 0
+    assert result["onnxruntime_threads"] == metrics["onnxruntime"]["threads"]
     for name in PIPELINE_MODELS:  # the bench measures the same ONNX files on the same images as the report
         assert run["models"][name]["accuracy"] == metrics[name]["accuracy"], name
     models = run["models"]

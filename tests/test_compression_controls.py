@@ -77,6 +77,7 @@ def test_pruning_stops_once_the_latency_target_is_met(staged, tmp_path):
     assert reached["target_latency_met"] and reached["params"] == reached["params_before"]
     _, unreachable = pruned_copy(staged, tmp_path / "hard", target_latency_ms=1e-6)  # prunes up to the cap
     assert not unreachable["target_latency_met"] and unreachable["params"] < unreachable["params_before"]
+    assert reached["onnxruntime_threads"] == json.loads(staged.metrics.read_text())["onnxruntime"]["threads"]
 
 
 def test_width_search_keeps_the_smallest_student_that_meets_the_floor(staged, tmp_path):

@@ -1,6 +1,7 @@
 """Each stage on tiny data (digits, a few epochs each), run once per session by the `staged` fixture."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -176,6 +177,9 @@ def test_metrics_json_has_every_required_field(staged):
         assert key in metrics
     assert metrics["dataset"]["name"] == "digits" and len(metrics["dataset"]["md5"]) == len("0" * 32 + ".dir")
     assert metrics["compression_ratio_vs_ensemble"] > 100
+    threads = len(os.sched_getaffinity(0))  # every latency here is measured with one recorded thread count
+    assert metrics["onnxruntime"]["threads"] == threads
+    assert onnx_export.session(staged.onnx("pruned")).get_session_options().intra_op_num_threads == threads
     assert (staged.reports / "accuracy_vs_size.png").stat().st_size > 1000
     val = {m: metrics[m]["val_accuracy"] for m in ("ensemble", "pruned", "int8")}
     ship = ShipConfig.model_validate(metrics["params"]["ship"])
