@@ -50,6 +50,32 @@ def exact_ratio(channels: int, kept: int) -> float:
     return max(0.0, 1 - (kept + 0.5) / channels)
 
 
+class StepPruner:
+    """Slices each conv layer down to `widths[i]` at step i (torch-pruning: dependency-aware, channels ranked
+    anew by group magnitude at each step). The widths are chosen here, not by torch-pruning's own rounding."""
+
+    def __init__(self, model: StudentCNN, example: torch.Tensor, widths: list[dict[str, int]]):
+        self.model, self.example, self.widths, self.done = model, example, widths, 0
+
+    def step(self) -> None:
+        if self.done == len(self.widths):
+            return
+        layers = conv_layers(self.model)
+        targets = {
+            layers[name]: exact_ratio(layers[name].out_channels, kept) for name, kept in self.widths[self.done].items()
+        }
+        tp.pruner.MetaPruner(
+            self.model,
+            self.example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=0.0,
+            pruning_ratio_dict=targets,
+            iterative_steps=1,
+            ignored_layers=[self.model.classifier],
+        ).step()
+        self.done += 1
+
+
 def make_pruner(
     model: StudentCNN,
     example: torch.Tensor,
@@ -59,27 +85,18 @@ def make_pruner(
     round_to: int,
     schedule: str = "agp",
     layer_ratios: dict[str, float] | None = None,
-) -> tp.pruner.MetaPruner:
-    """A pruner that takes each conv layer to `kept_channels` of its ratio (`layer_ratios`, else `ratio`)
-    in `steps` steps. torch-pruning's own rounding keeps fewer channels (it rounds down), so the ratios
-    it gets are the exact ones for the channel counts wanted, and it does no rounding."""
-    layers = conv_layers(model)
-    targets = {
-        layer: exact_ratio(
-            layer.out_channels, kept_channels(layer.out_channels, (layer_ratios or {}).get(name, ratio), round_to)
-        )
-        for name, layer in layers.items()
-    }
-    return tp.pruner.MetaPruner(
-        model,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=0.0,
-        pruning_ratio_dict=targets,
-        iterative_steps=steps,
-        iterative_pruning_ratio_scheduler=SCHEDULES[schedule],
-        ignored_layers=[model.classifier],
-    )
+) -> StepPruner:
+    """A pruner that takes each conv layer to `kept_channels` of its ratio (`layer_ratios`, else `ratio`) in
+    `steps` steps on `schedule`. Every step's width is `kept_channels` of that step's ratio, rounded up to
+    `round_to` too, so that a model whose pruning stops early (prune.target_latency_ms) keeps such widths."""
+    channels = {name: layer.out_channels for name, layer in conv_layers(model).items()}
+    ratios = {name: (layer_ratios or {}).get(name, ratio) for name in channels}
+    plans = {name: SCHEDULES[schedule](ratios[name], steps) for name in channels}
+    widths = [
+        {name: kept_channels(channels[name], plans[name][i], round_to) for name in channels}
+        for i in range(1, steps + 1)
+    ]
+    return StepPruner(model, example, widths)
 
 
 def sensitivity_scan(
@@ -126,7 +143,7 @@ def prune_gradually(
     model: StudentCNN,
     train: Split,
     val: Split,
-    pruner: tp.pruner.MetaPruner,
+    pruner: StepPruner,
     *,
     steps: int,
     settings: TrainSettings,

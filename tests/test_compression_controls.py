@@ -29,9 +29,13 @@ def test_agp_prunes_most_channels_early_and_reaches_the_ratio():
 def test_no_layer_loses_more_than_the_ratio_after_rounding(round_to, steps, widths):
     model = StudentCNN(1, 10, [16, 32, 64, 64]).eval()
     pruner = make_pruner(model, torch.zeros(2, 1, 28, 28), ratio=0.6, steps=steps, round_to=round_to)
+    seen = [model.widths()]
     for _ in range(steps):
         pruner.step()
+        seen.append(model.widths())
     assert model.widths() == widths  # torch-pruning's own rounding gave [8, 8, 24, 24] at round_to 8
+    for earlier, later in zip(seen, seen[1:], strict=False):  # every step, not only the last: pruning may stop early
+        assert all(w % (round_to or 1) == 0 and w <= e for w, e in zip(later, earlier, strict=True)), seen
     assert all(1 - after / before <= 0.6 for after, before in zip(widths, [16, 32, 64, 64], strict=True))
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)  # still a working model
 
