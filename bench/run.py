@@ -83,9 +83,7 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     data = load_dataset(layout.raw)
     example, dev = data.test.head(2), device()
     ensemble = load_ensemble(layout).to(dev)
-    best = max(
-        layout.teacher_models(), key=lambda t: read_record(layout, t)["val_accuracy"]
-    )  # chosen on validation, not test
+    best = TEACHER + read_json(layout.metrics)["best_teacher"]  # the report's: on validation, not test
     student, spec = checkpoint.load(layout.checkpoint("student_kd"))
     teacher = Ensemble([load_model(layout, best)]).to(dev)
     kd_one, _ = distill.train_student(

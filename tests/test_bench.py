@@ -57,6 +57,7 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     assert result["onnxruntime_threads"] == metrics["onnxruntime"]["threads"]
     for name in PIPELINE_MODELS:  # the bench measures the same ONNX files on the same images as the report
         assert run["models"][name]["accuracy"] == metrics[name]["accuracy"], name
+    assert run["models"]["best_teacher"]["name"] == metrics["best_teacher"]  # chosen on validation, as the report
     models = run["models"]
     # masked pruning zeroes as many weights as structured pruning removes, but the file stays dense
     assert models["masked_pruned"]["params"] == models["pruned"]["params"]
