@@ -109,19 +109,19 @@ class ArtifactStore:
         digest = file_digest(path)
         with path.open("rb") as body:
             self.call("put_object", Key=key, Body=body, ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())
-        self.verify(path, key, digest)
+        self.verify(key, size=path.stat().st_size, digest=digest)
         return digest
 
-    def verify(self, path: Path, key: str, digest: str) -> None:
-        """The object at `key` is `path`: the same size, and the SHA-256 the server reports for it is `digest`.
-        A server that reports none (not every S3 does) gets the object read back and hashed here."""
+    def verify(self, key: str, *, size: int, digest: str) -> None:
+        """The object at `key` has `size` bytes and SHA-256 `digest` (hex), as the server reports it; a server
+        that reports no checksum (not every S3 does) gets the object read back and hashed here."""
         head = self.call("head_object", Key=key, ChecksumMode="ENABLED")
         reported = head.get("ChecksumSHA256")
         stored = base64.b64decode(reported).hex() if reported else self.object_digest(key)
-        if head["ContentLength"] != path.stat().st_size or stored != digest:
+        if head["ContentLength"] != size or stored != digest:
             raise DistilleryError(
-                f"Upload of {path} to {key} on {self.settings.where()} did not verify: the stored object's "
-                f"size or SHA-256 differs from the file's."
+                f"Upload to {key} on {self.settings.where()} did not verify: the stored object's size or SHA-256 "
+                "differs from what was sent."
             )
 
     def object_digest(self, key: str) -> str:
@@ -132,50 +132,62 @@ class ArtifactStore:
         return sha.hexdigest()
 
     def publish(self, name: str, version: str, files: dict[str, Path], lineage: dict, run_id: str) -> dict:
-        """Upload every file (verified), then the manifest, then move `latest.json`. Until the manifest is
-        in place, a marker names the run being uploaded, so that a rerun can finish this version."""
+        """Upload every file (verified), then the manifest, then move `latest.json`. Until `latest.json` has
+        moved, a marker names the run being published, so that a rerun of that run finishes this version."""
         prefix = version_prefix(name, version)
-        if self.manifest_or_none(name, version) is not None:
+        marker = f"{prefix}/{UNFINISHED}"
+        manifest = self.manifest_or_none(name, version)
+        if manifest is None:
+            self.put_json(marker, {"run": run_id})
+            entries = [
+                {
+                    "path": relative,
+                    "size": path.stat().st_size,
+                    "sha256": self.upload_verified(path, f"{prefix}/{check_relative(relative)}"),
+                }
+                for relative, path in sorted(files.items())
+            ]
+            manifest = {"name": name, "version": version, "files": entries, "lineage": lineage}
+            self.put_json(manifest_key(name, version), manifest)
+        elif (self.json_or_none(marker) or {}).get("run") != run_id:
             raise DistilleryError(f"Version {version} of {name} is already published on {self.settings.where()}.")
-        self.put_json(f"{prefix}/{UNFINISHED}", {"run": run_id})
-        entries = [
-            {
-                "path": relative,
-                "size": path.stat().st_size,
-                "sha256": self.upload_verified(path, f"{prefix}/{check_relative(relative)}"),
-            }
-            for relative, path in sorted(files.items())
-        ]
-        manifest = {"name": name, "version": version, "files": entries, "lineage": lineage}
-        self.put_json(manifest_key(name, version), manifest)
-        self.call("delete_object", Key=f"{prefix}/{UNFINISHED}")
         self.put_json(f"models/{name}/latest.json", {"version": version, "manifest": manifest_key(name, version)})
+        self.call("delete_object", Key=marker)
         return manifest
 
     def unfinished_version(self, name: str, run_id: str) -> str | None:
-        """The version an interrupted upload of the same run started (its marker is there, its manifest not)."""
+        """The version an interrupted publish of the same run started: its marker is still there."""
         prefix = f"models/{check_name('model name', name)}/"
         for key in self.keys(prefix):
-            if not key.endswith(f"/{UNFINISHED}"):
-                continue
-            version = key[len(prefix) : -len(UNFINISHED) - 1]
-            if self.get_json(key)["run"] == run_id and self.manifest_or_none(name, version) is None:
-                return version
+            if key.endswith(f"/{UNFINISHED}") and (self.json_or_none(key) or {}).get("run") == run_id:
+                return key[len(prefix) : -len(UNFINISHED) - 1]
         return None
 
     def put_json(self, key: str, data: dict) -> None:
+        """PUT a JSON document, verified like every upload."""
         body = json.dumps(data, indent=2, sort_keys=True).encode()
-        b64 = base64.b64encode(hashlib.sha256(body).digest()).decode()
-        self.call("put_object", Key=key, Body=body, ChecksumSHA256=b64, ContentType="application/json")
+        digest = hashlib.sha256(body).digest()
+        self.call(
+            "put_object",
+            Key=key,
+            Body=body,
+            ChecksumSHA256=base64.b64encode(digest).decode(),
+            ContentType="application/json",
+        )
+        self.verify(key, size=len(body), digest=digest.hex())
 
     def get_json(self, key: str) -> dict:
         return json.loads(self.call("get_object", Key=key)["Body"].read())
 
     def manifest_or_none(self, name: str, version: str) -> dict | None:
+        return self.json_or_none(manifest_key(name, version))
+
+    def json_or_none(self, key: str) -> dict | None:
+        """The JSON document at `key`, or None where there is none."""
         from botocore.exceptions import ClientError
 
         try:
-            return self.get_json(manifest_key(name, version))
+            return self.get_json(key)
         except DistilleryError as e:
             cause = e.__cause__
             if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):

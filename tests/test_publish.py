@@ -1,6 +1,7 @@
 """The S3 model store against a real SeaweedFS server: publish, list, show, download with
 checksums; clear errors for wrong credentials, a missing bucket, tampered objects, bad names."""
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -100,51 +101,72 @@ def test_s3_server_listens_on_loopback_only(s3_server):
     assert addresses and addresses <= {"127.0.0.1"}
 
 
-def test_an_upload_that_stored_other_bytes_is_refused(s3_env, tmp_path):
+def test_an_upload_that_stored_other_bytes_is_refused(s3_env, tmp_path, monkeypatch):
+    """A store that keeps other bytes than were sent (same size, no checksum of its own to report) fails
+    the upload: the object is read back and hashed."""
     s3 = store()
-    good, other = tmp_path / "good.onnx", tmp_path / "other.onnx"
-    good.write_bytes(b"the model")
-    other.write_bytes(b"the modem")  # same size, other bytes
-    s3.upload_verified(good, "checks/a")
-    s3.verify(good, "checks/a", file_digest(good))
-    with pytest.raises(DistilleryError, match="did not verify"):
-        s3.verify(other, "checks/a", file_digest(other))
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"the model")
+    put = s3.client.put_object
+
+    def stores_other_bytes(**kwargs):
+        kwargs.pop("ChecksumSHA256")
+        return put(**kwargs | {"Body": b"the modem"})
+
+    monkeypatch.setattr(s3.client, "put_object", stores_other_bytes)
+    with pytest.raises(DistilleryError, match="Upload to checks/a .* did not verify"):
+        s3.upload_verified(model, "checks/a")
+    monkeypatch.setattr(s3.client, "put_object", put)
+    assert s3.upload_verified(model, "checks/a") == file_digest(model)
 
 
 def test_a_server_that_reports_no_checksum_gets_the_object_read_back(s3_env, tmp_path):
     s3 = store()
-    good, other = tmp_path / "good.onnx", tmp_path / "other.onnx"
-    good.write_bytes(b"the model")
-    other.write_bytes(b"the modem")
-    s3.client.put_object(Bucket=s3_env["bucket"], Key="checks/plain", Body=good.read_bytes())  # no checksum
+    s3.client.put_object(Bucket=s3_env["bucket"], Key="checks/plain", Body=b"the model")  # no checksum
     assert "ChecksumSHA256" not in s3.call("head_object", Key="checks/plain", ChecksumMode="ENABLED")
-    s3.verify(good, "checks/plain", file_digest(good))  # hashed from the object read back
+    s3.verify("checks/plain", size=9, digest=hashlib.sha256(b"the model").hexdigest())  # hashed as read back
     with pytest.raises(DistilleryError, match="did not verify"):
-        s3.verify(other, "checks/plain", file_digest(other))
+        s3.verify("checks/plain", size=9, digest=hashlib.sha256(b"the modem").hexdigest())
 
 
-def test_a_rerun_finishes_the_version_an_interrupted_upload_started(staged, s3_env, monkeypatch):
-    real_upload, uploads = ArtifactStore.upload_verified, []
+def interrupted(monkeypatch, fail_on: str) -> list[str]:
+    """Make the next publish fail at the first PUT of a key ending in `fail_on`; returns the keys put."""
+    real_put, keys = ArtifactStore.put_json, []
+    real_upload = ArtifactStore.upload_verified
 
-    def fails_on_the_third_file(self, path, key):
-        uploads.append(key)
-        if len(uploads) == 3:
+    def upload(self, path, key):
+        keys.append(key)
+        if key.endswith(fail_on):
             raise DistilleryError("S3 went away")
         return real_upload(self, path, key)
 
-    monkeypatch.setattr(ArtifactStore, "upload_verified", fails_on_the_third_file)
+    def put_json(self, key, data):
+        keys.append(key)
+        if key.endswith(fail_on):
+            raise DistilleryError("S3 went away")
+        return real_put(self, key, data)
+
+    monkeypatch.setattr(ArtifactStore, "upload_verified", upload)
+    monkeypatch.setattr(ArtifactStore, "put_json", put_json)
+    return keys
+
+
+@pytest.mark.parametrize("fail_on", ["int8.onnx", "latest.json"])  # before the manifest, and after it
+def test_a_rerun_finishes_the_version_an_interrupted_publish_started(staged, s3_env, monkeypatch, fail_on):
+    name = f"resumed-{fail_on.split('.')[0]}"
+    keys = interrupted(monkeypatch, fail_on)
+    monkeypatch.setattr(publish, "new_version", lambda metrics: "v1")
     with pytest.raises(DistilleryError, match="S3 went away"):
-        publish.upload("resumed", staged)
-    monkeypatch.setattr(ArtifactStore, "upload_verified", real_upload)
+        publish.upload(name, staged)
+    monkeypatch.undo()
+    monkeypatch.setattr(publish, "new_version", lambda metrics: "v-new")  # what a publish without resume would take
     s3 = store()
-    assert s3.versions("resumed") == []
-    receipt = publish.upload("resumed", staged)
-    assert uploads[0].startswith(f"models/resumed/{receipt['version']}/")  # the same version, finished
-    assert s3.versions("resumed") == [receipt["version"]] and s3.latest("resumed") == receipt["version"]
-    prefixes = {key.split("/")[2] for key in s3.keys("models/resumed/") if key.count("/") > 2}
-    assert prefixes == {receipt["version"]}  # no orphaned objects of another version
-    assert not [key for key in s3.keys("models/resumed/") if key.endswith("unfinished.json")]
-    assert publish.upload("resumed", staged)["version"] != receipt["version"]  # a finished run: a new version
+    receipt = publish.upload(name, staged)
+    assert receipt["version"] == "v1" and keys[0].startswith(f"models/{name}/v1/")  # the version it started
+    assert s3.latest(name) == "v1" and s3.versions(name) == ["v1"]
+    assert {key.split("/")[2] for key in s3.keys(f"models/{name}/") if key.count("/") > 2} == {"v1"}  # no orphans
+    assert not [key for key in s3.keys(f"models/{name}/") if key.endswith("unfinished.json")]
+    assert publish.upload(name, staged)["version"] == "v-new"  # a finished run: a new version
 
 
 def test_download_of_a_missing_object_is_one_paragraph(staged, s3_env, tmp_path):
