@@ -82,8 +82,9 @@ def ship_latencies(
 def choose_shipped(val_accuracy: dict[str, float], latency_rounds: dict[str, list[float]], ship: ShipConfig) -> dict:
     """The deployable model. Of the fp32 and int8 student, those within the accuracy floor of the ensemble on
     the validation split; of two, the faster one (median of interleaved timing rounds on this machine) if it
-    is faster by at least `ship.latency_margin`, else the one with the higher validation accuracy, and on
-    equal accuracy the int8 one (the smaller file). Timing noise within the margin cannot flip the choice."""
+    is faster by at least `ship.latency_margin` (its median x (1 + margin) <= the other's, and strictly
+    faster), else the one with the higher validation accuracy, and on equal accuracy the int8 one (the
+    smaller file). Timing noise flips the choice only where the speed ratio sits at 1 + margin."""
     floor = ship.floor(val_accuracy["ensemble"])
     meeting = [m for m in DEPLOYABLE if val_accuracy[m] >= floor]
     median = {m: statistics.median(latency_rounds[m]) for m in DEPLOYABLE}
@@ -101,7 +102,7 @@ def choose_shipped(val_accuracy: dict[str, float], latency_rounds: dict[str, lis
     else:
         fast, slow = sorted(meeting, key=median.get)
         speedup = median[slow] / median[fast]
-        if speedup >= 1 + ship.latency_margin:
+        if speedup > 1 and speedup >= 1 + ship.latency_margin:
             choice, reason = fast, f"both meet the floor; {fast} is {speedup:.2f}x faster at {batch}"
         else:
             choice = max(reversed(DEPLOYABLE), key=val_accuracy.get)  # on a tie, int8: max keeps the first
@@ -250,8 +251,8 @@ def run(params: PipelineParams, layout: Layout) -> dict:
     """Write data/reports/: the metrics, the markdown report and its plots."""
     data = load_dataset(layout.raw)
     counts = param_counts(layout)
-    checks = read_json(layout.verification)["files"]
     paths = verified_onnx(layout)
+    checks = read_json(layout.verification)["files"]
     measured = {
         name: measure(path, data, params=counts[name], budget_s=params.report.latency_budget_s)
         | {"verified": {k: checks[name][k] for k in ("top1_agreement", "max_error_steps")}}
