@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ def npz_shape(path: Path, name: str) -> tuple[int, ...]:
 
 def rows_per_step(image_shape: tuple[int, ...]) -> int:
     """Images per step so that their float32 pixels take at most FACTS_BYTES."""
-    return max(1, FACTS_BYTES // (4 * math.prod(image_shape)))
+    return max(1, FACTS_BYTES // (4 * max(1, math.prod(image_shape))))
 
 
 def npz_rows(path: Path, name: str) -> Iterator[np.ndarray]:
@@ -86,8 +87,8 @@ def npz_rows(path: Path, name: str) -> Iterator[np.ndarray]:
     reader does not know, is the exception: it is loaded whole."""
     with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
         header = npy_header(f)
-        if header and header[2].hasobject:
-            raise DistilleryError(f"{path}: `{name}` holds Python objects (a pickle); it must hold numbers.")
+        if header and header[2].kind not in "biuf":
+            raise DistilleryError(f"{path}: `{name}` holds {header[2]} values; it must hold numbers (pixels).")
         if header and not header[1]:
             shape, _, dtype = header
             rows, row_bytes = rows_per_step(shape[1:]), dtype.itemsize * math.prod(shape[1:])
@@ -147,7 +148,7 @@ def check_labels(y: np.ndarray, where: str) -> None:
         f"label {label} ({count} images) is negative" for label, count in zip(labels, counts, strict=True) if label < 0
     ]
     present = labels[labels >= 0]
-    if missing := int(labels[-1]) + 1 - len(present):
+    if len(present) and (missing := int(labels[-1]) + 1 - len(present)):
         first = np.setdiff1d(np.arange(min(int(labels[-1]), len(present) + 5)), present)[:5]
         listed = ", ".join(map(str, first)) + (f", ... ({missing} labels)" if missing > len(first) else "")
         problems.append(f"no image has label {listed}, yet label {labels[-1]} has {counts[-1]} images")
@@ -185,24 +186,25 @@ def npz(path: Path) -> Source:
     def chunks() -> Iterator[np.ndarray]:
         for shard in shards:
             to_nchw = as_nchw(npz_shape(shard, "x"), shard)
-            yield from (to_nchw(rows) for rows in npz_rows(shard, "x"))
+            try:
+                yield from (to_nchw(rows) for rows in npz_rows(shard, "x"))
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # damaged after its header
+                raise DistilleryError(f"{shard} is not a readable .npz file: {e}") from e
 
     return Source(y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)], chunks, str(path))
 
 
 def eight_bit(img):
-    """A PIL image with 8 bits per channel. 16-bit gray (modes I;16* and I, as 16-bit PNG and TIFF files open)
-    is scaled from 0..65535 to 0..255: PIL's own conversion clips it, turning most pixels white. Float
-    pixels carry no scale (0..1? 0..255?), so they are refused rather than guessed."""
+    """A PIL image with 8 bits per channel. 16-bit gray (the I;16 modes, as 16-bit PNG and TIFF files open) is
+    scaled from 0..65535 to 0..255: PIL's own conversion clips it, turning most pixels white. 32-bit pixels
+    (modes I and F) carry no scale (0..1? 0..255? 0..65535?), so they are refused rather than guessed."""
     from PIL import Image
 
-    if img.mode == "F":
-        raise ValueError("its pixels are 32-bit floats, whose scale the file does not say; save it with 8 or 16 bits")
-    if img.mode.startswith("I;16") or img.mode == "I":
-        pixels = np.asarray(img, dtype=np.int64)
-        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
-            raise ValueError(f"its integer pixels span {pixels.min()}..{pixels.max()}, outside 16 bits (0..65535)")
-        return Image.fromarray(np.round(pixels / 257).astype(np.uint8))
+    if img.mode in ("I", "F"):
+        kind = "floats" if img.mode == "F" else "integers"
+        raise ValueError(f"its pixels are 32-bit {kind}, whose scale the file does not say; save it with 8 or 16 bits")
+    if img.mode.startswith("I;16"):
+        return Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).astype(np.uint8))
     return img
 
 

@@ -3,7 +3,9 @@
 import math
 import os
 import re
+import struct
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +249,7 @@ def test_a_folder_of_16_bit_images_ingests_its_pixels(tmp_path):
     ("image", "says"),
     [
         (Image.fromarray(GRADIENT.astype(np.float32) / 255), "32-bit floats"),
-        (Image.fromarray(GRADIENT.astype(np.int32) * 1000), "outside 16 bits"),
+        (Image.fromarray(GRADIENT.astype(np.int32)), "32-bit integers"),
     ],
 )
 def test_pixels_without_a_known_scale_are_refused_naming_the_file(tmp_path, image, says):
@@ -277,4 +279,20 @@ def test_a_stray_label_is_named_as_such(tmp_path, stray, says):
     with pytest.raises(DistilleryError, match=re.escape(says)) as raised:
         ingest.run(IngestConfig(source="npz", path=path), Layout(tmp_path))
     assert str(raised.value).startswith(f"{path}: labels must number the classes 0..K-1")
+    assert not Layout(tmp_path).raw.exists()
+
+
+def test_an_npz_damaged_after_its_header_is_named(tmp_path):
+    path = tmp_path / "d.npz"
+    x = np.random.default_rng(0).integers(0, 256, (30, 16, 16)).astype(np.uint8)
+    np.savez_compressed(path, x=x, y=np.repeat(np.arange(3), 10))
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo("x.npy")
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[member.header_offset + 26 : member.header_offset + 30])
+    middle = member.header_offset + 30 + name_length + extra_length + member.compress_size // 2
+    data[middle : middle + 64] = bytes(64)  # the pixels' compressed stream, well past the array header
+    path.write_bytes(bytes(data))
+    with pytest.raises(DistilleryError, match=f"{path} is not a readable .npz file"):
+        ingest.run(IngestConfig(source="npz", path=path), Layout(tmp_path))
     assert not Layout(tmp_path).raw.exists()
