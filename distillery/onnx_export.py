@@ -1,5 +1,6 @@
 """ONNX export (dynamo exporter, dynamic batch) and onnxruntime evaluation and timing."""
 
+import math
 import os
 import statistics
 import time
@@ -49,9 +50,14 @@ def strip_debug_info(path: Path) -> None:
 
 
 def cpu_threads() -> int:
-    """onnxruntime's intra-op threads here: the CPUs this process may run on. One count for every latency
-    this project measures (report, ship choice, the prune stage's latency check, bench), recorded with them."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """onnxruntime's intra-op threads here: the CPUs this process may run on, within a container's CPU quota
+    (cgroup v2 cpu.max). One count for every latency this project measures (report, ship choice, the prune
+    stage's latency check, bench), recorded with them."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = Path("/sys/fs/cgroup/cpu.max")
+    if quota.exists() and (limit := quota.read_text().split())[0] != "max":
+        cpus = min(cpus, max(1, math.ceil(int(limit[0]) / int(limit[1]))))
+    return cpus
 
 
 def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
