@@ -56,9 +56,9 @@ def verified_onnx(layout: Layout) -> dict[str, Path]:
     record = read_json(layout.verification)
     if not record["passed"]:
         raise DistilleryError("The export did not pass verification; rerun the export stage.")
-    if "sha256" not in record:
+    if not {"sha256", "files"} <= record.keys():
         raise DistilleryError(
-            f"{layout.verification} records no file hashes (an older export); rerun the export stage."
+            f"{layout.verification} records no file hashes or checks (an older export); rerun the export stage."
         )
     found = onnx_hashes(layout.export)
     changed = sorted(
