@@ -182,20 +182,31 @@ def local_imports(relative: str) -> set[str]:
         else:
             continue
         for module in modules:
-            path = module.replace(".", "/") + ".py"
-            if module.split(".")[0] in LOCAL and (ROOT / path).exists():
-                found.add(path)
+            base = module.replace(".", "/")
+            for path in (f"{base}.py", f"{base}/__init__.py"):
+                if module.split(".")[0] in LOCAL and (ROOT / path).exists():
+                    found.add(path)
     return found
 
 
+def package_inits(relative: str) -> set[str]:
+    """The __init__.py of each package above a module: importing the module runs them first."""
+    folders = Path(relative).parents
+    return {
+        f"{folder}/__init__.py"
+        for folder in folders
+        if (ROOT / folder / "__init__.py").exists() and folder != Path(".")
+    }
+
+
 def imported_closure(relative: str) -> set[str]:
-    """`relative` and every project module it imports, directly or through others."""
+    """`relative` and every project module it imports, directly or through others, with their packages."""
     seen, todo = set(), [relative]
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo += local_imports(module)
+            todo += local_imports(module) | package_inits(module)
     return seen
 
 
