@@ -8,7 +8,6 @@ Writes bench/results/ship_choice.json and ship_choice.md.
 
 import argparse
 import collections
-import os
 from pathlib import Path
 
 from bench import RESULTS, save_results
@@ -48,7 +47,8 @@ def markdown(result: dict) -> str:
     lines = [
         "# Ship choice, repeated on fixed models",
         "",
-        f"{result['cpu']['model']}, {os.cpu_count()} CPUs; run `{result['run']}`; `python -m bench.ship_choice`.",
+        f"{result['cpu']['model']}, {result['cpu']['cores']} CPUs, onnxruntime "
+        f"{result['onnxruntime_threads']} threads; run `{result['run']}`; `python -m bench.ship_choice`.",
         f"Choices: **{result['counts']}** (margin {result['ship']['latency_margin']:.0%}, "
         f"{result['ship']['latency_rounds']} interleaved rounds, batch {result['ship']['latency_batch']}).",
         "",

@@ -364,3 +364,7 @@ def test_debug_shows_the_traceback(name, tmp_path, environment):
     root = workspace(case, tmp_path / "workspace", None)
     done = run_command(root, case.command, environment(case), "--debug")
     assert done.returncode != 0 and "Traceback" in done.stderr
+
+
+def test_the_readme_counts_these_cases():
+    assert f"runs {len(CASES)} such cases" in (ROOT / "README.md").read_text()

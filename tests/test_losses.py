@@ -29,7 +29,12 @@ def by_hand(temperature: float, alpha: float) -> float:
 
 @pytest.mark.parametrize(("temperature", "alpha"), [(1.0, 0.5), (4.0, 0.7), (2.0, 1.0), (3.0, 0.0)])
 def test_kd_loss_matches_the_formula(temperature, alpha):
-    loss = kd_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS), KDSettings(temperature, alpha))
+    loss = kd_loss(
+        torch.tensor(STUDENT),
+        torch.tensor(TEACHER),
+        torch.tensor(LABELS),
+        KDSettings(temperature=temperature, alpha=alpha),
+    )
     assert loss.item() == pytest.approx(by_hand(temperature, alpha), rel=1e-6)
 
 
@@ -37,7 +42,12 @@ def test_kd_loss_is_not_the_reverse_kl():
     temperature = 4.0
     student = softmax(STUDENT / temperature)
     reverse = temperature**2 * (student * (np.log(student) - np.log(TEACHER))).sum(axis=1).mean()
-    loss = kd_loss(torch.tensor(STUDENT), torch.tensor(TEACHER), torch.tensor(LABELS), KDSettings(temperature, 1.0))
+    loss = kd_loss(
+        torch.tensor(STUDENT),
+        torch.tensor(TEACHER),
+        torch.tensor(LABELS),
+        KDSettings(temperature=temperature, alpha=1.0),
+    )
     assert loss.item() != pytest.approx(reverse, rel=1e-3)
 
 
