@@ -34,6 +34,8 @@ def repeat_choice(layout: Layout, params: PipelineParams, repeats: int) -> dict:
         choices.append(report.choose_shipped(val, latencies, params.ship))
     return {
         "run": str(layout.root),
+        "git_commit": report.git_commit(ROOT),
+        "models_git_commit": metrics["git_commit"],
         "ship": params.ship.model_dump(),
         "val_accuracy": val,
         "cpu": cpu_flags(),
@@ -48,7 +50,8 @@ def markdown(result: dict) -> str:
         "# Ship choice, repeated on fixed models",
         "",
         f"{result['cpu']['model']}, {result['cpu']['cores']} CPUs, onnxruntime "
-        f"{result['onnxruntime_threads']} threads; run `{result['run']}`; `python -m bench.ship_choice`.",
+        f"{result['onnxruntime_threads']} threads; run `{result['run']}` (models of commit "
+        f"`{result['models_git_commit'][:7]}`); `python -m bench.ship_choice` at commit `{result['git_commit'][:7]}`.",
         f"Choices: **{result['counts']}** (margin {result['ship']['latency_margin']:.0%}, "
         f"{result['ship']['latency_rounds']} interleaved rounds, batch {result['ship']['latency_batch']}).",
         "",
