@@ -127,8 +127,8 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=onnx_export.cpu_threads(),
-        help="onnxruntime CPU threads (as the report)",
+        default=1,
+        help="onnxruntime CPU threads (1: the report's default, ship.latency_threads)",
     )
     args = parser.parse_args()
     layout = Layout(args.run)

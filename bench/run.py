@@ -172,9 +172,9 @@ def pipeline_models(layout: Layout) -> dict[str, dict]:
     return found
 
 
-def measure(entry: dict, data, *, budget_s: float) -> dict:
+def measure(entry: dict, data, *, budget_s: float, threads: int) -> dict:
     """The report stage's measurement (the same onnxruntime threads), plus the entry's name."""
-    return report.measure(entry["onnx"], data, params=entry.get("params"), budget_s=budget_s) | {
+    return report.measure(entry["onnx"], data, params=entry.get("params"), budget_s=budget_s, threads=threads) | {
         "name": entry.get("name")
     }
 
@@ -348,7 +348,12 @@ def main() -> None:
 
     for run in runs:  # one process, one thread setting, every model of every seed
         data = load_dataset(run.pop("layout").raw)
-        run["models"] = {m: measure(e, data, budget_s=args.latency_budget_s) for m, e in found[run["seed"]].items()}
+        run["models"] = {
+            m: measure(
+                e, data, budget_s=args.latency_budget_s, threads=onnx_export.cpu_threads(params.ship.latency_threads)
+            )
+            for m, e in found[run["seed"]].items()
+        }
 
     summary = summarize(runs)
     result = {
@@ -356,7 +361,7 @@ def main() -> None:
         "params": params.to_yaml_dict(),
         "git_commit": report.git_commit(ROOT),
         "machine": machine(),
-        "onnxruntime_threads": onnx_export.cpu_threads(),
+        "onnxruntime_threads": onnx_export.cpu_threads(params.ship.latency_threads),
         "runs": runs,
         "summary": summary,
         "orchestration": orchestration,

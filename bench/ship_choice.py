@@ -39,9 +39,9 @@ def repeat_choice(layout: Layout, params: PipelineParams, repeats: int) -> dict:
         "ship": params.ship.model_dump(),
         "val_accuracy": val,
         "cpu": cpu_flags(),
-        "onnxruntime_threads": onnx_export.cpu_threads(),
+        "onnxruntime_threads": onnx_export.cpu_threads(params.ship.latency_threads),
         "counts": dict(collections.Counter(str(c["model"]) for c in choices)),
-        "choices": [{k: c[k] for k in ("model", "median_latency_ms", "reason")} for c in choices],
+        "choices": [{k: c[k] for k in ("model", "best_latency_ms", "reason")} for c in choices],
     }
 
 
@@ -51,16 +51,17 @@ def markdown(result: dict) -> str:
         "",
         f"{result['cpu']['model']}, {result['cpu']['cores']} CPUs, onnxruntime "
         f"{result['onnxruntime_threads']} threads; run `{result['run']}` (models of commit "
-        f"`{result['models_git_commit'][:7]}`); `python -m bench.ship_choice` at commit `{result['git_commit'][:7]}`.",
+        f"`{str(result['models_git_commit'])[:7]}`); `python -m bench.ship_choice` at commit "
+        f"`{str(result['git_commit'])[:7]}`.",
         f"Choices: **{result['counts']}** (margin {result['ship']['latency_margin']:.0%}, "
         f"{result['ship']['latency_rounds']} interleaved rounds, batch {result['ship']['latency_batch']}).",
         "",
-        "| repeat | shipped | pruned ms | int8 ms |",
+        "| repeat | shipped | pruned, best round (ms) | int8, best round (ms) |",
         "|---|---|---:|---:|",
     ]
     for i, choice in enumerate(result["choices"], 1):
-        median = choice["median_latency_ms"]
-        lines.append(f"| {i} | {choice['model']} | {median['pruned']:.4f} | {median['int8']:.4f} |")
+        best = choice["best_latency_ms"]
+        lines.append(f"| {i} | {choice['model']} | {best['pruned']:.4f} | {best['int8']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

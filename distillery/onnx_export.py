@@ -49,10 +49,11 @@ def strip_debug_info(path: Path) -> None:
     onnx.save(proto, str(path))
 
 
-def cpu_threads() -> int:
-    """onnxruntime's intra-op threads here: the CPUs this process may run on, within a container's CPU quota
-    (cgroup v2 cpu.max). One count for every latency this project measures (report, ship choice, the prune
-    stage's latency check, bench), recorded with them."""
+def cpu_threads(requested: int = 0) -> int:
+    """onnxruntime's intra-op threads: `requested`, or for 0 the CPUs this process may run on, within a
+    container's CPU quota (cgroup v2 cpu.max)."""
+    if requested:
+        return requested
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = Path("/sys/fs/cgroup/cpu.max")
     if quota.exists() and (limit := quota.read_text().split())[0] != "max":
@@ -86,16 +87,17 @@ def accuracy(sess: ort.InferenceSession, data: Split) -> float:
 
 
 def latency_ms(
-    sess: ort.InferenceSession, sample: np.ndarray, *, batch: int, budget_s: float = 2.0, max_runs: int = 200
+    sess: ort.InferenceSession, sample: np.ndarray, *, batch: int, budget_s: float = 2.0, max_runs: int | None = 200
 ) -> float:
-    """Median wall time of one `sess.run` on a batch of `batch` images, after a warm-up."""
+    """Median wall time of one `sess.run` on a batch of `batch` images, after a warm-up: at least 5 runs, then
+    runs until `budget_s` is spent or `max_runs` (None: no cap) are done."""
     name = sess.get_inputs()[0].name
     x = np.ascontiguousarray(np.resize(sample, (batch, *sample.shape[1:])).astype(np.float32))
     for _ in range(3):
         sess.run(None, {name: x})
     times: list[float] = []
     deadline = time.perf_counter() + budget_s
-    while len(times) < max_runs and (len(times) < 5 or time.perf_counter() < deadline):
+    while (max_runs is None or len(times) < max_runs) and (len(times) < 5 or time.perf_counter() < deadline):
         start = time.perf_counter()
         sess.run(None, {name: x})
         times.append((time.perf_counter() - start) * 1000)
@@ -103,13 +105,16 @@ def latency_ms(
 
 
 def interleaved_latency_ms(
-    sessions: dict[str, ort.InferenceSession], sample: np.ndarray, *, batch: int, rounds: int, budget_s: float
+    paths: dict[str, Path], sample: np.ndarray, *, batch: int, rounds: int, budget_s: float, threads: int
 ) -> dict[str, list[float]]:
-    """Each session's `latency_ms` in `rounds` rounds, taking turns (in reverse order every other round),
-    so that a slow spell of the machine hits every model alike."""
-    found: dict[str, list[float]] = {name: [] for name in sessions}
+    """Each model's `latency_ms` in `rounds` rounds of `budget_s` each, taking turns (in reverse order every
+    other round) so that a slow spell of the machine hits every model alike. Each round opens a fresh session
+    of each model: where its threads land made one session of a model up to 2x slower than the next (seen on
+    a 2-core VM), so a session is one sample of the model's speed, not the speed."""
+    found: dict[str, list[float]] = {name: [] for name in paths}
     for round_index in range(rounds):
-        order = list(sessions) if round_index % 2 == 0 else list(reversed(sessions))
+        order = list(paths) if round_index % 2 == 0 else list(reversed(paths))
         for name in order:
-            found[name].append(latency_ms(sessions[name], sample, batch=batch, budget_s=budget_s))
+            sess = session(paths[name], threads)
+            found[name].append(latency_ms(sess, sample, batch=batch, budget_s=budget_s, max_runs=None))
     return found

@@ -187,7 +187,13 @@ class ShipConfig(Section):
         "margin the one with the higher validation accuracy ships, and on equal accuracy the int8 one",
     )
     latency_rounds: PositiveInt = Field(
-        7, description="Interleaved timing rounds of the two students; the medians decide"
+        7, description="Interleaved timing rounds of the two students, each a fresh session; the best rounds decide"
+    )
+    latency_threads: NonNegativeInt = Field(
+        1,
+        description="onnxruntime intra-op threads for every latency measured (the ship choice, the report, "
+        "prune.target_latency_ms, the bench); 0: all the CPUs this process may use. On a 2-vCPU VM, 2 threads "
+        "made the students' batch-1 latency swing 2x with the other vCPU's load",
     )
 
     def floor(self, ensemble_val_accuracy: float) -> float:

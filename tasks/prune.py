@@ -28,19 +28,19 @@ log = logging.getLogger("distillery")
 SENSITIVITY_GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
-def onnx_latency_ms(model: StudentCNN, data: Dataset, batch: int) -> float:
+def onnx_latency_ms(model: StudentCNN, data: Dataset, *, batch: int, threads: int) -> float:
     """The model's onnxruntime latency on this machine, as the report measures it."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx_export.export(copy.deepcopy(model).cpu().eval(), data.val.head(2), path)
         return onnx_export.latency_ms(
-            onnx_export.session(path), data.val.head(batch).numpy(), batch=batch, budget_s=0.5
+            onnx_export.session(path, threads), data.val.head(batch).numpy(), batch=batch, budget_s=0.5
         )
 
 
-def latency_check(target_ms: float, data: Dataset, batch: int) -> Callable[[StudentCNN], bool]:
+def latency_check(target_ms: float, data: Dataset, *, batch: int, threads: int) -> Callable[[StudentCNN], bool]:
     def fast_enough(model: StudentCNN) -> bool:
-        ms = onnx_latency_ms(model, data, batch)
+        ms = onnx_latency_ms(model, data, batch=batch, threads=threads)
         log.info("widths %s: %.4f ms at batch %d (target %.4f)", model.widths(), ms, batch, target_ms)
         return ms <= target_ms
 
@@ -103,7 +103,8 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
         }
         log.info("per-layer prune ratios from the sensitivity scan: %s", layer_ratios)
     target = config.target_latency_ms
-    fast_enough = latency_check(target, data, ship.latency_batch) if target else None
+    threads = onnx_export.cpu_threads(ship.latency_threads)
+    fast_enough = latency_check(target, data, batch=ship.latency_batch, threads=threads) if target else None
     pruner = make_pruner(
         model,
         data.train.head(2).to(device()),
@@ -134,8 +135,8 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
         "history": history,
     }
     if target:
-        result["latency_ms"] = onnx_latency_ms(model, data, ship.latency_batch)
-        result["onnxruntime_threads"] = onnx_export.cpu_threads()
+        result["latency_ms"] = onnx_latency_ms(model, data, batch=ship.latency_batch, threads=threads)
+        result["onnxruntime_threads"] = threads
         result["target_latency_met"] = result["latency_ms"] <= target
         if not result["target_latency_met"]:
             log.warning(
