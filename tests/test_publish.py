@@ -154,11 +154,11 @@ def interrupted(monkeypatch, fail_on: str) -> list[str]:
 @pytest.mark.parametrize("fail_on", ["int8.onnx", "latest.json"])  # before the manifest, and after it
 def test_a_rerun_finishes_the_version_an_interrupted_publish_started(staged, s3_env, monkeypatch, fail_on):
     name = f"resumed-{fail_on.split('.')[0]}"
-    keys = interrupted(monkeypatch, fail_on)
-    monkeypatch.setattr(publish, "new_version", lambda metrics: "v1")
-    with pytest.raises(DistilleryError, match="S3 went away"):
-        publish.upload(name, staged)
-    monkeypatch.undo()
+    with monkeypatch.context() as failing:  # undone at the end of the block, the S3 settings kept
+        keys = interrupted(failing, fail_on)
+        failing.setattr(publish, "new_version", lambda metrics: "v1")
+        with pytest.raises(DistilleryError, match="S3 went away"):
+            publish.upload(name, staged)
     monkeypatch.setattr(publish, "new_version", lambda metrics: "v-new")  # what a publish without resume would take
     s3 = store()
     receipt = publish.upload(name, staged)
