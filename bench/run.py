@@ -346,13 +346,11 @@ def main() -> None:
         direct_s = sum(v for k, v in runs[0]["stage_seconds"].items() if k != "baselines (bench only)")
         orchestration = {"flow_s": flow_s, "direct_s": direct_s, "overhead_share": (flow_s - direct_s) / flow_s}
 
+    threads = onnx_export.cpu_threads(params.ship.latency_threads)
     for run in runs:  # one process, one thread setting, every model of every seed
         data = load_dataset(run.pop("layout").raw)
         run["models"] = {
-            m: measure(
-                e, data, budget_s=args.latency_budget_s, threads=onnx_export.cpu_threads(params.ship.latency_threads)
-            )
-            for m, e in found[run["seed"]].items()
+            m: measure(e, data, budget_s=args.latency_budget_s, threads=threads) for m, e in found[run["seed"]].items()
         }
 
     summary = summarize(runs)
@@ -361,7 +359,7 @@ def main() -> None:
         "params": params.to_yaml_dict(),
         "git_commit": report.git_commit(ROOT),
         "machine": machine(),
-        "onnxruntime_threads": onnx_export.cpu_threads(params.ship.latency_threads),
+        "onnxruntime_threads": threads,
         "runs": runs,
         "summary": summary,
         "orchestration": orchestration,

@@ -61,10 +61,10 @@ def cpu_threads(requested: int = 0) -> int:
     return cpus
 
 
-def session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session of `threads` intra-op threads, `cpu_threads()` unless told."""
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    """A CPU session of `cpu_threads(threads)` intra-op threads."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_threads()
+    options.intra_op_num_threads = cpu_threads(threads)
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -254,14 +254,9 @@ def run(params: PipelineParams, layout: Layout) -> dict:
     counts = param_counts(layout)
     paths = verified_onnx(layout)
     checks = read_json(layout.verification)["files"]
+    threads = onnx_export.cpu_threads(params.ship.latency_threads)
     measured = {
-        name: measure(
-            path,
-            data,
-            params=counts[name],
-            budget_s=params.report.latency_budget_s,
-            threads=onnx_export.cpu_threads(params.ship.latency_threads),
-        )
+        name: measure(path, data, params=counts[name], budget_s=params.report.latency_budget_s, threads=threads)
         | {"verified": {k: checks[name][k] for k in ("top1_agreement", "max_error_steps")}}
         for name, path in paths.items()
     }
@@ -277,7 +272,7 @@ def run(params: PipelineParams, layout: Layout) -> dict:
             "n_test": info["n_test"],
         },
         "git_commit": git_commit(layout.root),
-        "onnxruntime": {"version": ort.__version__, "threads": onnx_export.cpu_threads(params.ship.latency_threads)},
+        "onnxruntime": {"version": ort.__version__, "threads": threads},
         "params": params.to_yaml_dict(),
     }
     val = {m: measured[m]["val_accuracy"] for m in ("ensemble", *DEPLOYABLE)}
