@@ -104,13 +104,17 @@ class ArtifactStore:
             raise DistilleryError(f"S3 {operation} on {self.settings.where()} failed: {e}") from e
 
     def upload_verified(self, path: Path, key: str) -> str:
-        """PUT with a SHA-256 checksum the server checks, then `verify` what it stored.
-        Returns the file's sha256 (hex)."""
+        """Upload a file with `put_verified`. Returns its sha256 (hex)."""
         digest = file_digest(path)
         with path.open("rb") as body:
-            self.call("put_object", Key=key, Body=body, ChecksumSHA256=base64.b64encode(bytes.fromhex(digest)).decode())
-        self.verify(key, size=path.stat().st_size, digest=digest)
+            self.put_verified(key, body, size=path.stat().st_size, digest=digest)
         return digest
+
+    def put_verified(self, key: str, body, *, size: int, digest: str, **extra) -> None:
+        """PUT with a SHA-256 checksum (`digest`, hex) the server checks, then `verify` what it stored."""
+        checksum = base64.b64encode(bytes.fromhex(digest)).decode()
+        self.call("put_object", Key=key, Body=body, ChecksumSHA256=checksum, **extra)
+        self.verify(key, size=size, digest=digest)
 
     def verify(self, key: str, *, size: int, digest: str) -> None:
         """The object at `key` has `size` bytes and SHA-256 `digest` (hex), as the server reports it; a server
@@ -166,15 +170,8 @@ class ArtifactStore:
     def put_json(self, key: str, data: dict) -> None:
         """PUT a JSON document, verified like every upload."""
         body = json.dumps(data, indent=2, sort_keys=True).encode()
-        digest = hashlib.sha256(body).digest()
-        self.call(
-            "put_object",
-            Key=key,
-            Body=body,
-            ChecksumSHA256=base64.b64encode(digest).decode(),
-            ContentType="application/json",
-        )
-        self.verify(key, size=len(body), digest=digest.hex())
+        digest = hashlib.sha256(body).hexdigest()
+        self.put_verified(key, body, size=len(body), digest=digest, ContentType="application/json")
 
     def get_json(self, key: str) -> dict:
         return json.loads(self.call("get_object", Key=key)["Body"].read())
