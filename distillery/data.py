@@ -102,15 +102,29 @@ def batches(
     )
 
 
+def affine_theta(angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor, aspect: float) -> torch.Tensor:
+    """Per-image 2x3 matrices for `F.affine_grid`: a rotation by `angle` (radians) of images whose width is
+    `aspect` times their height (a true rotation of the pixels, not of the normalised square), and a shift
+    of (tx, ty) in normalised units (2 is the whole width or height)."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return torch.stack([torch.stack([cos, -sin / aspect, tx], 1), torch.stack([sin * aspect, cos, ty], 1)], 1)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample each image through its affine map `theta` (N x 2 x 3), plus a displacement field (N x H x W x 2,
+    normalised units) when one is given; the border pixels extend outwards."""
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    if displacement is not None:
+        grid = grid + displacement
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
 def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, shift: float = 0.1):
     """Small random rotations and shifts, drawn from `generator` (thread-safe and reproducible)."""
     n = x.shape[0]
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
     tx, ty = ((torch.rand(2, n, generator=generator) * 2 - 1) * shift * 2).unbind(0)
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    return warp(x, affine_theta(angle, tx, ty, aspect=x.shape[-1] / x.shape[-2]))
 
 
 def to_device(split: Split, device: torch.device) -> Split:

@@ -72,10 +72,17 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
         raise DistilleryError(f"onnxruntime cannot load {path}: {e}") from e
 
 
-def logits(sess: ort.InferenceSession, data: Split, batch_size: int = 512) -> np.ndarray:
-    """The model's outputs for every image, in order."""
+def outputs(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The model's outputs for normalised float32 images (N x C x H x W), in order, `batch_size` at a time."""
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x.numpy()})[0] for x, _ in batches(data, batch_size)])
+    return np.concatenate(
+        [sess.run(None, {name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+    )
+
+
+def logits(sess: ort.InferenceSession, data: Split, batch_size: int = 512) -> np.ndarray:
+    """The model's outputs for every image of `data`, in order, read from disk a batch at a time."""
+    return np.concatenate([outputs(sess, x.numpy(), batch_size) for x, _ in batches(data, batch_size)])
 
 
 def predict(sess: ort.InferenceSession, data: Split) -> np.ndarray:
