@@ -12,7 +12,9 @@ from distillery import raw_format
 from distillery.files import exclusive_lock
 
 TEACHER = "teacher_"  # a teacher's model name is this prefix and its file stem, e.g. teacher_0_wide_cnn
-PIPELINE_MODELS = ("ensemble", "student_alone", "student_kd", "pruned", "int8")  # after the teachers, in this order
+# After the teachers, in this order. pruned_alone: the pruned student's architecture trained from scratch
+# without a teacher, the baseline for what distillation gave at the shipped size.
+PIPELINE_MODELS = ("ensemble", "student_alone", "student_kd", "pruned_alone", "pruned", "int8")
 DEPLOYABLE = ("pruned", "int8")  # the fp32 and the int8 student: the faster one that meets the floor ships
 
 
@@ -49,6 +51,7 @@ class Layout:
     report = under_root("data", "reports", "report.md")
     accuracy_plot = under_root("data", "reports", "accuracy_vs_size.png")
     curves_plot = under_root("data", "reports", "training_curves.png")
+    kept_plot = under_root("data", "reports", "what_the_student_kept.png")
     published = under_root("data", "published.json")
     lock_file = under_root(".distillery", "run.lock")
 
@@ -58,7 +61,7 @@ class Layout:
 
     def run_models(self) -> list[str]:
         """Every model of a finished run, in report order: each teacher, the ensemble, the students,
-        the pruned student and the int8 student."""
+        the pruned architecture trained alone, the pruned student and the int8 student."""
         return self.teacher_models() + list(PIPELINE_MODELS)
 
     def checkpoint(self, model: str) -> Path:
@@ -76,9 +79,13 @@ class Layout:
         """The folder of the stage that trains `model`."""
         if model.startswith(TEACHER):
             return self.teachers
-        return {"student_alone": self.student, "student_kd": self.student, "pruned": self.pruned, "int8": self.qat}[
-            model
-        ]
+        return {
+            "student_alone": self.student,
+            "student_kd": self.student,
+            "pruned_alone": self.pruned,
+            "pruned": self.pruned,
+            "int8": self.qat,
+        }[model]
 
     @staticmethod
     def stem(model: str) -> str:

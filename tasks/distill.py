@@ -4,16 +4,15 @@ trained alone on hard labels, with the same seed and recipe, is the baseline. Wi
 
 import logging
 
-from torch import nn
-
-from distillery import checkpoint, models
-from distillery.data import Dataset, load_dataset
+from distillery import checkpoint
+from distillery.data import load_dataset
 from distillery.files import atomic_dir, write_json
-from distillery.training import accuracy, fit, make_loss, seeded
+from distillery.training import accuracy
 from project.artifacts import load_ensemble
 from project.config import DistillConfig, KDConfig, ShipConfig
 from project.layout import Layout
-from project.settings import device, kd_settings, train_settings
+from project.settings import device
+from project.students import train_student
 
 log = logging.getLogger("distillery")
 
@@ -27,21 +26,6 @@ def candidate_widths(config: DistillConfig) -> list[list[int]]:
     """`widths` scaled by each of `width_scales`, smallest first."""
     found = {tuple(scaled_widths(config.widths, scale)) for scale in config.width_scales}
     return [list(w) for w in sorted(found, key=sum)]
-
-
-def train_student(
-    spec: dict, data: Dataset, config: DistillConfig, kd: KDConfig, *, teacher: nn.Module | None, name: str
-) -> tuple[nn.Module, dict]:
-    """The student of `spec` trained on `data`, from `teacher`'s soft targets (None: on labels alone)."""
-    model = seeded(config.seed, lambda: models.build(spec))
-    loss = make_loss(teacher, kd_settings(kd))
-    history = fit(model, data.train, data.val, train_settings(config), device(), loss, name=name)
-    return model, {
-        "params": models.count_params(model),
-        "widths": spec["widths"],
-        "val_accuracy": accuracy(model.eval(), data.val, device()),
-        "history": history,
-    }
 
 
 SECTIONS = ("distill", "kd", "ship")

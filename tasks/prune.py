@@ -1,4 +1,6 @@
-"""Prune: gradual structured channel pruning of the distilled student, fine-tuned with KD."""
+"""Prune: gradual structured channel pruning of the distilled student, fine-tuned with KD. Then the
+baseline for what distillation gave at this size: the pruned architecture trained from scratch on labels
+alone (pruned_alone), with the student's recipe, for as many epochs as the pruned student trained in all."""
 
 import copy
 import logging
@@ -20,9 +22,10 @@ from distillery.pruning import (
 )
 from distillery.training import accuracy, make_loss
 from project.artifacts import load_ensemble
-from project.config import KDConfig, PruneConfig, ShipConfig
+from project.config import DistillConfig, KDConfig, PruneConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
+from project.students import train_student
 
 log = logging.getLogger("distillery")
 SENSITIVITY_GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -73,11 +76,12 @@ def plot_sensitivity(sensitivity: dict, path: Path) -> None:
     plt.close(fig)
 
 
-SECTIONS = ("prune", "kd", "ship")
+SECTIONS = ("prune", "distill", "kd", "ship")
 
 
-def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
-    """Write data/models/pruned/: a physically smaller student (new widths in its spec)."""
+def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
+    """Write data/models/pruned/: a physically smaller student (new widths in its spec), and its
+    architecture trained alone."""
     data = load_dataset(layout.raw)
     model, spec = checkpoint.load(layout.checkpoint("student_kd"))
     model.to(device()).eval()
@@ -145,12 +149,17 @@ def run(config: PruneConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> 
                 config.ratio,
                 result["latency_ms"],
             )
+    same_epochs = distill.model_copy(update={"epochs": distill.epochs + config.epochs})
+    alone_model, alone_result = train_student(spec, data, same_epochs, kd, teacher=None, name="pruned_alone")
     with atomic_dir(layout.pruned) as out:
-        checkpoint.save(model, spec, out / layout.checkpoint("pruned").name)
-        write_json(out / layout.record("pruned").name, result)
+        for name, trained, record in (("pruned", model, result), ("pruned_alone", alone_model, alone_result)):
+            checkpoint.save(trained, spec, out / layout.checkpoint(name).name)
+            write_json(out / layout.record(name).name, record)
         if layer_ratios is not None:
             plot_sensitivity(result["sensitivity"], out / layout.sensitivity_plot.name)
-    return {k: result[k] for k in ("params_before", "params", "widths", "val_accuracy")}
+    return {k: result[k] for k in ("params_before", "params", "widths", "val_accuracy")} | {
+        "pruned_alone_val_accuracy": alone_result["val_accuracy"]
+    }
 
 
 if __name__ == "__main__":

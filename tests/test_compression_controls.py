@@ -54,7 +54,7 @@ def pruned_copy(staged, tmp_path, **settings) -> tuple[Layout, dict]:
     layout = Layout(tmp_path)
     shutil.copytree(staged.data, layout.data, ignore=shutil.ignore_patterns("pruned"))
     config = PruneConfig(epochs=2, steps=2, ratio=0.5, round_to=4, **settings)
-    prune.run(config, KDConfig(), ShipConfig(), layout)
+    prune.run(config, DistillConfig(epochs=1), KDConfig(), ShipConfig(), layout)
     return layout, json.loads((layout.pruned / "pruned.json").read_text())
 
 

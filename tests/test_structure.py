@@ -131,6 +131,7 @@ def test_layout_names_every_model_file_from_the_model_name(tmp_path):
         "ensemble",
         "student_alone",
         "student_kd",
+        "pruned_alone",
         "pruned",
         "int8",
     ]
