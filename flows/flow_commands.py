@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
     runner = flow_runner(args)
     layout = Layout(args.root.resolve())
     from flows.pipeline import compress
-    from tasks.report import markdown_table
+    from project.report_markdown import markdown_table
 
     for quiet in ("dvc", "great_expectations"):
         logging.getLogger(quiet).setLevel(logging.WARNING)

@@ -17,10 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from distillery.files import read_json
 from flows.dvc_sync import DvcTracker
 from flows.runners import RunnerConfig, teacher_map
+from project import report_markdown
 from project.config import PipelineParams, read_params_file
 from project.layout import Layout
 from project.store import S3Settings
-from tasks import STAGES, report
+from tasks import STAGES
 
 DEFAULT_PARAMS = PipelineParams()
 DEFAULT_RUNNER = RunnerConfig()
@@ -35,10 +36,16 @@ def sync_params_file(params: PipelineParams, layout: Layout) -> None:
 
 
 def publish_artifacts(layout: Layout) -> None:
+    metrics = read_json(layout.metrics)
     create_table_artifact(
-        report.table_rows(read_json(layout.metrics)),
+        report_markdown.table_rows(metrics),
         key="distillery-metrics",
         description="Accuracy, size and latency of every model",
+    )
+    create_table_artifact(
+        report_markdown.kept_rows(metrics),
+        key="distillery-ensemble-and-student",
+        description="What the ensemble gave, what the student kept: intervals, robustness, calibration, agreement",
     )
     create_markdown_artifact(layout.report.read_text(), key="distillery-report", description="Distillery report")
     create_link_artifact(

@@ -1,4 +1,5 @@
-"""Report: accuracy, size and onnxruntime latency of every model; metrics.json, markdown, plots."""
+"""Report: every model's accuracy with its interval, calibration, robustness, agreement with the ensemble, size
+and onnxruntime latency; paired comparisons; the shipped model; metrics.json, report.md and plots."""
 
 import hashlib
 import json
@@ -8,15 +9,19 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from distillery import onnx_export
+from distillery import onnx_export, stats
 from distillery.data import Dataset, load_dataset
+from distillery.evaluation import PerImage, evaluate
 from distillery.files import atomic_dir, file_digest, read_json, write_json
 from distillery.models import count_params
 from project.artifacts import load_model, read_record, verified_onnx
 from project.config import WHOLE_FILE, PipelineParams, ShipConfig
 from project.layout import DEPLOYABLE, PIPELINE_MODELS, TEACHER, Layout
+from project.report_markdown import markdown_report, models
+from project.report_plots import accuracy_vs_size, save, training_curves, what_the_student_kept
 
 log = logging.getLogger("distillery")
+PROBABILITY_OUTPUTS = {"ensemble"}  # models.Ensemble outputs class probabilities; every other model, logits
 
 
 def dvc_md5(folder: Path) -> str:
@@ -48,14 +53,11 @@ def param_counts(layout: Layout) -> dict[str, int]:
     }
 
 
-def measure(path: Path, data: Dataset, *, params: int | None, budget_s: float, threads: int) -> dict:
-    """Test and validation accuracy, size and batch-1/256 latency (`threads` intra-op threads) of one ONNX
-    model in onnxruntime."""
+def footprint(path: Path, data: Dataset, *, params: int | None, budget_s: float, threads: int) -> dict:
+    """Parameters, size and batch-1/256 latency (`threads` intra-op threads) of one ONNX model in onnxruntime."""
     sess = onnx_export.session(path, threads)
     x = data.test.head(256).numpy()
     return {
-        "accuracy": onnx_export.accuracy(sess, data.test),
-        "val_accuracy": onnx_export.accuracy(sess, data.val),
         "params": params,
         "bytes": path.stat().st_size,
         "latency_ms": {
@@ -140,104 +142,31 @@ def summary(metrics: dict) -> dict:
     }
 
 
-def row(m: dict) -> dict:
-    """One model's line of the report table, formatted."""
-    return {
-        "test accuracy": f"{m['accuracy']:.4f}",
-        "params": f"{m['params']:,}",
-        "bytes": f"{m['bytes']:,}",
-        "latency b1 (ms)": f"{m['latency_ms']['b1']:.3f}",
-        "latency b256 (ms)": f"{m['latency_ms']['b256']:.2f}",
-        "ONNX = torch (top-1 / max diff)": f"{m['verified']['top1_agreement']:.2%} / "
-        f"{m['verified']['max_error_steps']:.2g} steps",
-    }
+# Paired comparisons, each (A, B): "shipped" is the shipped model (int8 when none ships), "best_teacher" the
+# teacher with the best validation accuracy.
+PAIRS = {
+    "ensemble_vs_best_teacher": ("ensemble", "best_teacher"),
+    "shipped_vs_ensemble": ("shipped", "ensemble"),
+    "kd_vs_alone_at_shipped_size": ("pruned", "pruned_alone"),
+    "kd_vs_alone_at_student_size": ("student_kd", "student_alone"),
+}
 
 
-def table_rows(metrics: dict) -> list[dict]:
-    rows = [{"model": f"teacher {t['name']}", **row(t)} for t in metrics["teachers"]]
-    shipped = metrics["shipped"]["model"]
-    return rows + [{"model": m + (" (shipped)" if m == shipped else ""), **row(metrics[m])} for m in PIPELINE_MODELS]
-
-
-def markdown_table(metrics: dict) -> str:
-    rows = table_rows(metrics)
-    lines = ["| " + " | ".join(rows[0]) + " |", "|---" + "|---:" * (len(rows[0]) - 1) + "|"]
-    lines += ["| " + " | ".join(r.values()) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def markdown_report(metrics: dict, layout: Layout) -> str:
-    d = metrics["dataset"]
-    shipped = metrics["shipped"]
-    return "\n".join(
-        [
-            "# Distillery report",
-            "",
-            f"**Shipped model: {shipped['model'] or 'none'}** ({shipped['reason']}).",
-            "",
-            f"Dataset `{d['name']}` (md5 {d['md5']}): "
-            f"{d['n_train']} train / {d['n_val']} val / {d['n_test']} test images.",
-            f"Git commit: `{metrics['git_commit']}`. Latency: onnxruntime on CPU, median of repeated runs. "
-            "The last column compares each ONNX file with its PyTorch model on every test image (the int8 "
-            "file with PyTorch's int8 model); a step is 1/255 of the model's output range.",
-            "",
-            markdown_table(metrics),
-            "",
-            f"Ratios below are for {shipped['model'] or 'the int8 model'}.",
-            "",
-            f"- Compression vs the ensemble: **{metrics['compression_ratio_vs_ensemble']:.0f}x** fewer bytes; "
-            f"vs the best teacher ({metrics['best_teacher']}): {metrics['compression_ratio_vs_best_teacher']:.0f}x.",
-            f"- Batch-1 speed-up vs the ensemble: **{metrics['speedup_b1_vs_ensemble']:.0f}x**; "
-            f"batch 256: {metrics['speedup_b256_vs_ensemble']:.1f}x.",
-            f"- Accuracy change vs the ensemble: {-metrics['accuracy_drop_pp_vs_ensemble']:+.2f} points.",
-            f"- Distillation: student alone {metrics['student_alone']['accuracy']:.4f}, "
-            f"with KD {metrics['student_kd']['accuracy']:.4f} (one seed; differences under ~0.5 points are noise).",
-            "",
-            f"![accuracy vs size]({layout.accuracy_plot.name})",
-            "",
-            f"![training curves]({layout.curves_plot.name})",
-            "",
-        ]
-    )
-
-
-def plot_accuracy_vs_size(metrics: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    points = [(t["name"], t) for t in metrics["teachers"]] + [(m, metrics[m]) for m in PIPELINE_MODELS]
-    for name, m in points:
-        ax.scatter(m["bytes"] / 1024, m["accuracy"] * 100)
-        ax.annotate(
-            name, (m["bytes"] / 1024, m["accuracy"] * 100), fontsize=8, xytext=(4, 2), textcoords="offset points"
+def comparisons(metrics: dict, per_image: PerImage) -> dict[str, dict]:
+    """Each of PAIRS on the same test images: the difference in clean accuracy with its paired interval and
+    McNemar's test, and the difference in accuracy under corruption with its paired interval."""
+    names = {"shipped": metrics["shipped"]["model"] or "int8", "best_teacher": TEACHER + metrics["best_teacher"]}
+    found = {}
+    for key, (a, b) in PAIRS.items():
+        a, b = names.get(a, a), names.get(b, b)
+        clean_a, clean_b = per_image.clean[a], per_image.clean[b]
+        found[key] = (
+            {"a": a, "b": b}
+            | stats.paired_difference(clean_a, clean_b)
+            | stats.mcnemar(clean_a, clean_b)
+            | {"corrupted": stats.paired_difference(per_image.corrupted[a], per_image.corrupted[b])}
         )
-    ax.set(xscale="log", xlabel="ONNX file size (KiB, log scale)", ylabel="test accuracy (%)", title="Accuracy vs size")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_training_curves(histories: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, history in histories.items():
-        ax.plot([h["epoch"] for h in history], [h["val_accuracy"] * 100 for h in history], marker=".", label=name)
-    ax.set(xlabel="epoch (within its stage)", ylabel="validation accuracy (%)", title="Training curves")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return found
 
 
 def histories(layout: Layout) -> dict[str, list[dict]]:
@@ -255,8 +184,11 @@ def run(params: PipelineParams, layout: Layout) -> dict:
     paths = verified_onnx(layout)
     checks = read_json(layout.verification)["files"]
     threads = onnx_export.cpu_threads(params.ship.latency_threads)
+    sessions = {name: onnx_export.session(path) for name, path in paths.items()}
+    evaluated, per_image = evaluate(sessions, data, probabilities=PROBABILITY_OUTPUTS, ensemble="ensemble")
     measured = {
-        name: measure(path, data, params=counts[name], budget_s=params.report.latency_budget_s, threads=threads)
+        name: evaluated[name]
+        | footprint(path, data, params=counts[name], budget_s=params.report.latency_budget_s, threads=threads)
         | {"verified": {k: checks[name][k] for k in ("top1_agreement", "max_error_steps")}}
         for name, path in paths.items()
     }
@@ -278,12 +210,16 @@ def run(params: PipelineParams, layout: Layout) -> dict:
     val = {m: measured[m]["val_accuracy"] for m in ("ensemble", *DEPLOYABLE)}
     latencies = ship_latencies(paths, data, params.ship, budget_s=params.report.latency_budget_s)
     metrics["shipped"] = choose_shipped(val, latencies, params.ship)
+    if metrics["shipped"]["model"]:  # published with the model it calibrates (a later issue builds it in the graph)
+        metrics["shipped_temperature"] = measured[metrics["shipped"]["model"]]["temperature"]
     metrics.update(summary(metrics))
+    metrics["comparisons"] = comparisons(metrics, per_image)
     with atomic_dir(layout.reports) as out:
         write_json(out / layout.metrics.name, metrics)
         (out / layout.report.name).write_text(markdown_report(metrics, layout))
-        plot_accuracy_vs_size(metrics, out / layout.accuracy_plot.name)
-        plot_training_curves(histories(layout), out / layout.curves_plot.name)
+        save(accuracy_vs_size(models(metrics)), out / layout.accuracy_plot.name)
+        save(what_the_student_kept(models(metrics)), out / layout.kept_plot.name)
+        save(training_curves(histories(layout)), out / layout.curves_plot.name)
     log.info("report written to %s", layout.reports)
     log.info("shipped: %s", metrics["shipped"]["reason"])
     return {

@@ -19,7 +19,7 @@ import yaml
 
 from distillery import checkpoint
 from flows.pipeline import compress
-from project.layout import Layout
+from project.layout import PIPELINE_MODELS, Layout
 from project.store import ArtifactStore, S3Settings
 from tasks import STAGES
 from tests.conftest import TINY, copy_project, point_at, tiny_params, venv_env
@@ -120,17 +120,17 @@ def assert_artifacts_published():
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    keys = {"distillery-metrics", "distillery-ensemble-and-student", "distillery-report", "distillery-model"}
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["distillery-metrics", "distillery-report", "distillery-model"])
-            )
-        )
-    assert {a.key for a in found} == {"distillery-metrics", "distillery-report", "distillery-model"}
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))
+    assert {a.key for a in found} == keys
     link = next(a for a in found if a.key == "distillery-model").data
     assert "/distillery/models/distillery-student/" in link and link.endswith("/manifest.json)")
     table = next(a for a in found if a.key == "distillery-metrics").data
     assert "int8" in str(table)
+    kept = json.loads(next(a for a in found if a.key == "distillery-ensemble-and-student").data)
+    assert [row["model"] for row in kept][-6:] == list(PIPELINE_MODELS)
+    assert all("→" in row["ECE % raw → scaled"] for row in kept)
 
 
 def prefect_records() -> list[str]:

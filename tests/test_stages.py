@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from sklearn.metrics import log_loss
 
-from distillery import checkpoint, onnx_export
+from distillery import calibration, checkpoint, corruptions, onnx_export
 from distillery.data import load_dataset, normalise
 from distillery.errors import DistilleryError
 from distillery.models import StudentCNN, build, count_params
@@ -70,6 +71,14 @@ def test_pruning_physically_shrinks_the_student(staged):
     ]
     assert count_params(after) < 0.4 * count_params(before)
     assert (staged.export / "pruned.onnx").stat().st_size < (staged.export / "student_kd.onnx").stat().st_size
+
+
+def test_pruned_alone_is_the_pruned_architecture_trained_without_a_teacher_as_long(staged):
+    pruned, pruned_spec = checkpoint.load(staged.pruned / "pruned.safetensors")
+    alone, alone_spec = checkpoint.load(staged.pruned / "pruned_alone.safetensors")
+    assert alone_spec == pruned_spec and count_params(alone) == count_params(pruned)
+    history = json.loads((staged.pruned / "pruned_alone.json").read_text())["history"]
+    assert len(history) == TINY["distill"]["epochs"] + TINY["prune"]["epochs"]
 
 
 def test_student_blocks_pool_then_stride():
@@ -186,6 +195,45 @@ def test_metrics_json_has_every_required_field(staged):
     ship = ShipConfig.model_validate(metrics["params"]["ship"])
     assert report.choose_shipped(val, shipped["latency_ms_rounds"], ship) == shipped  # the rule, on what it recorded
     assert f"| {shipped['model']} (shipped) |" in (staged.reports / "report.md").read_text()
+
+
+def test_report_measures_calibration_robustness_agreement_and_intervals(staged):
+    metrics = json.loads(staged.metrics.read_text())
+    entries = {"teacher_" + t["name"]: t for t in metrics["teachers"]} | {m: metrics[m] for m in PIPELINE_MODELS}
+    data = load_dataset(staged.raw)
+    for name, m in entries.items():
+        low, high = m["accuracy_interval"]
+        assert low <= m["accuracy"] <= high and high - low < 0.15, name
+        by_kind = m["corrupted"]["accuracy_by_kind"]
+        assert set(by_kind) == set(corruptions.KINDS) and {len(v) for v in by_kind.values()} == {3}, name
+        assert m["corrupted"]["accuracy"] < m["accuracy"], name  # the suite is not a no-op
+        assert by_kind["rotate"][2] < by_kind["rotate"][0], name  # and severity matters
+        sess = onnx_export.session(staged.onnx(name))  # an independent check: scikit-learn's log loss
+        probs = onnx_export.logits(sess, data.test)
+        if name != "ensemble":
+            probs = torch.softmax(torch.from_numpy(probs).double(), dim=1).numpy()
+        assert m["calibration"]["nll"] == pytest.approx(
+            log_loss(data.test.y.numpy(), probs, labels=range(10)), rel=1e-4
+        )
+        val = calibration.log_probabilities(onnx_export.logits(sess, data.val), probabilities=name == "ensemble")
+        fitted = [
+            calibration.nll(calibration.scaled(val, m["temperature"] * f), data.val.y.numpy()) for f in (0.9, 1, 1.1)
+        ]
+        assert fitted[1] <= min(fitted[0], fitted[2]), name  # the temperature is the validation NLL's minimum
+    assert metrics["ensemble"]["agreement_with_ensemble"] == 1.0
+    assert metrics["ensemble"]["corrupted"]["agreement_with_ensemble"] == 1.0
+    assert metrics["pruned"]["agreement_with_ensemble"] < 1.0  # a student is not the ensemble
+    for key, c in metrics["comparisons"].items():  # the paired counts agree with the two accuracies
+        a, b = entries[c["a"]], entries[c["b"]]
+        assert c["images"] == metrics["dataset"]["n_test"], key
+        assert c["difference"] == pytest.approx(a["accuracy"] - b["accuracy"]), key
+        assert c["difference"] == pytest.approx((c["only_a"] - c["only_b"]) / c["images"]), key
+        assert c["corrupted"]["difference"] == pytest.approx(a["corrupted"]["accuracy"] - b["corrupted"]["accuracy"])
+    assert metrics["comparisons"]["kd_vs_alone_at_shipped_size"]["b"] == "pruned_alone"
+    assert metrics["shipped_temperature"] == metrics[metrics["shipped"]["model"]]["temperature"]
+    text = staged.report.read_text()
+    assert "## What the ensemble gave, what the student kept" in text and "| pruned_alone |" in text
+    assert (staged.reports / "what_the_student_kept.png").stat().st_size > 1000
 
 
 def test_the_tiny_run_holds_the_default_gates(staged):

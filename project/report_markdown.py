@@ -1,0 +1,149 @@
+"""The report's text: report.md and the rows of its tables (also the Prefect table artifacts), from metrics.json."""
+
+from distillery import calibration, corruptions
+from project.layout import PIPELINE_MODELS, Layout
+
+
+def percent(value: float) -> str:
+    return f"{value * 100:.2f}"
+
+
+def interval(bounds: list[float], *, signed: bool = False) -> str:
+    """A 95% interval in percent or points, at the precision of the figures beside it."""
+    form = "+.2f" if signed else ".2f"
+    return f"[{bounds[0] * 100:{form}}, {bounds[1] * 100:{form}}]"
+
+
+def table(rows: list[dict]) -> list[str]:
+    """A markdown table: one column per key of the rows, the first left-aligned."""
+    return [
+        "| " + " | ".join(rows[0]) + " |",
+        "|---" + "|---:" * (len(rows[0]) - 1) + "|",
+        *["| " + " | ".join(r.values()) + " |" for r in rows],
+    ]
+
+
+def models(metrics: dict) -> dict[str, dict]:
+    """Every model's entry by its name in the report: "teacher <name>", then the pipeline's models."""
+    return {f"teacher {t['name']}": t for t in metrics["teachers"]} | {m: metrics[m] for m in PIPELINE_MODELS}
+
+
+def table_rows(metrics: dict) -> list[dict]:
+    """Accuracy, size, latency and the export check of every model."""
+    shipped = metrics["shipped"]["model"]
+    return [
+        {
+            "model": name + (" (shipped)" if name == shipped else ""),
+            "test accuracy % (95% interval)": f"{percent(m['accuracy'])} {interval(m['accuracy_interval'])}",
+            "params": f"{m['params']:,}",
+            "bytes": f"{m['bytes']:,}",
+            "latency b1 (ms)": f"{m['latency_ms']['b1']:.3f}",
+            "latency b256 (ms)": f"{m['latency_ms']['b256']:.2f}",
+            "ONNX = torch (top-1 / max diff)": f"{m['verified']['top1_agreement']:.2%} / "
+            f"{m['verified']['max_error_steps']:.2g} steps",
+        }
+        for name, m in models(metrics).items()
+    ]
+
+
+def markdown_table(metrics: dict) -> str:
+    """The table of every model's accuracy, size, latency and export check (`distillery run` prints it)."""
+    return "\n".join(table(table_rows(metrics)))
+
+
+def kept_rows(metrics: dict) -> list[dict]:
+    """What the ensemble gave and the student kept: robustness, agreement, calibration and the train-test gap."""
+    rows = []
+    for name, m in models(metrics).items():
+        raw, scaled, corrupted = m["calibration"], m["calibrated"], m["corrupted"]
+        rows.append(
+            {
+                "model": name,
+                "corrupted accuracy % (95% interval)": f"{percent(corrupted['accuracy'])} "
+                f"{interval(corrupted['accuracy_interval'])}",
+                "agreement with ensemble % (clean / corrupted)": f"{m['agreement_with_ensemble'] * 100:.1f} / "
+                f"{corrupted['agreement_with_ensemble'] * 100:.1f}",
+                "NLL raw → scaled (T)": f"{raw['nll']:.4f} → {scaled['nll']:.4f} ({m['temperature']:.2f})",
+                "ECE % raw → scaled": f"{percent(raw['ece'])} → {percent(scaled['ece'])}",
+                "Brier raw → scaled": f"{raw['brier']:.4f} → {scaled['brier']:.4f}",
+                "train − test (points)": f"{m['train_test_gap_pp']:+.2f}",
+            }
+        )
+    return rows
+
+
+def comparison_line(title: str, c: dict) -> str:
+    return (
+        f"- {title}: {c['a']} − {c['b']} = **{c['difference'] * 100:+.2f} points** "
+        f"{interval(c['interval'], signed=True)}, McNemar p = {c['mcnemar_p']:.2g} ({c['only_a']} test images "
+        f"only {c['a']} gets right, {c['only_b']} only {c['b']}); under corruption "
+        f"{c['corrupted']['difference'] * 100:+.2f} points {interval(c['corrupted']['interval'], signed=True)}."
+    )
+
+
+def kept_section(metrics: dict, layout: Layout) -> list[str]:
+    c = metrics["comparisons"]
+    return [
+        "## What the ensemble gave, what the student kept",
+        "",
+        f"On the {metrics['dataset']['n_test']} test images. Corrupted accuracy: the mean over "
+        f"{len(corruptions.KINDS)} corruptions ({', '.join(corruptions.KINDS)}) at {len(corruptions.SEVERITIES)} "
+        "severities of every test image; its interval resamples images. Agreement: the share of images given the "
+        f"ensemble's class. Calibration: NLL, ECE ({calibration.ECE_BINS} bins) and Brier score, raw and after "
+        "temperature scaling (T fitted on the validation split by NLL).",
+        "",
+        *table(kept_rows(metrics)),
+        "",
+        "Paired on the same test images: the difference, its 95% paired bootstrap interval and McNemar's exact test "
+        "on clean images, and the difference under corruption. Where the interval contains 0 or p ≥ 0.05, this "
+        "test split cannot tell the two apart.",
+        "",
+        comparison_line(
+            f"The ensemble over its best member (chosen on validation: {metrics['best_teacher']})",
+            c["ensemble_vs_best_teacher"],
+        ),
+        comparison_line("The shipped model against the ensemble", c["shipped_vs_ensemble"]),
+        comparison_line(
+            "Distillation at the shipped size (the same architecture trained alone, as many epochs)",
+            c["kd_vs_alone_at_shipped_size"],
+        ),
+        comparison_line("Distillation at the student's size", c["kd_vs_alone_at_student_size"]),
+        "",
+        f"![what the student kept]({layout.kept_plot.name})",
+    ]
+
+
+def markdown_report(metrics: dict, layout: Layout) -> str:
+    d = metrics["dataset"]
+    shipped = metrics["shipped"]
+    return "\n".join(
+        [
+            "# Distillery report",
+            "",
+            f"**Shipped model: {shipped['model'] or 'none'}** ({shipped['reason']}).",
+            "",
+            f"Dataset `{d['name']}` (md5 {d['md5']}): "
+            f"{d['n_train']} train / {d['n_val']} val / {d['n_test']} test images.",
+            f"Git commit: `{metrics['git_commit']}`. Accuracy: with its 95% bootstrap interval over the test images. "
+            "Latency: onnxruntime on CPU, median of repeated runs. The last column compares each ONNX file with its "
+            "PyTorch model on every test image (the int8 file with PyTorch's int8 model); a step is 1/255 of the "
+            "model's output range.",
+            "",
+            markdown_table(metrics),
+            "",
+            f"Ratios below are for {shipped['model'] or 'the int8 model'}.",
+            "",
+            f"- Compression vs the ensemble: **{metrics['compression_ratio_vs_ensemble']:.0f}x** fewer bytes; "
+            f"vs the best teacher ({metrics['best_teacher']}): {metrics['compression_ratio_vs_best_teacher']:.0f}x.",
+            f"- Batch-1 speed-up vs the ensemble: **{metrics['speedup_b1_vs_ensemble']:.0f}x**; "
+            f"batch 256: {metrics['speedup_b256_vs_ensemble']:.1f}x.",
+            f"- Accuracy change vs the ensemble: {-metrics['accuracy_drop_pp_vs_ensemble']:+.2f} points.",
+            "",
+            f"![accuracy vs size]({layout.accuracy_plot.name})",
+            "",
+            *kept_section(metrics, layout),
+            "",
+            f"![training curves]({layout.curves_plot.name})",
+            "",
+        ]
+    )

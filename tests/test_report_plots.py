@@ -1,0 +1,56 @@
+"""Every label of the report's figures can be read: no two pieces of text overlap, even where two models
+have the same size and accuracy (a label placed beside each point overprinted the other)."""
+
+import itertools
+import json
+
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from project import report_plots
+from project.layout import PIPELINE_MODELS
+
+
+def overlapping_texts(fig: Figure) -> list[tuple[str, str]]:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [(a, b) for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2) if box_a.overlaps(box_b)]
+
+
+def model(accuracy: float, size: int) -> dict:
+    return {
+        "accuracy": accuracy,
+        "accuracy_interval": [accuracy - 0.008, accuracy + 0.006],
+        "bytes": size,
+        "corrupted": {"accuracy": accuracy - 0.1, "accuracy_interval": [accuracy - 0.11, accuracy - 0.09]},
+        "calibration": {"ece": 0.02},
+        "calibrated": {"ece": 0.01},
+    }
+
+
+TWINS = {  # two pairs of models with the same size and accuracy
+    "student_alone": model(0.984, 70_000),
+    "student_kd": model(0.984, 70_000),
+    "teacher 2_resnet18": model(0.977, 44_000_000),
+    "ensemble": model(0.977, 44_000_000),
+    "int8": model(0.983, 22_000),
+}
+
+
+def test_no_label_overlaps_another_when_models_coincide():
+    assert overlapping_texts(report_plots.accuracy_vs_size(TWINS)) == []
+    assert overlapping_texts(report_plots.what_the_student_kept(TWINS)) == []
+
+
+def test_no_label_overlaps_another_in_the_runs_figures(staged):
+    metrics = json.loads(staged.metrics.read_text())
+    models = {f"teacher {t['name']}": t for t in metrics["teachers"]} | {m: metrics[m] for m in PIPELINE_MODELS}
+    histories = {name: json.loads(staged.record(name).read_text())["history"] for name in ("student_kd", "pruned")}
+    for fig in (
+        report_plots.accuracy_vs_size(models),
+        report_plots.what_the_student_kept(models),
+        report_plots.training_curves(histories),
+    ):
+        assert overlapping_texts(fig) == []
