@@ -1,6 +1,6 @@
 """The alternatives a user would reach for, built from the same run's models: masked (unstructured)
 pruning and onnxruntime's post-training int8 quantization (KD from the best single teacher is the
-distill stage's own `train_student` with one teacher)."""
+students' own `train_student` with one teacher)."""
 
 from pathlib import Path
 

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 import yaml
 
 from bench.run import MODELS
@@ -69,7 +70,18 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     assert models["shipped"]["bytes"] == models[models["shipped"]["name"]]["bytes"]
     # KD is also measured for a student at a quarter of the widths (where KD shows when the full one needs none)
     assert models["probe_alone"]["params"] == models["probe_kd"]["params"] < models["student_kd"]["params"] / 4
-    assert all(isinstance(t["met"], bool) for t in result["targets"]) and len(result["targets"]) == 10
+    assert all(isinstance(t["met"], bool) for t in result["targets"]) and len(result["targets"]) == 19
+    pooled = result["summary"]["pooled"]  # one seed: pooled figures are that seed's
+    for name, entry in models.items():
+        assert pooled["accuracy"][name]["accuracy"] == entry["accuracy"], name
+        low, high = pooled["accuracy"][name]["interval"]
+        assert low <= entry["accuracy"] <= high
+    kd = pooled["comparisons"]["kd_vs_alone_at_shipped_size"]
+    assert (kd["a"], kd["b"]) == ("pruned", "pruned_alone")
+    assert kd["difference"] == pytest.approx(models["pruned"]["accuracy"] - models["pruned_alone"]["accuracy"])
+    evaluated = result["summary"]["evaluated"]
+    assert evaluated["ensemble"]["nll"]["median"] == metrics["ensemble"]["calibration"]["nll"]
+    assert evaluated["shipped"]["ece_scaled"]["median"] == metrics[metrics["shipped"]["model"]]["calibrated"]["ece"]
     assert "| masked_pruned |" in (tmp_path / "out" / "latest.md").read_text()
 
 
