@@ -72,12 +72,24 @@ def kept_rows(metrics: dict) -> list[dict]:
     return rows
 
 
+def separates(bounds: list[float]) -> bool:
+    """Whether an interval of a difference excludes 0."""
+    return bounds[0] > 0 or bounds[1] < 0
+
+
+def difference(value: float, bounds: list[float], distinct: bool) -> str:
+    """A difference in points with its interval: bold where the test split tells the two models apart."""
+    text = f"{value * 100:+.2f} points {interval(bounds, signed=True)}"
+    return f"**{text}**" if distinct else f"{text} (not distinguishable)"
+
+
 def comparison_line(title: str, c: dict) -> str:
+    corrupted = c["corrupted"]
+    clean = difference(c["difference"], c["interval"], separates(c["interval"]) and c["mcnemar_p"] < 0.05)
     return (
-        f"- {title}: {c['a']} − {c['b']} = **{c['difference'] * 100:+.2f} points** "
-        f"{interval(c['interval'], signed=True)}, McNemar p = {c['mcnemar_p']:.2g} ({c['only_a']} test images "
+        f"- {title}: {c['a']} − {c['b']} = {clean}, McNemar p = {c['mcnemar_p']:.2g} ({c['only_a']} test images "
         f"only {c['a']} gets right, {c['only_b']} only {c['b']}); under corruption "
-        f"{c['corrupted']['difference'] * 100:+.2f} points {interval(c['corrupted']['interval'], signed=True)}."
+        f"{difference(corrupted['difference'], corrupted['interval'], separates(corrupted['interval']))}."
     )
 
 
@@ -95,8 +107,8 @@ def kept_section(metrics: dict, layout: Layout) -> list[str]:
         *table(kept_rows(metrics)),
         "",
         "Paired on the same test images: the difference, its 95% paired bootstrap interval and McNemar's exact test "
-        "on clean images, and the difference under corruption. Where the interval contains 0 or p ≥ 0.05, this "
-        "test split cannot tell the two apart.",
+        "on clean images, and the difference under corruption. In bold where the interval excludes 0 (and, on clean "
+        "images, p < 0.05); otherwise this test split cannot tell the two apart.",
         "",
         comparison_line(
             f"The ensemble over its best member (chosen on validation: {metrics['best_teacher']})",

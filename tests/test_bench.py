@@ -70,7 +70,7 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     assert models["shipped"]["bytes"] == models[models["shipped"]["name"]]["bytes"]
     # KD is also measured for a student at a quarter of the widths (where KD shows when the full one needs none)
     assert models["probe_alone"]["params"] == models["probe_kd"]["params"] < models["student_kd"]["params"] / 4
-    assert all(isinstance(t["met"], bool) for t in result["targets"]) and len(result["targets"]) == 19
+    assert all(isinstance(t["met"], bool) for t in result["targets"]) and len(result["targets"]) == 20
     pooled = result["summary"]["pooled"]  # one seed: pooled figures are that seed's
     for name, entry in models.items():
         assert pooled["accuracy"][name]["accuracy"] == entry["accuracy"], name

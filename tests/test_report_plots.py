@@ -7,7 +7,7 @@ import json
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from project import report_plots
+from project import report_markdown, report_plots
 from project.layout import PIPELINE_MODELS
 
 
@@ -54,3 +54,26 @@ def test_no_label_overlaps_another_in_the_runs_figures(staged):
         report_plots.training_curves(histories),
     ):
         assert overlapping_texts(fig) == []
+
+
+def comparison(clean: list[float], p: float, corrupted: list[float]) -> dict:
+    return {
+        "a": "pruned",
+        "b": "pruned_alone",
+        "difference": sum(clean) / 2,
+        "interval": clean,
+        "mcnemar_p": p,
+        "only_a": 12,
+        "only_b": 4,
+        "corrupted": {"difference": sum(corrupted) / 2, "interval": corrupted},
+    }
+
+
+def test_only_differences_the_test_split_can_tell_apart_are_bold():
+    unclear = report_markdown.comparison_line("KD", comparison([-0.002, 0.01], 0.3, [-0.004, 0.005]))
+    assert "**" not in unclear and unclear.count("(not distinguishable)") == 2
+    clear = report_markdown.comparison_line("KD", comparison([0.002, 0.014], 0.01, [0.02, 0.03]))
+    assert "**+0.80 points [+0.20, +1.40]**" in clear and "**+2.50 points [+2.00, +3.00]**" in clear
+    interval_alone = report_markdown.comparison_line("KD", comparison([0.001, 0.009], 0.09, [-0.03, -0.02]))
+    assert "+0.50 points [+0.10, +0.90] (not distinguishable)" in interval_alone  # McNemar disagrees
+    assert "**-2.50 points [-3.00, -2.00]**" in interval_alone
