@@ -168,8 +168,7 @@ def seed_map(dask_address: str | None, dask_workers: int | None) -> Iterator[Cal
 def pipeline_models(layout: Layout) -> dict[str, dict]:
     metrics = read_json(layout.metrics)
     found = {m: {"onnx": layout.onnx(m), "params": metrics[m]["params"]} for m in PIPELINE_MODELS}
-    shipped = metrics["shipped"]["model"]
-    found["shipped"] = {**found[shipped or "int8"], "name": shipped}
+    found["shipped"] = {**found[report.headline_model(metrics)], "name": metrics["shipped"]["model"]}
     return found
 
 
@@ -198,7 +197,7 @@ def evaluated(layout: Layout) -> dict[str, dict]:
     metrics = read_json(layout.metrics)
     entries = {m: metrics[m] for m in PIPELINE_MODELS}
     entries["best_teacher"] = next(t for t in metrics["teachers"] if t["name"] == metrics["best_teacher"])
-    entries["shipped"] = metrics[metrics["shipped"]["model"] or "int8"]
+    entries["shipped"] = metrics[report.headline_model(metrics)]
     keep = ("calibration", "temperature", "calibrated", "corrupted", "agreement_with_ensemble", "train_test_gap_pp")
     found = {m: {k: entries[m][k] for k in keep} for m in EVALUATED}
     found["teachers"] = {

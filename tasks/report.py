@@ -126,11 +126,16 @@ def choose_shipped(val_accuracy: dict[str, float], latency_rounds: dict[str, lis
     }
 
 
+def headline_model(metrics: dict) -> str:
+    """The model the headline figures describe: the shipped one, or the int8 one when none ships."""
+    return metrics["shipped"]["model"] or "int8"
+
+
 def summary(metrics: dict) -> dict:
     """Headline ratios of the shipped model (the int8 one when none ships) against the teachers; the
     best teacher is the one with the best validation accuracy (test accuracy chooses nothing)."""
     ensemble = metrics["ensemble"]
-    shipped = metrics[metrics["shipped"]["model"] or "int8"]
+    shipped = metrics[headline_model(metrics)]
     best = max(metrics["teachers"], key=lambda t: t["val_accuracy"])
     return {
         "compression_ratio_vs_ensemble": ensemble["bytes"] / shipped["bytes"],
@@ -155,7 +160,7 @@ PAIRS = {
 def comparisons(metrics: dict, per_image: PerImage) -> dict[str, dict]:
     """Each of PAIRS on the same test images: the difference in clean accuracy with its paired interval and
     McNemar's test, and the difference in accuracy under corruption with its paired interval."""
-    names = {"shipped": metrics["shipped"]["model"] or "int8", "best_teacher": TEACHER + metrics["best_teacher"]}
+    names = {"shipped": headline_model(metrics), "best_teacher": TEACHER + metrics["best_teacher"]}
     found = {}
     for key, (a, b) in PAIRS.items():
         a, b = names.get(a, a), names.get(b, b)
