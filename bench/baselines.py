@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from distillery.data import Dataset
-from distillery.training import TrainSettings, optimizer_for, set_cosine_lr, train_epoch
+from distillery.training import Objective, TrainSettings, optimizer_for, set_cosine_lr, train_epoch
 
 
 def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -24,7 +24,7 @@ def masked_prune(
     remove: int,
     steps: int,
     settings: TrainSettings,
-    loss_fn,
+    objective: Objective,
     device: torch.device,
 ) -> nn.Module:
     """Zero the `remove` smallest-magnitude conv/linear weights (global L1) in `steps` steps, one per
@@ -41,7 +41,7 @@ def masked_prune(
             removed = target
         set_cosine_lr(optimizer, settings, epoch)
         model.train()
-        train_epoch(model, optimizer, data.train, settings, loss_fn, generator, device)
+        train_epoch(model, optimizer, data.train, settings, objective, generator, device, epoch=epoch)
     for module, name in prunable(model):
         prune.remove(module, name)
     return model.eval()

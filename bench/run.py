@@ -34,12 +34,12 @@ from distillery import checkpoint, models, onnx_export, stats
 from distillery.data import load_dataset
 from distillery.files import read_json
 from distillery.models import Ensemble
-from distillery.training import make_loss
-from project.artifacts import load_ensemble, load_model, read_record
+from distillery.training import Objective
+from project.artifacts import load_model, read_record
 from project.config import PipelineParams, load_params
 from project.layout import PIPELINE_MODELS, TEACHER, Layout
 from project.settings import device, kd_settings, train_settings
-from project.students import train_student
+from project.students import load_teaching, train_student
 from tasks import distill, report, stages_through
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     out.mkdir(exist_ok=True)
     data = load_dataset(layout.raw)
     example, dev = data.test.head(2), device()
-    ensemble = load_ensemble(layout).to(dev)
+    teaching = load_teaching(layout, data.train)  # as the stages distil
     best = TEACHER + read_json(layout.metrics)["best_teacher"]  # the report's: on validation, not test
     student, spec = checkpoint.load(layout.checkpoint("student_kd"))
     teacher = Ensemble([load_model(layout, best)]).to(dev)
@@ -97,12 +97,12 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
         remove=models.count_params(student) - pruned_params,
         steps=params.prune.steps,
         settings=train_settings(params.prune),
-        loss_fn=make_loss(ensemble, kd_settings(params.kd)),
+        objective=Objective(teaching, kd_settings(params.kd)),
         device=dev,
     )
     probe = {**spec, "widths": distill.scaled_widths(spec["widths"], probe_scale)}
     probe_alone, _ = train_student(probe, data, params.distill, params.kd, teacher=None, name="probe_alone")
-    probe_kd, _ = train_student(probe, data, params.distill, params.kd, teacher=ensemble, name="probe_kd")
+    probe_kd, _ = train_student(probe, data, params.distill, params.kd, teacher=teaching, name="probe_kd")
     found = {
         "best_teacher": {
             "onnx": layout.onnx(best),

@@ -84,17 +84,35 @@ def loader_workers() -> int:
     return 0 if multiprocessing.current_process().daemon else min(4, os.cpu_count() or 1)
 
 
+@dataclass(frozen=True)
+class Indexed(torch.utils.data.Dataset):
+    """A split whose batches also say where in the split their images are: (x, y, index)."""
+
+    split: Split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return *self.split[index], index
+
+
 def batches(
-    split: Split, batch_size: int, generator: torch.Generator | None = None, device: torch.device = CPU
+    split: Split,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    device: torch.device = CPU,
+    with_index: bool = False,
 ) -> DataLoader:
-    """(x, y) mini-batches, shuffled with `generator` when one is given, read from disk as they are
-    needed. Feeding a GPU from host memory, DataLoader workers read and pin the next batches; on the
-    CPU the training process reads them itself, as workers would only take its cores."""
+    """(x, y) mini-batches, or (x, y, index) `with_index`, shuffled with `generator` when one is given,
+    read from disk as they are needed. Feeding a GPU from host memory, DataLoader workers read and pin
+    the next batches; on the CPU the training process reads them itself, as workers would only take its
+    cores."""
     n = len(split)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     streamed = device.type == "cuda" and not split.images.is_cuda
     return DataLoader(
-        split,
+        Indexed(split) if with_index else split,
         batch_size=None,
         sampler=order.split(batch_size),
         num_workers=loader_workers() if streamed else 0,
@@ -119,12 +137,17 @@ def warp(x: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator, degrees: float = 10.0, shift: float = 0.1):
-    """Small random rotations and shifts, drawn from `generator` (thread-safe and reproducible)."""
-    n = x.shape[0]
+def random_theta(n: int, aspect: float, generator: torch.Generator, degrees: float = 10.0, shift: float = 0.1):
+    """`n` small random rotations and shifts (as `affine_theta` matrices), drawn from `generator`
+    (thread-safe and reproducible); `shift` is a share of the width or height."""
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
     tx, ty = ((torch.rand(2, n, generator=generator) * 2 - 1) * shift * 2).unbind(0)
-    return warp(x, affine_theta(angle, tx, ty, aspect=x.shape[-1] / x.shape[-2]))
+    return affine_theta(angle, tx, ty, aspect=aspect)
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`x` rotated and shifted at random, each image its own way: the training augmentation."""
+    return warp(x, random_theta(x.shape[0], x.shape[-1] / x.shape[-2], generator))
 
 
 def to_device(split: Split, device: torch.device) -> Split:

@@ -15,7 +15,7 @@ from torch import nn
 
 from distillery.data import Split
 from distillery.models import StudentCNN
-from distillery.training import TrainSettings, accuracy, optimizer_for, set_cosine_lr, train_epoch
+from distillery.training import Objective, TrainSettings, accuracy, optimizer_for, set_cosine_lr, train_epoch
 
 log = logging.getLogger("distillery")
 
@@ -147,7 +147,7 @@ def prune_gradually(
     *,
     steps: int,
     settings: TrainSettings,
-    loss_fn,
+    objective: Objective,
     device,
     fast_enough: Callable[[StudentCNN], bool] | None = None,
 ) -> list[dict]:
@@ -165,7 +165,7 @@ def prune_gradually(
             pruning = not (fast_enough and fast_enough(model))
         set_cosine_lr(optimizer, settings, epoch)
         model.train()
-        loss = train_epoch(model, optimizer, train, settings, loss_fn, generator, device)
+        loss = train_epoch(model, optimizer, train, settings, objective, generator, device, epoch=epoch)
         model.eval()
         val_acc = accuracy(model, val, device)
         history.append({"epoch": epoch, "loss": loss, "val_accuracy": val_acc, "widths": model.widths()})

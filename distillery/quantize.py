@@ -68,7 +68,7 @@ def convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return convert_pt2e(prepared)
 
 
-def qat_finetune(prepared: torch.fx.GraphModule, train, val, settings, loss_fn, device) -> list[dict]:
+def qat_finetune(prepared: torch.fx.GraphModule, train, val, settings, objective, device) -> list[dict]:
     """Fine-tune the fake-quantized model; returns per-epoch loss and validation accuracy."""
     from distillery.training import accuracy, optimizer_for, train_epoch
 
@@ -78,7 +78,7 @@ def qat_finetune(prepared: torch.fx.GraphModule, train, val, settings, loss_fn, 
     history = []
     for epoch in range(1, settings.epochs + 1):
         to_train(prepared)
-        loss = train_epoch(prepared, optimizer, train, settings, loss_fn, generator, device)
+        loss = train_epoch(prepared, optimizer, train, settings, objective, generator, device, epoch=epoch)
         to_eval(prepared)
         history.append({"epoch": epoch, "loss": loss, "val_accuracy": accuracy(prepared, val, device)})
     return history

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillery.data import Split, batches, random_affine, to_device
+from distillery.teacher_outputs import TeacherOutputs
 
 log = logging.getLogger("distillery")
 
@@ -56,17 +57,38 @@ def kd_loss(student_logits, soft_targets, labels, kd: KDSettings) -> torch.Tenso
     return kd.alpha * soft + (1 - kd.alpha) * hard
 
 
-def make_loss(teacher: nn.Module | None, kd: KDSettings | None):
-    """Return loss(logits, x, y): cross-entropy alone, or distillation from `teacher`."""
-    if teacher is None or kd is None or kd.alpha == 0:
-        return lambda logits, x, y: F.cross_entropy(logits.float(), y)
+@dataclass(frozen=True)
+class Batch:
+    x: torch.Tensor  # the images the model sees: augmented, or one cached view
+    y: torch.Tensor
+    index: torch.Tensor  # where the images are in the training split
+    view: int | None  # the cached view `x` is; None when not from a cache
 
-    def loss(logits, x, y):
+
+class Objective:
+    """What a model learns from: the labels alone, or distillation from a teacher (an ensemble run on each
+    batch, or its outputs cached once; with a cache, each epoch's images are one of the cached views)."""
+
+    def __init__(self, teacher: nn.Module | TeacherOutputs | None = None, kd: KDSettings | None = None):
+        distilled = teacher is not None and kd is not None and kd.alpha > 0
+        self.teacher, self.kd = (teacher, kd) if distilled else (None, None)
+        self.cached = isinstance(self.teacher, TeacherOutputs)
+
+    def batch(self, x, y, index, *, epoch: int, augment: bool, generator: torch.Generator) -> Batch:
+        if self.cached:
+            view = self.teacher.view(epoch, augment)
+            return Batch(self.teacher.images(x, view, index), y, index, view)
+        return Batch(random_affine(x, generator) if augment else x, y, index, None)
+
+    def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if self.teacher is None:
+            return F.cross_entropy(logits.float(), batch.y)
         with torch.no_grad():
-            targets = teacher.soft_targets(x, kd.temperature)
-        return kd_loss(logits, targets, y, kd)
-
-    return loss
+            if self.cached:
+                targets = self.teacher.soft_targets(batch.view, batch.index, self.kd.temperature)
+            else:
+                targets = self.teacher.soft_targets(batch.x, self.kd.temperature)
+        return kd_loss(logits, targets.to(logits.device), batch.y, self.kd)
 
 
 def optimizer_for(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -80,19 +102,27 @@ def set_cosine_lr(optimizer: torch.optim.Optimizer, settings: TrainSettings, epo
 
 
 def train_epoch(
-    model, optimizer, data: Split, settings: TrainSettings, loss_fn, generator, device, channels_last: bool = False
+    model,
+    optimizer,
+    data: Split,
+    settings: TrainSettings,
+    objective: Objective,
+    generator,
+    device,
+    *,
+    epoch: int,
+    channels_last: bool = False,
 ) -> float:
-    """One pass over `data`; the caller puts the model in training mode. Returns the mean loss."""
+    """One pass over `data` (epoch `epoch`, from 1); the caller puts the model in training mode. Returns
+    the mean loss."""
     total, count = 0.0, 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for x, y in batches(data, settings.batch_size, generator, device):
+    for x, y, index in batches(data, settings.batch_size, generator, device, with_index=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if settings.augment:
-            x = random_affine(x, generator)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        batch = objective.batch(x, y, index, epoch=epoch, augment=settings.augment, generator=generator)
+        x = batch.x.contiguous(memory_format=torch.channels_last) if channels_last else batch.x
         with autocast:
-            loss = loss_fn(model(x), x, y)
+            loss = objective.loss(model(x), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -122,11 +152,11 @@ def fit(
     val: Split,
     settings: TrainSettings,
     device: torch.device,
-    loss_fn=None,
+    objective: Objective | None = None,
     name: str = "model",
 ) -> list[dict]:
     """Train with AdamW and a cosine schedule; return the per-epoch history (loss, val accuracy)."""
-    loss_fn = loss_fn or make_loss(None, None)
+    objective = objective or Objective()
     channels_last = device.type == "cuda"  # faster convolutions on tensor cores
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     train = to_device(train, device)
@@ -136,7 +166,9 @@ def fit(
     history = []
     for epoch in range(1, settings.epochs + 1):
         model.train()
-        loss = train_epoch(model, optimizer, train, settings, loss_fn, generator, device, channels_last)
+        loss = train_epoch(
+            model, optimizer, train, settings, objective, generator, device, epoch=epoch, channels_last=channels_last
+        )
         schedule.step()
         model.eval()
         val_acc = accuracy(model, val, device)

@@ -60,7 +60,19 @@ class TrainConfig(Section):
 class TeachersConfig(TrainConfig):
     epochs: PositiveInt = 6
     lr: PositiveFloat = 2e-3
-    models: list[TeacherArch] = Field(["wide_cnn", "small_resnet", "resnet18"], min_length=1)
+    models: list[TeacherArch] = Field(
+        ["wide_cnn", "small_resnet", "resnet18"],
+        min_length=1,
+        description="Teacher architectures; one may appear more than once (each teacher has its own seed)",
+    )
+    cached_views: NonNegativeInt = Field(
+        10,
+        description=(
+            "Random views (rotated and shifted) of each training image on which the teachers' outputs are computed "
+            "once, with the images as stored; students then train on these views instead of running the teachers "
+            "on every batch. 0: no cache"
+        ),
+    )
 
 
 class KDConfig(Section):

@@ -40,6 +40,7 @@ class Layout:
     data_docs_index = under_root("data", "validation", "docs", "index.html")
     models = under_root("data", "models")
     teachers = under_root("data", "models", "teachers")
+    teacher_outputs = under_root("data", "models", "teachers", "ensemble_outputs.safetensors")
     student = under_root("data", "models", "student")
     pruned = under_root("data", "models", "pruned")
     qat = under_root("data", "models", "qat")
@@ -57,7 +58,8 @@ class Layout:
 
     def teacher_models(self) -> list[str]:
         """The trained teachers' model names, from their checkpoints: teacher_<index>_<arch>."""
-        return [TEACHER + f.stem for f in sorted(self.teachers.glob("*.safetensors"))]
+        found = sorted(f for f in self.teachers.glob("*.safetensors") if f != self.teacher_outputs)
+        return [TEACHER + f.stem for f in found]
 
     def run_models(self) -> list[str]:
         """Every model of a finished run, in report order: each teacher, the ensemble, the students,

@@ -1,22 +1,42 @@
-"""Training a student from its spec: the recipe the distill stage, the prune stage's baseline and the
-benchmark share."""
+"""Training a student from its spec (the recipe the distill stage, the prune stage's baseline and the
+benchmark share) and what students distil from."""
 
 from torch import nn
 
-from distillery import models
-from distillery.data import Dataset
-from distillery.training import accuracy, fit, make_loss, seeded
+from distillery import models, teacher_outputs
+from distillery.data import Dataset, Split
+from distillery.models import Ensemble
+from distillery.teacher_outputs import TeacherOutputs
+from distillery.training import Objective, accuracy, fit, seeded
+from project.artifacts import load_ensemble
 from project.config import DistillConfig, KDConfig
+from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
 
 
+def load_teaching(layout: Layout, train: Split) -> Ensemble | TeacherOutputs:
+    """What students distil from: the ensemble's outputs where the teachers stage cached them, else the
+    ensemble itself, run on every batch."""
+    if layout.teacher_outputs.exists():
+        return teacher_outputs.load(layout.teacher_outputs, train)
+    return load_ensemble(layout).to(device())
+
+
 def train_student(
-    spec: dict, data: Dataset, config: DistillConfig, kd: KDConfig, *, teacher: nn.Module | None, name: str
+    spec: dict,
+    data: Dataset,
+    config: DistillConfig,
+    kd: KDConfig,
+    *,
+    teacher: nn.Module | TeacherOutputs | None,
+    name: str,
 ) -> tuple[nn.Module, dict]:
-    """The student of `spec` trained on `data`, from `teacher`'s soft targets (None: on labels alone)."""
+    """The student of `spec` trained on `data`, from `teacher`'s soft targets (a model or its cached
+    outputs; None: on labels alone)."""
     model = seeded(config.seed, lambda: models.build(spec))
-    loss = make_loss(teacher, kd_settings(kd))
-    history = fit(model, data.train, data.val, train_settings(config), device(), loss, name=name)
+    history = fit(
+        model, data.train, data.val, train_settings(config), device(), Objective(teacher, kd_settings(kd)), name=name
+    )
     return model, {
         "params": models.count_params(model),
         "widths": spec["widths"],

@@ -12,7 +12,7 @@ from project.artifacts import load_ensemble
 from project.config import DistillConfig, KDConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device
-from project.students import train_student
+from project.students import load_teaching, train_student
 
 log = logging.getLogger("distillery")
 
@@ -36,6 +36,7 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     data = load_dataset(layout.raw)
     ensemble = load_ensemble(layout).to(device())
     floor = ship.floor(accuracy(ensemble, data.val, device()))
+    teaching = load_teaching(layout, data.train)
     base = {
         "arch": "student_cnn",
         "in_channels": data.in_channels,
@@ -45,7 +46,7 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     search = []
     for widths in candidate_widths(config):
         kd_model, kd_result = train_student(
-            {**base, "widths": widths}, data, config, kd, teacher=ensemble, name="student_kd"
+            {**base, "widths": widths}, data, config, kd, teacher=teaching, name="student_kd"
         )
         search.append({k: kd_result[k] for k in ("widths", "params", "val_accuracy")})
         if kd_result["val_accuracy"] >= floor:

@@ -20,12 +20,11 @@ from distillery.pruning import (
     ratios_from_scan,
     sensitivity_scan,
 )
-from distillery.training import accuracy, make_loss
-from project.artifacts import load_ensemble
+from distillery.training import Objective, accuracy
 from project.config import DistillConfig, KDConfig, PruneConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
-from project.students import train_student
+from project.students import load_teaching, train_student
 
 log = logging.getLogger("distillery")
 SENSITIVITY_GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -118,7 +117,6 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
         schedule=config.schedule,
         layer_ratios=layer_ratios,
     )
-    loss = make_loss(load_ensemble(layout).to(device()), kd_settings(kd))
     history = prune_gradually(
         model,
         data.train,
@@ -126,7 +124,7 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
         pruner,
         steps=config.steps,
         settings=train_settings(config),
-        loss_fn=loss,
+        objective=Objective(load_teaching(layout, data.train), kd_settings(kd)),
         device=device(),
         fast_enough=fast_enough,
     )

@@ -9,11 +9,11 @@ from distillery import checkpoint
 from distillery.data import load_dataset
 from distillery.files import atomic_dir, write_json
 from distillery.quantize import convert, prepare_qat, qat_finetune
-from distillery.training import accuracy, make_loss
-from project.artifacts import load_ensemble
+from distillery.training import Objective, accuracy
 from project.config import KDConfig, QuantizeConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
+from project.students import load_teaching
 
 log = logging.getLogger("distillery")
 
@@ -26,8 +26,8 @@ def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
     data = load_dataset(layout.raw)
     model, spec = checkpoint.load(layout.checkpoint("pruned"))
     prepared = prepare_qat(model, data.train.head(2))
-    loss = make_loss(load_ensemble(layout).to(device()), kd_settings(kd))
-    history = qat_finetune(prepared, data.train, data.val, train_settings(config), loss, device())
+    objective = Objective(load_teaching(layout, data.train), kd_settings(kd))
+    history = qat_finetune(prepared, data.train, data.val, train_settings(config), objective, device())
     prepared.cpu()
     int8 = convert(copy.deepcopy(prepared))
     result = {

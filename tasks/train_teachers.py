@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from distillery import checkpoint, models
+from distillery import checkpoint, models, teacher_outputs
 from distillery.data import load_dataset
 from distillery.files import atomic_dir, write_json
 from distillery.training import accuracy, fit, seeded
@@ -55,7 +55,8 @@ SECTIONS = ("teachers",)
 
 
 def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[str, float]:
-    """Write data/models/teachers/: one safetensors and one history JSON per teacher.
+    """Write data/models/teachers/: one safetensors and one history JSON per teacher, and the teachers'
+    outputs on fixed views of the training images (`cached_views`).
 
     `map_fn(train_one, indices)` runs `train_one(i)` for each teacher; the flow passes one that
     makes each a task run of its own, in turn or on a Dask cluster. The largest model comes first,
@@ -69,7 +70,24 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[
     )
     with atomic_dir(layout.teachers) as out:
         results = list(map_fn(lambda i: train_teacher(config, i, layout, out), largest_first))
+        if config.cached_views:
+            cache_outputs(config, layout, out)
     return {r["name"]: r["val_accuracy"] for r in results}
+
+
+def cache_outputs(config: TeachersConfig, layout: Layout, out: Path) -> None:
+    """The trained teachers' outputs on `config.cached_views` random views of the training images."""
+    started = time.monotonic()
+    members = [checkpoint.load(out / layout.checkpoint(TEACHER + n).name)[0].eval() for n in teacher_names(config)]
+    outputs = teacher_outputs.compute(
+        [m.to(device()) for m in members],
+        load_dataset(layout.raw).train,
+        views=config.cached_views,
+        seed=config.seed,
+        device=device(),
+    )
+    teacher_outputs.save(outputs, out / layout.teacher_outputs.name)
+    log.info("teacher outputs on %d views cached in %.1f s", outputs.views, time.monotonic() - started)
 
 
 if __name__ == "__main__":

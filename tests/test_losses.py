@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from distillery.models import Ensemble
-from distillery.training import KDSettings, kd_loss, make_loss
+from distillery.training import Batch, KDSettings, Objective, kd_loss
 
 STUDENT = np.array([[2.0, 0.5, -1.0], [0.1, 0.3, 1.5]])
 TEACHER = np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]])
@@ -75,11 +75,13 @@ def test_the_ensemble_averages_probabilities_at_the_temperature():
     assert np.allclose(ensemble(x).numpy(), softmax(members).mean(axis=0), atol=1e-6)
 
 
-def test_make_loss_distils_from_the_teachers_soft_targets():
+def test_the_objective_distils_from_the_teachers_soft_targets():
     teacher = Ensemble([Fixed([1.0, 0.0, -1.0]), Fixed([0.0, 2.0, 0.0])])
     settings = KDSettings(temperature=2.0, alpha=0.6)
     x, logits, labels = torch.zeros(2, 1, 8, 8), torch.tensor(STUDENT), torch.tensor(LABELS)
+    batch = Batch(x, labels, index=torch.arange(2), view=None)
     expected = kd_loss(logits, teacher.soft_targets(x, 2.0), labels, settings)
-    assert make_loss(teacher, settings)(logits, x, labels).item() == pytest.approx(expected.item())
+    assert Objective(teacher, settings).loss(logits, batch).item() == pytest.approx(expected.item())
     cross_entropy = -np.log(softmax(STUDENT)[np.arange(2), LABELS]).mean()
-    assert make_loss(None, settings)(logits, x, labels).item() == pytest.approx(cross_entropy, rel=1e-6)
+    for labels_only in (Objective(None, settings), Objective(teacher, KDSettings(temperature=2.0, alpha=0.0))):
+        assert labels_only.loss(logits, batch).item() == pytest.approx(cross_entropy, rel=1e-6)

@@ -10,21 +10,21 @@ import pytest
 import torch
 from sklearn.metrics import log_loss
 
-from distillery import calibration, checkpoint, corruptions, onnx_export
+from distillery import calibration, checkpoint, corruptions, onnx_export, teacher_outputs
 from distillery.data import load_dataset, normalise
 from distillery.errors import DistilleryError
 from distillery.models import StudentCNN, build, count_params
 from project.config import ExportConfig, PublishConfig, ShipConfig, TeachersConfig
 from project.layout import PIPELINE_MODELS, Layout
+from project.students import load_teaching, train_student
 from tasks import export, publish, report, train_teachers
 from tests import export_bugs
 from tests.conftest import TINY, tiny_params
 
 
 def test_teachers_are_diverse_and_reloadable(staged):
-    files = sorted(staged.teachers.glob("*.safetensors"))
-    assert [f.stem for f in files] == ["0_wide_cnn", "1_small_resnet"]
-    specs = [checkpoint.load(f)[1] for f in files]
+    assert staged.teacher_models() == ["teacher_0_wide_cnn", "teacher_1_small_resnet"]
+    specs = [checkpoint.load(staged.checkpoint(name))[1] for name in staged.teacher_models()]
     assert [s["arch"] for s in specs] == ["wide_cnn", "small_resnet"]
     assert all(s["in_channels"] == 1 and s["num_classes"] == 10 for s in specs)
 
@@ -49,6 +49,43 @@ def test_teacher_training_is_deterministic(staged, tmp_path):
     again = checkpoint.load(tmp_path / "0_wide_cnn.safetensors")[0].state_dict()
     assert all(torch.equal(saved[k], again[k]) for k in saved)
     assert first["history"] == json.loads((staged.teachers / "0_wide_cnn.json").read_text())["history"]
+
+
+def test_the_teachers_stage_caches_the_trained_teachers_outputs(staged):
+    train = load_dataset(staged.raw).train
+    cached = teacher_outputs.load(staged.teacher_outputs, train)
+    assert cached.views == TeachersConfig().cached_views + 1
+    members = [checkpoint.load(staged.checkpoint(name))[0].eval() for name in staged.teacher_models()]
+    x = train.head(64)
+    with torch.no_grad():
+        live = torch.stack([m(x) for m in members], dim=1)
+    assert torch.allclose(cached.logits[0, :64], live, atol=1e-4)  # view 0: the stored images
+    view = cached.images(x, 3, torch.arange(64))
+    with torch.no_grad():
+        assert torch.allclose(cached.logits[3, :64], torch.stack([m(view) for m in members], dim=1), atol=1e-4)
+
+
+def test_the_students_learn_from_the_cached_outputs(staged, tmp_path):
+    """Cached targets that point every image at class 0 make a student trained on them (alpha 1) say 0."""
+    layout = Layout(tmp_path)
+    for folder in (staged.raw, staged.teachers):
+        shutil.copytree(folder, layout.root / folder.relative_to(staged.root))
+    train = load_dataset(layout.raw).train
+    cached = teacher_outputs.load(layout.teacher_outputs, train)
+    misleading = torch.full_like(cached.logits, -20.0)
+    misleading[..., 0] = 20.0
+    teacher_outputs.save(teacher_outputs.TeacherOutputs(cached.thetas, misleading), layout.teacher_outputs)
+    params = tiny_params()
+    student, _ = train_student(
+        {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [8, 16]},
+        load_dataset(layout.raw),
+        params.distill.model_copy(update={"epochs": 2}),
+        params.kd.model_copy(update={"alpha": 1.0}),
+        teacher=load_teaching(layout, train),
+        name="misled",
+    )
+    with torch.no_grad():
+        assert (student.eval()(train.head(200)).argmax(dim=1) == 0).all()
 
 
 def test_distill_writes_baseline_and_kd_student(staged):

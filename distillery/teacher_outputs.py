@@ -1,0 +1,82 @@
+"""The teachers' outputs computed once: each member's logits on fixed views of the training images (view
+0: the images as stored; the others rotated and shifted at random, as training augments them), so that a
+student learns from the ensemble on the very image it sees without running the teachers every epoch."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from distillery.data import Split, batches, random_theta, warp
+from distillery.errors import DistilleryError
+from distillery.files import atomic_file
+
+
+@dataclass(frozen=True)
+class TeacherOutputs:
+    thetas: torch.Tensor  # views x N x 2 x 3: each view's affine map of each training image (view 0: identity)
+    logits: torch.Tensor  # views x N x members x classes
+
+    @property
+    def views(self) -> int:
+        return len(self.thetas)
+
+    def view(self, epoch: int, augment: bool) -> int:
+        """The view epoch `epoch` (from 1) trains on: the augmented views in turn, or the images as stored."""
+        return 1 + (epoch - 1) % (self.views - 1) if augment and self.views > 1 else 0
+
+    def images(self, x: torch.Tensor, view: int, index: torch.Tensor) -> torch.Tensor:
+        """View `view` of the training images at positions `index`, given those images as stored (`x`)."""
+        return x if view == 0 else warp(x, self.thetas[view, index.cpu()])
+
+    def soft_targets(self, view: int, index: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The members' probabilities at `temperature`, averaged, as `Ensemble.soft_targets` gives them."""
+        return torch.softmax(self.logits[view, index.cpu()] / temperature, dim=2).mean(dim=1)
+
+
+@torch.no_grad()
+def compute(
+    members: list[nn.Module], train: Split, *, views: int, seed: int, device: torch.device, batch_size: int = 512
+) -> TeacherOutputs:
+    """Each member's logits on view 0 and `views` random views of every training image (members in eval mode)."""
+    generator = torch.Generator().manual_seed(seed)
+    n, aspect = len(train), train.images.shape[-1] / train.images.shape[-2]
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(n, 2, 3)
+    thetas = torch.stack([identity] + [random_theta(n, aspect, generator) for _ in range(views)])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    per_batch, order = [], []
+    for x, _, index in batches(train, batch_size, device=device, with_index=True):
+        x = x.to(device)
+        with autocast:
+            per_view = [
+                torch.stack([m(warp(x, thetas[v, index]) if v else x).float() for m in members], dim=1)
+                for v in range(len(thetas))
+            ]
+        per_batch.append(torch.stack(per_view).cpu())
+        order.append(index)
+    logits = torch.empty_like(torch.cat(per_batch, dim=1))
+    logits[:, torch.cat(order)] = torch.cat(per_batch, dim=1)
+    return TeacherOutputs(thetas.contiguous(), logits)
+
+
+def save(outputs: TeacherOutputs, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        save_file({"thetas": outputs.thetas, "logits": outputs.logits}, str(tmp))
+
+
+def load(path: Path, train: Split) -> TeacherOutputs:
+    """The outputs saved at `path`, checked against the training split they were computed on."""
+    try:
+        tensors = load_file(str(path))
+        outputs = TeacherOutputs(tensors["thetas"], tensors["logits"])
+    except (OSError, SafetensorError, KeyError) as e:
+        raise DistilleryError(f"{path} is missing or damaged ({e}); rerun the train_teachers stage.") from e
+    if outputs.thetas.shape[1] != len(train) or outputs.logits.shape[:2] != outputs.thetas.shape[:2]:
+        raise DistilleryError(
+            f"{path} holds teacher outputs for {outputs.thetas.shape[1]} training images, not the "
+            f"{len(train)} of this dataset; rerun the train_teachers stage."
+        )
+    return outputs

@@ -1,0 +1,74 @@
+"""The teacher-output cache: a student trained from it sees the very images its cached targets were
+computed on, views cycle as epochs pass, and the file round-trips or fails with a clear error."""
+
+import pytest
+import torch
+
+from distillery import models, teacher_outputs
+from distillery.data import Split
+from distillery.errors import DistilleryError
+from distillery.models import Ensemble
+from distillery.training import KDSettings, Objective, seeded
+
+CPU = torch.device("cpu")
+
+
+def tiny_split(n: int = 12, size: tuple[int, int] = (12, 16)) -> Split:
+    images = torch.randint(0, 256, (n, 1, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return Split(images, torch.arange(n), torch.arange(n) % 3)
+
+
+def members() -> list[torch.nn.Module]:
+    spec = {"arch": "student_cnn", "in_channels": 1, "num_classes": 3, "widths": [4, 8]}
+    return [seeded(seed, lambda: models.build(spec)).eval() for seed in (0, 1)]
+
+
+def test_a_cached_target_is_the_ensembles_output_on_the_image_the_student_sees():
+    train, teachers = tiny_split(), members()
+    outputs = teacher_outputs.compute(teachers, train, views=3, seed=0, device=CPU)
+    objective, ensemble = Objective(outputs, KDSettings(temperature=3.0, alpha=0.5)), Ensemble(teachers)
+    index = torch.tensor([7, 0, 11, 3])
+    x, y = train[index]
+    seen = []
+    for epoch in range(1, 5):
+        batch = objective.batch(x, y, index, epoch=epoch, augment=True, generator=torch.Generator())
+        with torch.no_grad():
+            live = ensemble.soft_targets(batch.x, 3.0)
+        assert torch.allclose(outputs.soft_targets(batch.view, index, 3.0), live, atol=1e-5)
+        seen.append(batch.x)
+    assert not torch.allclose(seen[0], seen[1]) and torch.equal(seen[0], seen[3])  # 3 views, then again
+    stored = objective.batch(x, y, index, epoch=2, augment=False, generator=torch.Generator())
+    assert stored.view == 0 and torch.equal(stored.x, x)
+
+
+def test_views_cycle_through_the_augmented_ones_and_the_stored_images_serve_without_augmentation():
+    train = tiny_split(n=4)
+    three = teacher_outputs.compute(members(), train, views=3, seed=0, device=CPU)
+    assert [three.view(epoch, augment=True) for epoch in range(1, 8)] == [1, 2, 3, 1, 2, 3, 1]
+    assert {three.view(epoch, augment=False) for epoch in range(1, 5)} == {0}
+    none = teacher_outputs.compute(members(), train, views=0, seed=0, device=CPU)
+    assert none.views == 1 and none.view(5, augment=True) == 0
+
+
+def test_the_views_are_fixed_by_the_seed():
+    train = tiny_split(n=5)
+    first, again, other = (
+        teacher_outputs.compute(members(), train, views=2, seed=seed, device=CPU) for seed in (0, 0, 1)
+    )
+    assert torch.equal(first.thetas, again.thetas) and torch.equal(first.logits, again.logits)
+    assert not torch.allclose(first.thetas[1:], other.thetas[1:])
+    assert torch.equal(first.thetas[0], other.thetas[0])  # view 0: the images as stored
+
+
+def test_the_cache_round_trips_and_refuses_another_dataset_or_a_damaged_file(tmp_path):
+    train = tiny_split(n=6)
+    outputs = teacher_outputs.compute(members(), train, views=2, seed=0, device=CPU)
+    path = tmp_path / "outputs.safetensors"
+    teacher_outputs.save(outputs, path)
+    loaded = teacher_outputs.load(path, train)
+    assert torch.equal(loaded.thetas, outputs.thetas) and torch.equal(loaded.logits, outputs.logits)
+    with pytest.raises(DistilleryError, match="6 training images, not the 5 .*rerun the train_teachers"):
+        teacher_outputs.load(path, tiny_split(n=5))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DistilleryError, match="damaged"):
+        teacher_outputs.load(path, train)
