@@ -87,8 +87,9 @@ def comparison_line(title: str, c: dict) -> str:
     corrupted = c["corrupted"]
     clean = difference(c["difference"], c["interval"], separates(c["interval"]) and c["mcnemar_p"] < 0.05)
     return (
-        f"- {title}: {c['a']} − {c['b']} = {clean}, McNemar p = {c['mcnemar_p']:.2g} ({c['only_a']} test images "
-        f"only {c['a']} gets right, {c['only_b']} only {c['b']}); under corruption "
+        f"- {title}: {c['a']} − {c['b']} = {clean}, McNemar p = {c['mcnemar_p']:.2g} ({c['only_a']} test "
+        f"image{'' if c['only_a'] == 1 else 's'} only {c['a']} gets right, {c['only_b']} only {c['b']}); "
+        "under corruption "
         f"{difference(corrupted['difference'], corrupted['interval'], separates(corrupted['interval']))}."
     )
 
