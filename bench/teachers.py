@@ -1,6 +1,6 @@
 """The teacher stage on a local Dask cluster against one teacher after another, on the default data.
 
-    python -m bench.teachers [--workers 2] [--epochs 6]
+    python -m bench.teachers [--workers 2] [--epochs N]
 
 Both run the train_teachers stage inside a Prefect flow, as `distillery run` does: `local` trains
 each teacher in turn in the flow's process (torch uses every core), `dask` submits all of them

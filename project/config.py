@@ -58,10 +58,10 @@ class TrainConfig(Section):
 
 
 class TeachersConfig(TrainConfig):
-    epochs: PositiveInt = 6
+    epochs: PositiveInt = 20
     lr: PositiveFloat = 2e-3
     models: list[TeacherArch] = Field(
-        ["wide_cnn", "small_resnet", "resnet18"],
+        ["small_resnet", "small_resnet"],
         min_length=1,
         description="Teacher architectures; one may appear more than once (each teacher has its own seed)",
     )
