@@ -6,7 +6,7 @@ For each scale it writes that many copies of the bundled 5,000-image MNIST subse
 shifted by a different offset of up to 2 pixels (so no two images are equal and validation
 passes), twice: as .npz shards of 5,000 images and as an image folder of PNG files. Then it runs
 the stage commands a user runs, each in its own process: ingest of either source, validate, and
-train_teachers with one wide CNN for `--epochs` (on the shards' dataset), each `--repeats` times
+train_teachers with one wide CNN for `--epochs` and no output cache (on the shards' dataset), each `--repeats` times
 (this VM has slow spells: the fastest run counts, and the highest memory). Per stage: wall
 seconds, microseconds per image (without the command's start) and peak memory: the largest sum,
 sampled every 50 ms, of the proportional set size (PSS) of the command and its child processes
@@ -119,7 +119,7 @@ def workspace(root: Path, source: str, epochs: int) -> Path:
         yaml.safe_dump(
             {
                 "ingest": {"source": source, "path": f"data/source/{source}"},
-                "teachers": {"models": ["wide_cnn"], "epochs": epochs},
+                "teachers": {"models": ["wide_cnn"], "epochs": epochs, "cached_views": 0},  # training only
             }
         )
     )

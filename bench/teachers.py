@@ -5,7 +5,7 @@
 Both run the train_teachers stage inside a Prefect flow, as `distillery run` does: `local` trains
 each teacher in turn in the flow's process (torch uses every core), `dask` submits all of them
 at once to a temporary `distributed.LocalCluster` of `--workers` processes with one thread each
-(the cluster's start counts). Writes bench/results/teachers.json and teachers.md.
+(the cluster's start counts). Training only: no output cache. Writes bench/results/teachers.json and teachers.md.
 """
 
 import argparse
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=PipelineParams().teachers.epochs)
     args = parser.parse_args()
-    params = PipelineParams.model_validate({"teachers": {"epochs": args.epochs}})
+    params = PipelineParams.model_validate({"teachers": {"epochs": args.epochs, "cached_views": 0}})  # training only
     layout = Layout(ROOT / "bench" / "work" / "teachers")
     prefect_environment(layout.root)
     for stage in stages_through("validate"):

@@ -26,7 +26,7 @@ class TeacherOutputs:
 
     def view(self, epoch: int, augment: bool) -> int:
         """The view epoch `epoch` (from 1) trains on: the augmented views in turn, or the images as stored."""
-        return 1 + (epoch - 1) % (self.views - 1) if augment and self.views > 1 else 0
+        return 1 + (epoch - 1) % (self.views - 1) if augment else 0
 
     def images(self, x: torch.Tensor, view: int, index: torch.Tensor) -> torch.Tensor:
         """View `view` of the training images at positions `index`, given those images as stored (`x`)."""
@@ -41,28 +41,30 @@ class TeacherOutputs:
 def compute(
     members: list[nn.Module], train: Split, *, views: int, seed: int, device: torch.device, batch_size: int = 512
 ) -> TeacherOutputs:
-    """Each member's logits on view 0 and `views` random views of every training image (members in eval mode)."""
+    """Each member's logits on view 0 and `views` (at least 1) random views of every training image (members in
+    eval mode). The views are warped in float32 and only the members run under CUDA's autocast, so that a
+    view is exactly the image `TeacherOutputs.images` gives the student."""
+    if views < 1:
+        raise ValueError(f"views must be at least 1, not {views}")
     generator = torch.Generator().manual_seed(seed)
     n, aspect = len(train), train.images.shape[-1] / train.images.shape[-2]
     identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(n, 2, 3)
     thetas = torch.stack([identity] + [random_theta(n, aspect, generator) for _ in range(views)])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    per_batch, order = [], []
-    for x, _, index in batches(train, batch_size, device=device, with_index=True):
+    per_batch = []
+    for x, _, index in batches(train, batch_size, device=device, with_index=True):  # in order: index 0, 1, ...
         x = x.to(device)
-        with autocast:
-            per_view = [
-                torch.stack([m(warp(x, thetas[v, index]) if v else x).float() for m in members], dim=1)
-                for v in range(len(thetas))
-            ]
-        per_batch.append(torch.stack(per_view).cpu())
-        order.append(index)
-    logits = torch.empty_like(torch.cat(per_batch, dim=1))
-    logits[:, torch.cat(order)] = torch.cat(per_batch, dim=1)
-    return TeacherOutputs(thetas.contiguous(), logits)
+        per_view = []
+        for v in range(len(thetas)):
+            view = warp(x, thetas[v, index]) if v else x
+            with autocast:
+                per_view.append(torch.stack([m(view).float() for m in members], dim=1).cpu())
+        per_batch.append(torch.stack(per_view))
+    return TeacherOutputs(thetas.contiguous(), torch.cat(per_batch, dim=1))
 
 
 def save(outputs: TeacherOutputs, path: Path) -> None:
+    """Write `outputs` as safetensors, atomically."""
     with atomic_file(path) as tmp:
         save_file({"thetas": outputs.thetas, "logits": outputs.logits}, str(tmp))
 

@@ -59,6 +59,8 @@ def kd_loss(student_logits, soft_targets, labels, kd: KDSettings) -> torch.Tenso
 
 @dataclass(frozen=True)
 class Batch:
+    """A training batch as the model sees it, and where its images came from."""
+
     x: torch.Tensor  # the images the model sees: augmented, or one cached view
     y: torch.Tensor
     index: torch.Tensor  # where the images are in the training split
@@ -75,12 +77,14 @@ class Objective:
         self.cached = isinstance(self.teacher, TeacherOutputs)
 
     def batch(self, x, y, index, *, epoch: int, augment: bool, generator: torch.Generator) -> Batch:
+        """The batch the model trains on, from the stored images `x` at positions `index` of the split."""
         if self.cached:
             view = self.teacher.view(epoch, augment)
             return Batch(self.teacher.images(x, view, index), y, index, view)
         return Batch(random_affine(x, generator) if augment else x, y, index, None)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Cross-entropy with the labels, or the distillation loss with the teacher's soft targets."""
         if self.teacher is None:
             return F.cross_entropy(logits.float(), batch.y)
         with torch.no_grad():

@@ -1,6 +1,8 @@
 """Training a student from its spec (the recipe the distill stage, the prune stage's baseline and the
 benchmark share) and what students distil from."""
 
+import logging
+
 from torch import nn
 
 from distillery import models, teacher_outputs
@@ -13,12 +15,17 @@ from project.config import DistillConfig, KDConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
 
+log = logging.getLogger("distillery")
+
 
 def load_teaching(layout: Layout, train: Split) -> Ensemble | TeacherOutputs:
     """What students distil from: the ensemble's outputs where the teachers stage cached them, else the
     ensemble itself, run on every batch."""
     if layout.teacher_outputs.exists():
-        return teacher_outputs.load(layout.teacher_outputs, train)
+        cached = teacher_outputs.load(layout.teacher_outputs, train)
+        log.info("students distil from the teachers' outputs cached on %d views", cached.views)
+        return cached
+    log.info("no cached teacher outputs: students distil from the ensemble run on every batch")
     return load_ensemble(layout).to(device())
 
 

@@ -17,7 +17,7 @@ from distillery.models import StudentCNN, build, count_params
 from project.config import ExportConfig, PublishConfig, ShipConfig, TeachersConfig
 from project.layout import PIPELINE_MODELS, Layout
 from project.students import load_teaching, train_student
-from tasks import export, publish, report, train_teachers
+from tasks import export, publish, quantize, report, train_teachers
 from tests import export_bugs
 from tests.conftest import TINY, tiny_params
 
@@ -54,7 +54,7 @@ def test_teacher_training_is_deterministic(staged, tmp_path):
 def test_the_teachers_stage_caches_the_trained_teachers_outputs(staged):
     train = load_dataset(staged.raw).train
     cached = teacher_outputs.load(staged.teacher_outputs, train)
-    assert cached.views == TeachersConfig().cached_views + 1
+    assert cached.views == tiny_params().teachers.cached_views + 1
     members = [checkpoint.load(staged.checkpoint(name))[0].eval() for name in staged.teacher_models()]
     x = train.head(64)
     with torch.no_grad():
@@ -65,27 +65,42 @@ def test_the_teachers_stage_caches_the_trained_teachers_outputs(staged):
         assert torch.allclose(cached.logits[3, :64], torch.stack([m(view) for m in members], dim=1), atol=1e-4)
 
 
-def test_the_students_learn_from_the_cached_outputs(staged, tmp_path):
-    """Cached targets that point every image at class 0 make a student trained on them (alpha 1) say 0."""
+@pytest.fixture
+def misled(staged, tmp_path) -> Layout:
+    """A copy of the tiny run whose cached teacher outputs name, for every image, the class after its label."""
     layout = Layout(tmp_path)
-    for folder in (staged.raw, staged.teachers):
+    for folder in (staged.raw, staged.teachers, staged.pruned):
         shutil.copytree(folder, layout.root / folder.relative_to(staged.root))
     train = load_dataset(layout.raw).train
     cached = teacher_outputs.load(layout.teacher_outputs, train)
     misleading = torch.full_like(cached.logits, -20.0)
-    misleading[..., 0] = 20.0
+    misleading[:, torch.arange(len(train)), :, (train.y + 1) % 10] = 20.0
     teacher_outputs.save(teacher_outputs.TeacherOutputs(cached.thetas, misleading), layout.teacher_outputs)
-    params = tiny_params()
+    return layout
+
+
+def test_a_student_learns_each_image_s_cached_target(misled):
+    """Trained on targets that name the class after each image's label (alpha 1), a student learns that
+    mapping: only right if every batch's targets are its own images'."""
+    params, data = tiny_params(), load_dataset(misled.raw)
     student, _ = train_student(
-        {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [8, 16]},
-        load_dataset(layout.raw),
-        params.distill.model_copy(update={"epochs": 2}),
+        {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [16, 32]},
+        data,
+        params.distill.model_copy(update={"epochs": 4}),
         params.kd.model_copy(update={"alpha": 1.0}),
-        teacher=load_teaching(layout, train),
+        teacher=load_teaching(misled, data.train),
         name="misled",
     )
     with torch.no_grad():
-        assert (student.eval()(train.head(200)).argmax(dim=1) == 0).all()
+        predicted = student.eval()(data.val.head(len(data.val))).argmax(dim=1)
+    assert (predicted == (data.val.y + 1) % 10).float().mean() > 0.8
+
+
+def test_quantization_aware_training_distils_from_the_cache(staged, misled):
+    """The same student fine-tuned from misleading cached targets: its loss is many times the real run's."""
+    quantize.run(tiny_params().quantize, tiny_params().kd.model_copy(update={"alpha": 1.0}), misled)
+    losses = [json.loads((layout.qat / "qat.json").read_text())["history"][0]["loss"] for layout in (misled, staged)]
+    assert losses[0] > 10 * losses[1]
 
 
 def test_distill_writes_baseline_and_kd_student(staged):

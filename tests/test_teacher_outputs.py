@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from distillery import models, teacher_outputs
-from distillery.data import Split
+from distillery.data import Split, batches
 from distillery.errors import DistilleryError
 from distillery.models import Ensemble
 from distillery.training import KDSettings, Objective, seeded
@@ -46,8 +46,18 @@ def test_views_cycle_through_the_augmented_ones_and_the_stored_images_serve_with
     three = teacher_outputs.compute(members(), train, views=3, seed=0, device=CPU)
     assert [three.view(epoch, augment=True) for epoch in range(1, 8)] == [1, 2, 3, 1, 2, 3, 1]
     assert {three.view(epoch, augment=False) for epoch in range(1, 5)} == {0}
-    none = teacher_outputs.compute(members(), train, views=0, seed=0, device=CPU)
-    assert none.views == 1 and none.view(5, augment=True) == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        teacher_outputs.compute(members(), train, views=0, seed=0, device=CPU)
+
+
+def test_indexed_batches_say_where_their_images_are():
+    train = tiny_split(n=10)
+    seen = []
+    for x, y, index in batches(train, 4, torch.Generator().manual_seed(3), with_index=True):
+        stored_x, stored_y = train[index]
+        assert torch.equal(x, stored_x) and torch.equal(y, stored_y)
+        seen += index.tolist()
+    assert sorted(seen) == list(range(10)) and seen != list(range(10))  # every image once, shuffled
 
 
 def test_the_views_are_fixed_by_the_seed():
