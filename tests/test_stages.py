@@ -51,6 +51,26 @@ def test_teacher_training_is_deterministic(staged, tmp_path):
     assert first["history"] == json.loads((staged.teachers / "0_wide_cnn.json").read_text())["history"]
 
 
+def test_each_teacher_s_seed_is_the_stage_seed_plus_its_place_in_the_list(staged, tmp_path):
+    """Two teachers of one architecture differ; the second is the first trained with the next seed."""
+    twice = TeachersConfig(epochs=1, models=["wide_cnn", "wide_cnn"])
+    for folder in ("twice", "next_seed"):
+        (tmp_path / folder).mkdir()
+    for index in (0, 1):
+        train_teachers.train_teacher(twice, index, staged, tmp_path / "twice")
+    train_teachers.train_teacher(twice.model_copy(update={"seed": 1}), 0, staged, tmp_path / "next_seed")
+    first, second, next_seed = (
+        checkpoint.load(tmp_path / folder / name)[0].state_dict()
+        for folder, name in (
+            ("twice", "0_wide_cnn.safetensors"),
+            ("twice", "1_wide_cnn.safetensors"),
+            ("next_seed", "0_wide_cnn.safetensors"),
+        )
+    )
+    assert not all(torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.equal(second[k], next_seed[k]) for k in second)
+
+
 def test_the_teachers_stage_caches_the_trained_teachers_outputs(staged):
     train = load_dataset(staged.raw).train
     cached = teacher_outputs.load(staged.teacher_outputs, train)
