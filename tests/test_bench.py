@@ -149,3 +149,19 @@ def test_ship_choice_benchmark_repeats_the_report_stage_decision(staged, tmp_pat
     assert sum(result["counts"].values()) == 3 and set(result["counts"]) <= {"pruned", "int8"}
     assert all(set(c["best_latency_ms"]) == {"pruned", "int8"} for c in result["choices"])
     assert markdown(result).count("\n| ") == 3 + 1  # a row per repeat under the header
+
+
+def test_teacher_choice_scores_a_set_by_the_mean_of_its_members_probabilities():
+    from bench.teacher_choice import beats_every_member, scores
+
+    labels = np.array([0, 1])
+    right_then_wrong = np.array([[0.9, 0.1], [0.6, 0.4]])
+    wrong_then_right = np.array([[0.4, 0.6], [0.1, 0.9]])
+    members = [{"clean": p, "corrupted": p[None]} for p in (right_then_wrong, wrong_then_right)]
+    alone = [scores([m], labels) for m in members]
+    together = scores(members, labels)
+    assert [a["accuracy"] for a in alone] == [0.5, 0.5] and together["accuracy"] == 1.0
+    assert together["nll"] == pytest.approx(-np.log(0.65)) and together["corrupted_accuracy"] == 1.0
+    assert alone[0]["nll"] == pytest.approx(-(np.log(0.9) + np.log(0.4)) / 2)
+    assert beats_every_member(together, alone) == {"accuracy": True, "nll": True, "corrupted_accuracy": True}
+    assert beats_every_member(alone[0], alone) == {"accuracy": False, "nll": False, "corrupted_accuracy": False}
