@@ -20,7 +20,7 @@ import torch
 from bench import save_results
 from bench.gpu import cpu_flags
 from distillery import calibration, checkpoint, corruptions
-from distillery.data import Split, load_dataset, normalise
+from distillery.data import Split, load_dataset
 from distillery.training import logits
 from project.config import PipelineParams
 from project.layout import Layout
@@ -40,12 +40,10 @@ def probabilities(model: torch.nn.Module, split: Split) -> dict[str, np.ndarray]
     copies = []
     for kind in corruptions.KINDS:
         for severity in corruptions.SEVERITIES:
-            blocks = []
-            for start in range(0, len(split), corruptions.BLOCK):
-                rows = split.rows[start : start + corruptions.BLOCK]
-                x = normalise(corruptions.corrupt(split.images[rows], kind, severity, start=start))
-                blocks.append(torch.softmax(model(x.to(dev)).float(), dim=1).cpu().numpy())
-            copies.append(np.concatenate(blocks))
+            blocks = corruptions.corrupted_blocks(split, kind, severity)
+            copies.append(
+                np.concatenate([torch.softmax(model(x.to(dev)).float(), dim=1).cpu().numpy() for _, x in blocks])
+            )
     return {"clean": clean, "corrupted": np.stack(copies)}
 
 
@@ -120,12 +118,12 @@ def main() -> None:
         model = checkpoint.load(out / f"{record['name']}.safetensors")[0].eval().to(device())
         candidates[name] = {split: probabilities(model, getattr(data, split)) for split in SPLITS}
         seconds[name] = record["seconds"]
-    single = {name: {split: scores([c[split]], labels[split]) for split in SPLITS} for name, c in candidates.items()}
+    single = {name: scores([c["val"]], labels["val"]) for name, c in candidates.items()}
     sets = []
     for size in range(1, len(candidates) + 1):
         for members in itertools.combinations(candidates, size):
             found = {split: scores([candidates[m][split] for m in members], labels[split]) for split in SPLITS}
-            beats = beats_every_member(found["val"], [single[m]["val"] for m in members])
+            beats = beats_every_member(found["val"], [single[m] for m in members])
             sets.append(
                 {
                     "teachers": list(members),

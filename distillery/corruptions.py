@@ -11,14 +11,14 @@ at its neutral setting, which leaves the images as they are.
 
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from distillery.data import affine_theta, warp
+from distillery.data import Split, affine_theta, normalise, warp
 
 SEVERITIES = (1, 2, 3)
 BLOCK = 256  # images corrupted together: one random stream per block of a split
@@ -121,3 +121,11 @@ def corrupt(images: torch.Tensor, kind: str, severity: int, *, start: int = 0) -
     g = torch.Generator().manual_seed(zlib.crc32(kind.encode()) * 1_000_003 + start)
     x = images.float() / 255
     return (transform(x, g, settings[severity]) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def corrupted_blocks(split: Split, kind: str, severity: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """`split`'s images with `kind` of corruption at `severity`, one block at a time, normalised as the models
+    take them: (the block's first position in the split, its images)."""
+    for start in range(0, len(split), BLOCK):
+        rows = split.rows[start : start + BLOCK]
+        yield start, normalise(corrupt(split.images[rows], kind, severity, start=start))

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from distillery import calibration, corruptions, onnx_export, stats
-from distillery.data import Dataset, Split, normalise
+from distillery.data import Dataset, Split
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,9 @@ def corrupted_hits(
     """Per model, per image of `split` with `kind` of corruption at `severity`: whether the model is right,
     and whether it gives the ensemble's class. One block of images is in memory at a time."""
     found: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in sessions}
-    for start in range(0, len(split), corruptions.BLOCK):
-        rows = split.rows[start : start + corruptions.BLOCK]
-        x = normalise(corruptions.corrupt(split.images[rows], kind, severity, start=start)).numpy()
-        predicted = {name: onnx_export.outputs(sess, x).argmax(axis=1) for name, sess in sessions.items()}
-        labels = split.y[start : start + corruptions.BLOCK].numpy()
+    for start, x in corruptions.corrupted_blocks(split, kind, severity):
+        predicted = {name: onnx_export.outputs(sess, x.numpy()).argmax(axis=1) for name, sess in sessions.items()}
+        labels = split.y[start : start + len(x)].numpy()
         for name, p in predicted.items():
             found[name].append((p == labels, p == predicted[ensemble]))
     return {name: tuple(np.concatenate(parts) for parts in zip(*blocks, strict=True)) for name, blocks in found.items()}
