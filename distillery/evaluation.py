@@ -21,7 +21,7 @@ class PerImage:
 
 
 def corrupted_hits(
-    sessions: dict[str, ort.InferenceSession], split: Split, kind: str, severity: int, ensemble: str
+    sessions: dict[str, ort.InferenceSession], split: Split, *, kind: str, severity: int, ensemble: str
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per model, per image of `split` with `kind` of corruption at `severity`: whether the model is right,
     and whether it gives the ensemble's class. One block of images is in memory at a time."""
@@ -46,7 +46,9 @@ def robustness(
     copies = len(corruptions.KINDS) * len(corruptions.SEVERITIES)
     for kind in corruptions.KINDS:
         for severity in corruptions.SEVERITIES:
-            for name, (hits, same) in corrupted_hits(sessions, split, kind, severity, ensemble).items():
+            for name, (hits, same) in corrupted_hits(
+                sessions, split, kind=kind, severity=severity, ensemble=ensemble
+            ).items():
                 by_kind[name].setdefault(kind, []).append(float(hits.mean()))
                 right[name] += hits
                 agree[name] += int(same.sum())

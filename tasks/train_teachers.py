@@ -1,4 +1,5 @@
-"""Train teachers: K diverse architectures, each with its own seed; any map function runs them."""
+"""Train teachers: the listed architectures, each with its own seed (its place in the list added to the stage's);
+any map function runs them. Then their outputs are cached for the students."""
 
 import logging
 import os
@@ -87,7 +88,11 @@ def cache_outputs(config: TeachersConfig, layout: Layout, out: Path) -> None:
         device=device(),
     )
     teacher_outputs.save(outputs, out / layout.teacher_outputs.name)
-    log.info("teacher outputs on %d views cached in %.1f s", outputs.views, time.monotonic() - started)
+    log.info(
+        "teacher outputs on the stored images and %d random views cached in %.1f s",
+        outputs.views - 1,
+        time.monotonic() - started,
+    )
 
 
 if __name__ == "__main__":

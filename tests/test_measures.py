@@ -164,7 +164,7 @@ def test_corrupted_accuracy_is_counted_one_block_at_a_time(staged, monkeypatch):
         return corrupt(images, *args, **kwargs)
 
     monkeypatch.setattr(corruptions, "corrupt", spy)
-    found = evaluation.corrupted_hits(sessions, test, "blur", 3, "ensemble")
+    found = evaluation.corrupted_hits(sessions, test, kind="blur", severity=3, ensemble="ensemble")
     assert max(seen) <= corruptions.BLOCK and sum(seen) == len(test)
     blocks = [
         corrupt(test.images[test.rows[start : start + corruptions.BLOCK]], "blur", 3, start=start)
