@@ -32,6 +32,10 @@ class TeacherOutputs:
         """View `view` of the training images at positions `index`, given those images as stored (`x`)."""
         return x if view == 0 else warp(x, self.thetas[view, index.cpu()])
 
+    def member(self, place: int) -> "TeacherOutputs":
+        """The outputs of one member alone (its place among the members), on the same views."""
+        return TeacherOutputs(self.thetas, self.logits[:, :, place : place + 1])
+
     def soft_targets(self, view: int, index: torch.Tensor, temperature: float) -> torch.Tensor:
         """The members' probabilities at `temperature`, averaged, as `Ensemble.soft_targets` gives them."""
         return torch.softmax(self.logits[view, index.cpu()] / temperature, dim=2).mean(dim=1)

@@ -69,18 +69,19 @@ class Batch:
 
 class Objective:
     """What a model learns from: the labels alone, or distillation from a teacher (an ensemble run on each
-    batch, or its outputs cached once; with a cache, each epoch's images are one of the cached views)."""
+    batch, or its outputs cached once). With a cache, each epoch's images are one of its views, whether the
+    model distils or learns the labels alone (without `kd`): the two then see the very same images."""
 
     def __init__(self, teacher: nn.Module | TeacherOutputs | None = None, kd: KDSettings | None = None):
+        self.cache = teacher if isinstance(teacher, TeacherOutputs) else None
         distilled = teacher is not None and kd is not None and kd.alpha > 0
         self.teacher, self.kd = (teacher, kd) if distilled else (None, None)
-        self.cached = isinstance(self.teacher, TeacherOutputs)
 
     def batch(self, x, y, index, *, epoch: int, augment: bool, generator: torch.Generator) -> Batch:
         """The batch the model trains on, from the stored images `x` at positions `index` of the split."""
-        if self.cached:
-            view = self.teacher.view(epoch, augment)
-            return Batch(self.teacher.images(x, view, index), y, index, view)
+        if self.cache is not None:
+            view = self.cache.view(epoch, augment)
+            return Batch(self.cache.images(x, view, index), y, index, view)
         return Batch(random_affine(x, generator) if augment else x, y, index, None)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -88,7 +89,7 @@ class Objective:
         if self.teacher is None:
             return F.cross_entropy(logits.float(), batch.y)
         with torch.no_grad():
-            if self.cached:
+            if self.cache is not None:
                 targets = self.teacher.soft_targets(batch.view, batch.index, self.kd.temperature)
             else:
                 targets = self.teacher.soft_targets(batch.x, self.kd.temperature)

@@ -19,11 +19,14 @@ log = logging.getLogger("distillery")
 
 
 def load_teaching(layout: Layout, train: Split) -> Ensemble | TeacherOutputs:
-    """What students distil from: the ensemble's outputs where the teachers stage cached them, else the
-    ensemble itself, run on every batch."""
+    """What students learn from: the ensemble's outputs where the teachers stage cached them (their views are
+    then the images of every student, distilled or trained alone), else the ensemble itself, run on every batch."""
     if layout.teacher_outputs.exists():
         cached = teacher_outputs.load(layout.teacher_outputs, train)
-        log.info("students distil from the teachers' outputs cached on %d views", cached.views)
+        log.info(
+            "students train on the stored images and %d random views, cached with the teachers' outputs",
+            cached.views - 1,
+        )
         return cached
     log.info("no cached teacher outputs: students distil from the ensemble run on every batch")
     return load_ensemble(layout).to(device())
@@ -33,20 +36,20 @@ def train_student(
     spec: dict,
     data: Dataset,
     config: DistillConfig,
-    kd: KDConfig,
     *,
-    teacher: nn.Module | TeacherOutputs | None,
+    kd: KDConfig | None,
+    teaching: nn.Module | TeacherOutputs | None,
     name: str,
 ) -> tuple[nn.Module, dict]:
-    """The student of `spec` trained on `data`, from `teacher`'s soft targets (a model or its cached
-    outputs; None: on labels alone)."""
+    """The student of `spec` trained on `data`: distilled from `teaching` (a model or its cached outputs), or
+    without `kd` on the labels alone. From a cache it trains on the cache's views either way."""
     model = seeded(config.seed, lambda: models.build(spec))
-    history = fit(
-        model, data.train, data.val, train_settings(config), device(), Objective(teacher, kd_settings(kd)), name=name
-    )
+    objective = Objective(teaching, kd_settings(kd) if kd else None)
+    history = fit(model, data.train, data.val, train_settings(config), device(), objective, name=name)
     return model, {
         "params": models.count_params(model),
         "widths": spec["widths"],
+        "distilled": objective.teacher is not None,
         "val_accuracy": accuracy(model.eval(), data.val, device()),
         "history": history,
     }

@@ -46,14 +46,14 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     search = []
     for widths in candidate_widths(config):
         kd_model, kd_result = train_student(
-            {**base, "widths": widths}, data, config, kd, teacher=teaching, name="student_kd"
+            {**base, "widths": widths}, data, config, kd=kd, teaching=teaching, name="student_kd"
         )
         search.append({k: kd_result[k] for k in ("widths", "params", "val_accuracy")})
         if kd_result["val_accuracy"] >= floor:
             break
     log.info("student widths %s chosen (floor %.4f val accuracy): %s", widths, floor, search)
     spec = {**base, "widths": widths}
-    alone_model, alone_result = train_student(spec, data, config, kd, teacher=None, name="student_alone")
+    alone_model, alone_result = train_student(spec, data, config, kd=None, teaching=teaching, name="student_alone")
     kd_result |= {"width_search": search, "floor_val_accuracy": floor}
     with atomic_dir(layout.student) as out:
         for name, model, result in (("student_alone", alone_model, alone_result), ("student_kd", kd_model, kd_result)):

@@ -108,6 +108,7 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
     target = config.target_latency_ms
     threads = onnx_export.cpu_threads(ship.latency_threads)
     fast_enough = latency_check(target, data, batch=ship.latency_batch, threads=threads) if target else None
+    teaching = load_teaching(layout, data.train)
     pruner = make_pruner(
         model,
         data.train.head(2).to(device()),
@@ -124,7 +125,7 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
         pruner,
         steps=config.steps,
         settings=train_settings(config),
-        objective=Objective(load_teaching(layout, data.train), kd_settings(kd)),
+        objective=Objective(teaching, kd_settings(kd)),
         device=device(),
         fast_enough=fast_enough,
     )
@@ -148,7 +149,7 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
                 result["latency_ms"],
             )
     same_epochs = distill.model_copy(update={"epochs": distill.epochs + config.epochs})
-    alone_model, alone_result = train_student(spec, data, same_epochs, kd, teacher=None, name="pruned_alone")
+    alone_model, alone_result = train_student(spec, data, same_epochs, kd=None, teaching=teaching, name="pruned_alone")
     with atomic_dir(layout.pruned) as out:
         for name, trained, record in (("pruned", model, result), ("pruned_alone", alone_model, alone_result)):
             checkpoint.save(trained, spec, out / layout.checkpoint(name).name)

@@ -79,6 +79,14 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     kd = pooled["comparisons"]["kd_vs_alone_at_shipped_size"]
     assert (kd["a"], kd["b"]) == ("pruned", "pruned_alone")
     assert kd["difference"] == pytest.approx(models["pruned"]["accuracy"] - models["pruned_alone"]["accuracy"])
+    assert kd["per_seed"] == [pytest.approx(kd["difference"])]
+    shipped = metrics[metrics["shipped"]["model"]]
+    target = {t["target"]: t["value"] for t in result["targets"]}
+    assert target["KD at the shipped size >= the same size alone + 0.5 pt"] == pytest.approx(kd["difference"] * 100)
+    assert target["corrupted accuracy: shipped >= the same size alone + 1 pt"] == pytest.approx(
+        (shipped["corrupted"]["accuracy"] - metrics["pruned_alone"]["corrupted"]["accuracy"]) * 100
+    )
+    assert target["shipped ECE after temperature scaling <= the ensemble's ECE"] == shipped["calibrated"]["ece"]
     evaluated = result["summary"]["evaluated"]
     assert evaluated["ensemble"]["nll"]["median"] == metrics["ensemble"]["calibration"]["nll"]
     assert evaluated["shipped"]["ece_scaled"]["median"] == metrics[metrics["shipped"]["model"]]["calibrated"]["ece"]

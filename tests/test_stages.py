@@ -17,7 +17,7 @@ from distillery.models import StudentCNN, build, count_params
 from project.config import ExportConfig, PublishConfig, ShipConfig, TeachersConfig
 from project.layout import PIPELINE_MODELS, Layout
 from project.students import load_teaching, train_student
-from tasks import export, publish, quantize, report, train_teachers
+from tasks import export, prune, publish, quantize, report, train_teachers
 from tests import export_bugs
 from tests.conftest import TINY, tiny_params
 
@@ -89,7 +89,7 @@ def test_the_teachers_stage_caches_the_trained_teachers_outputs(staged):
 def misled(staged, tmp_path) -> Layout:
     """A copy of the tiny run whose cached teacher outputs name, for every image, the class after its label."""
     layout = Layout(tmp_path)
-    for folder in (staged.raw, staged.teachers, staged.pruned):
+    for folder in (staged.raw, staged.teachers, staged.student, staged.pruned):
         shutil.copytree(folder, layout.root / folder.relative_to(staged.root))
     train = load_dataset(layout.raw).train
     cached = teacher_outputs.load(layout.teacher_outputs, train)
@@ -107,13 +107,29 @@ def test_a_student_learns_each_image_s_cached_target(misled):
         {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [16, 32]},
         data,
         params.distill.model_copy(update={"epochs": 4}),
-        params.kd.model_copy(update={"alpha": 1.0}),
-        teacher=load_teaching(misled, data.train),
+        kd=params.kd.model_copy(update={"alpha": 1.0}),
+        teaching=load_teaching(misled, data.train),
         name="misled",
     )
     with torch.no_grad():
         predicted = student.eval()(data.val.head(len(data.val))).argmax(dim=1)
     assert (predicted == (data.val.y + 1) % 10).float().mean() > 0.8
+
+
+def test_the_pruned_baseline_learns_the_labels_while_the_pruned_student_follows_the_cache(misled):
+    """With cached targets that name the class after each label (alpha 1), the pruned student fine-tuned from them
+    drifts to that mapping; pruned_alone, trained on the same cached views, learns the labels alone."""
+    params = tiny_params()
+    prune.run(params.prune, params.distill, params.kd.model_copy(update={"alpha": 1.0}), params.ship, misled)
+    val = load_dataset(misled.raw).val
+    images = val.head(len(val))
+    with torch.no_grad():
+        predicted = {
+            name: checkpoint.load(misled.checkpoint(name))[0].eval()(images).argmax(dim=1)
+            for name in ("pruned", "pruned_alone")
+        }
+    assert (predicted["pruned_alone"] == val.y).float().mean() > 0.8
+    assert (predicted["pruned"] == (val.y + 1) % 10).float().mean() > 0.5
 
 
 def test_quantization_aware_training_distils_from_the_cache(staged, misled):
@@ -292,6 +308,12 @@ def test_report_measures_calibration_robustness_agreement_and_intervals(staged):
             calibration.nll(calibration.scaled(val, m["temperature"] * f), data.val.y.numpy()) for f in (0.9, 1, 1.1)
         ]
         assert fitted[1] <= min(fitted[0], fitted[2]), name  # the temperature is the validation NLL's minimum
+        scaled = torch.softmax(torch.log(torch.from_numpy(probs)) / m["temperature"], dim=1).numpy()
+        assert m["calibrated"]["nll"] == pytest.approx(
+            log_loss(data.test.y.numpy(), scaled, labels=range(10)), rel=1e-4
+        ), name  # the scaled figures are the test split's after scaling by the fitted temperature
+        train_hits = onnx_export.predict(sess, data.train) == data.train.y.numpy()
+        assert m["train_test_gap_pp"] == pytest.approx((train_hits.mean() - m["accuracy"]) * 100), name
     assert metrics["ensemble"]["agreement_with_ensemble"] == 1.0
     assert metrics["ensemble"]["corrupted"]["agreement_with_ensemble"] == 1.0
     assert metrics["pruned"]["agreement_with_ensemble"] < 1.0  # a student is not the ensemble

@@ -25,16 +25,21 @@ def members() -> list[torch.nn.Module]:
 
 def test_a_cached_target_is_the_ensembles_output_on_the_image_the_student_sees():
     train, teachers = tiny_split(), members()
-    outputs = teacher_outputs.compute(teachers, train, views=3, seed=0, device=CPU)
+    outputs = teacher_outputs.compute(teachers, train, views=3, seed=0, device=CPU, batch_size=5)  # 3 batches
     objective, ensemble = Objective(outputs, KDSettings(temperature=3.0, alpha=0.5)), Ensemble(teachers)
+    labels_only = Objective(outputs)  # a model trained alone from a cache sees the same images
     index = torch.tensor([7, 0, 11, 3])
     x, y = train[index]
     seen = []
     for epoch in range(1, 5):
         batch = objective.batch(x, y, index, epoch=epoch, augment=True, generator=torch.Generator())
+        alone = labels_only.batch(x, y, index, epoch=epoch, augment=True, generator=torch.Generator())
+        assert torch.equal(alone.x, batch.x) and alone.view == batch.view
         with torch.no_grad():
             live = ensemble.soft_targets(batch.x, 3.0)
+            second_member = torch.softmax(teachers[1](batch.x) / 3.0, dim=1)
         assert torch.allclose(outputs.soft_targets(batch.view, index, 3.0), live, atol=1e-5)
+        assert torch.allclose(outputs.member(1).soft_targets(batch.view, index, 3.0), second_member, atol=1e-5)
         seen.append(batch.x)
     assert not torch.allclose(seen[0], seen[1]) and torch.equal(seen[0], seen[3])  # 3 views, then again
     stored = objective.batch(x, y, index, epoch=2, augment=False, generator=torch.Generator())
