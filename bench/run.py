@@ -295,15 +295,15 @@ def targets(runs: list[dict], summary: dict, orchestration: dict | None) -> list
     ev = {m: {f: v["median"] for f, v in figures.items()} for m, figures in summary["evaluated"].items()}
     pp = 100  # points per unit of accuracy
 
-    def gap_closed(alone: str, kd: str) -> float:  # undefined when the student alone matches the ensemble
-        gap = acc["ensemble"] - acc[alone]
-        return (acc[kd] - acc[alone]) / gap if gap > 0 else float("nan")
-
     def median_over_seeds(value: Callable[[dict], float]) -> float:
         return statistics.median(value(r) for r in runs)
 
     def gain(a: str, b: str) -> float:  # a's accuracy minus b's, in points
         return median_over_seeds(lambda r: r["models"][a]["accuracy"] - r["models"][b]["accuracy"]) * pp
+
+    def gap_closed(alone: str, kd: str) -> float:  # undefined when the student alone matches the ensemble
+        gap = gain("ensemble", alone)
+        return gain(kd, alone) / gap if gap > 0 else float("nan")
 
     def corrupted_gain(a: str, b: str) -> float:  # a's corrupted accuracy minus b's, in points
         return median_over_seeds(lambda r: corrupted(r, a) - corrupted(r, b)) * pp

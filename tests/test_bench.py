@@ -87,6 +87,12 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
         (shipped["corrupted"]["accuracy"] - metrics["pruned_alone"]["corrupted"]["accuracy"]) * 100
     )
     assert target["shipped ECE after temperature scaling <= the ensemble's ECE"] == shipped["calibrated"]["ece"]
+    gap, gained = (
+        (models["ensemble"]["accuracy"] - models["probe_alone"]["accuracy"]),
+        (models["probe_kd"]["accuracy"] - models["probe_alone"]["accuracy"]),
+    )
+    closed = target["the same at the probe size (--kd-probe-scale of the widths)"]
+    assert (closed == pytest.approx(gained / gap)) if gap > 0 else np.isnan(closed)
     evaluated = result["summary"]["evaluated"]
     assert evaluated["ensemble"]["nll"]["median"] == metrics["ensemble"]["calibration"]["nll"]
     assert evaluated["shipped"]["ece_scaled"]["median"] == metrics[metrics["shipped"]["model"]]["calibrated"]["ece"]
