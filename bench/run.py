@@ -41,7 +41,7 @@ from project.config import PipelineParams, load_params
 from project.layout import PIPELINE_MODELS, TEACHER, Layout
 from project.settings import device, kd_settings, train_settings
 from project.students import load_teaching, train_student
-from tasks import distill, report, stages_through
+from tasks import distill, report, stages_through, train_teachers
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("distillery")
@@ -87,10 +87,11 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     data = load_dataset(layout.raw)
     example, dev = data.test.head(2), device()
     teaching = load_teaching(layout, data.train)  # as the stages distil
-    best = TEACHER + read_json(layout.metrics)["best_teacher"]  # the report's: on validation, not test
+    best_name = read_json(layout.metrics)["best_teacher"]  # the report's: on validation, not test
+    best = TEACHER + best_name
     student, spec = checkpoint.load(layout.checkpoint("student_kd"))
     if isinstance(teaching, TeacherOutputs):  # its cached outputs: the same views as every other student
-        one_teacher = teaching.member(int(best.removeprefix(TEACHER).split("_")[0]))  # <place>_<arch>
+        one_teacher = teaching.member(train_teachers.teacher_names(params.teachers).index(best_name))
     else:
         one_teacher = Ensemble([load_model(layout, best)]).to(dev)
     kd_one, _ = train_student(
@@ -112,7 +113,7 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     found = {
         "best_teacher": {
             "onnx": layout.onnx(best),
-            "name": best.removeprefix(TEACHER),
+            "name": best_name,
             "params": read_record(layout, best)["params"],
         }
     }
@@ -305,11 +306,11 @@ def targets(runs: list[dict], summary: dict, orchestration: dict | None) -> list
         gap = gain("ensemble", alone)
         return gain(kd, alone) / gap if gap > 0 else float("nan")
 
-    def corrupted_gain(a: str, b: str) -> float:  # a's corrupted accuracy minus b's, in points
-        return median_over_seeds(lambda r: corrupted(r, a) - corrupted(r, b)) * pp
-
     def corrupted(run: dict, model: str) -> float:
         return run["evaluated"][model]["corrupted"]["accuracy"]
+
+    def corrupted_gain(a: str, b: str) -> float:  # a's corrupted accuracy minus b's, in points
+        return median_over_seeds(lambda r: corrupted(r, a) - corrupted(r, b)) * pp
 
     def nll_margin(run: dict) -> float:  # the lowest teacher NLL minus the ensemble's
         ensemble = run["evaluated"]["ensemble"]["calibration"]["nll"]
