@@ -5,9 +5,11 @@ A spec is a dict such as ``{"arch": "student_cnn", "in_channels": 1, "num_classe
 checkpoint can be rebuilt without pickles.
 """
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -86,6 +88,46 @@ def resnet18(in_channels: int, num_classes: int) -> nn.Module:
     return model
 
 
+TORCHVISION = "torchvision:"  # an architecture by torchvision builder name: torchvision:resnet50
+MIN_SIDE = 32  # images smaller than this a side are scaled up for a torchvision model (its stem downsamples 4-32x)
+
+
+class TorchvisionClassifier(nn.Module):
+    """A torchvision classification builder, randomly initialised (nothing is downloaded), fitted to the data:
+    `num_classes` outputs; gray images repeated to the three channels it takes (other channel counts mapped
+    to three by a 1x1 conv); images smaller than it takes, or than MIN_SIDE, scaled up. Its state dict is
+    the builder's model's under `net.` (plus `channels.` for the 1x1 conv)."""
+
+    def __init__(self, name: str, in_channels: int, num_classes: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.min_side = max(MIN_SIDE, *smallest_input(name))
+        self.channels = None if in_channels in (1, 3) else nn.Conv2d(in_channels, 3, 1)
+        self.net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if min(height, width) < self.min_side:
+            scale = self.min_side / min(height, width)
+            size = (math.ceil(height * scale), math.ceil(width * scale))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if self.channels is not None:
+            x = self.channels(x)
+        elif self.in_channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        out = self.net(x)
+        return out[0] if isinstance(out, tuple) else out  # GoogLeNet and Inception add auxiliary outputs in training
+
+
+def smallest_input(name: str) -> tuple[int, int]:
+    """The smallest image (height, width) torchvision's weights for builder `name` say it takes."""
+    try:
+        weights = next(iter(torchvision.models.get_model_weights(name)))
+    except (ValueError, StopIteration):
+        return (1, 1)
+    return tuple(weights.meta.get("min_size", (1, 1)))
+
+
 class StudentCNN(nn.Module):
     """The student: conv blocks that each halve the resolution, global average pooling, a linear head.
 
@@ -140,12 +182,20 @@ TEACHER_ARCHS: dict[str, Callable[[int, int], nn.Module]] = {
 def build(spec: dict) -> nn.Module:
     """Build an untrained model from its spec."""
     arch = spec["arch"]
+    if arch.startswith(TORCHVISION):
+        name = arch.removeprefix(TORCHVISION)
+        if name not in torchvision.models.list_models(module=torchvision.models):  # classifiers only
+            raise DistilleryError(f"Unknown architecture {arch!r}: torchvision has no classification builder {name!r}.")
+        return TorchvisionClassifier(name, spec["in_channels"], spec["num_classes"])
     if arch == "student_cnn":
         return StudentCNN(spec["in_channels"], spec["num_classes"], list(spec["widths"]), spec.get("pooled_blocks"))
     if arch in TEACHER_ARCHS:
         return TEACHER_ARCHS[arch](spec["in_channels"], spec["num_classes"])
-    raise DistilleryError(f"Unknown architecture {arch!r}; known: student_cnn, {', '.join(TEACHER_ARCHS)}.")
+    raise DistilleryError(
+        f"Unknown architecture {arch!r}; known: student_cnn, {', '.join(TEACHER_ARCHS)}, {TORCHVISION}NAME."
+    )
 
 
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Trainable and fixed weights: torch parameters, and the weights of members run in onnxruntime."""
+    return sum(p.numel() for p in model.parameters()) + sum(getattr(m, "onnx_params", 0) for m in model.modules())

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx import helper, version_converter
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
@@ -37,6 +38,49 @@ def export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         )
         program.save(str(tmp))
         strip_debug_info(tmp)
+
+
+def ensemble(members: list[Path], path: Path) -> None:
+    """One ONNX file that averages the class probabilities of the member files (each takes `images` and gives
+    logits as `scores`), as `models.Ensemble` does. The members, exported by torch or wrapped from any
+    framework, are brought to the newest opset among them and their names prefixed."""
+    loaded = [onnx.load(str(p)) for p in members]
+    opset = max(default_opset(m) for m in loaded)
+    loaded = [m if default_opset(m) == opset else version_converter.convert_version(m, opset) for m in loaded]
+    nodes, initializers, functions, opsets = [], [], [], {}
+    for i, member in enumerate(loaded):
+        prefix = f"member{i}/"
+        member = onnx.compose.add_prefix(member, prefix)
+        nodes += [
+            helper.make_node("Identity", ["images"], [prefix + "images"]),
+            *member.graph.node,
+            helper.make_node("Softmax", [prefix + "scores"], [prefix + "probabilities"], axis=1),
+        ]
+        initializers += member.graph.initializer
+        functions += member.functions
+        for o in member.opset_import:
+            opsets[o.domain] = max(o.version, opsets.get(o.domain, 0))
+    share = onnx.numpy_helper.from_array(np.array(1 / len(members), np.float32), "share")
+    nodes += [
+        helper.make_node("Sum", [f"member{i}/probabilities" for i in range(len(members))], ["total"]),
+        helper.make_node("Mul", ["total", "share"], ["scores"]),
+    ]
+    first = onnx.load(str(members[0])).graph
+    images, scores = first.input[0], first.output[0]  # every member's input and output are these
+    graph = helper.make_graph(nodes, "ensemble", [images], [scores], initializer=[share, *initializers])
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+        ir_version=max(m.ir_version for m in loaded),
+        functions=functions,
+    )
+    onnx.checker.check_model(model)
+    with atomic_file(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def strip_debug_info(path: Path) -> None:

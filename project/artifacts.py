@@ -11,7 +11,8 @@ from distillery import checkpoint
 from distillery.errors import DistilleryError
 from distillery.files import file_digest, read_json
 from distillery.models import Ensemble
-from project.layout import Layout
+from distillery.onnx_teacher import OnnxClassifier
+from project.layout import TEACHER, Layout
 
 
 def require_valid(layout: Layout) -> None:
@@ -29,14 +30,16 @@ def load_model(layout: Layout, model: str) -> nn.Module:
         raise ValueError("the int8 model is a QAT state; load it with distillery.quantize.load_prepared")
     if model == "ensemble":
         return load_ensemble(layout)
+    if model.startswith(TEACHER) and layout.onnx_teacher(model).exists():
+        return OnnxClassifier(layout.onnx_teacher(model))
     return checkpoint.load(layout.checkpoint(model))[0]
 
 
 def load_ensemble(layout: Layout) -> Ensemble:
     teachers = layout.teacher_models()
     if not teachers:
-        raise DistilleryError(f"No teacher checkpoints in {layout.teachers}; run the train_teachers stage first.")
-    return Ensemble([checkpoint.load(layout.checkpoint(teacher))[0] for teacher in teachers]).eval()
+        raise DistilleryError(f"No teachers in {layout.teachers}; run the train_teachers stage first.")
+    return Ensemble([load_model(layout, teacher) for teacher in teachers]).eval()
 
 
 def read_record(layout: Layout, model: str) -> dict:

@@ -1,24 +1,29 @@
 """Every pipeline parameter, typed and range-checked: the one schema for params.yaml,
 the stage command lines and the Prefect flow's parameters. Unknown keys are rejected."""
 
+import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Tag,
     model_validator,
 )
 
 from distillery.errors import DistilleryError
 
-TeacherArch = Literal["wide_cnn", "small_resnet", "resnet18"]
+BUILT_IN_TEACHERS = ("wide_cnn", "small_resnet", "resnet18")
+TORCHVISION = "torchvision:"  # a teacher architecture by torchvision builder name, e.g. torchvision:resnet50
 
 
 class Section(BaseModel):
@@ -57,13 +62,105 @@ class TrainConfig(Section):
     seed: int = 0
 
 
+def known_architecture(name: str) -> str:
+    """`name` if it names a built-in teacher architecture or a torchvision classification builder."""
+    if name in BUILT_IN_TEACHERS:
+        return name
+    if not name.startswith(TORCHVISION):
+        raise ValueError(
+            f"{name!r} is neither a built-in architecture ({', '.join(BUILT_IN_TEACHERS)}) nor torchvision:NAME"
+        )
+    import torchvision  # seconds to import: only for a torchvision entry
+
+    builder, known = name.removeprefix(TORCHVISION), torchvision.models.list_models(module=torchvision.models)
+    if builder not in known:
+        close = difflib.get_close_matches(builder, known, n=3)
+        hint = f"did you mean {', '.join(TORCHVISION + c for c in close)}? " if close else ""
+        raise ValueError(
+            f"{name!r} is not one of torchvision's {len(known)} classification builders; {hint}"
+            "torchvision.models.list_models(module=torchvision.models) lists them"
+        )
+    return name
+
+
+Architecture = Annotated[str, AfterValidator(known_architecture)]
+
+
+class CheckpointTeacher(Section):
+    """A trained torch model brought by the user: a safetensors state dict and the architecture it fits."""
+
+    checkpoint: Path = Field(
+        description=(
+            "A safetensors state dict inside data/teachers/ (relative to the project root; never a pickle). For "
+            "torchvision:NAME, the state dict of torchvision.models.get_model(NAME, num_classes=<classes>); for a "
+            "built-in architecture, of distillery.models.build({'arch': ..., 'in_channels': ..., 'num_classes': ...})"
+        )
+    )
+    arch: Architecture = Field(description="The architecture the state dict fits: a built-in one or torchvision:NAME")
+    fine_tune_epochs: NonNegativeInt = Field(0, description="0: used as it is; else trained on as the teachers are")
+
+
+class OnnxTeacher(Section):
+    """A trained classifier from any framework, as an ONNX file, run in onnxruntime."""
+
+    onnx: Path = Field(description="An ONNX file inside data/teachers/, relative to the project root")
+    layout: Literal["NCHW", "NHWC", "flat"] = Field(
+        "NCHW",
+        description="How it takes a batch of images: channels first, channels last, or flattened (C, H, W order)",
+    )
+    scaling: Literal["0..1", "-1..1", "0..255", "mean_std"] = Field(
+        "0..1", description="The pixel range it was trained on; mean_std: (pixel in 0..1 - mean) / std, per channel"
+    )
+    mean: list[float] | None = Field(None, description="For scaling mean_std: one value, or one per channel")
+    std: list[PositiveFloat] | None = Field(None, description="For scaling mean_std: one value, or one per channel")
+    outputs: Literal["logits", "probabilities"] = Field("logits", description="What its class scores are")
+    output: str | None = Field(
+        None, description="The output that holds the class scores; unset: its only float output of shape [N, classes]"
+    )
+
+    @model_validator(mode="after")
+    def mean_std_given(self):
+        if (self.scaling == "mean_std") != (self.mean is not None and self.std is not None):
+            raise ValueError("give mean and std exactly when scaling is mean_std")
+        return self
+
+
+def teacher_kind(entry) -> str | None:
+    """Which kind of teacher entry `entry` is (the YAML form or its parsed model); None: none."""
+    if isinstance(entry, str | CheckpointTeacher | OnnxTeacher):
+        return {str: "architecture", CheckpointTeacher: "checkpoint", OnnxTeacher: "onnx"}[type(entry)]
+    if isinstance(entry, dict):
+        return "checkpoint" if "checkpoint" in entry else "onnx" if "onnx" in entry else None
+    return None
+
+
+TeacherEntry = Annotated[
+    Annotated[Architecture, Tag("architecture")]
+    | Annotated[CheckpointTeacher, Tag("checkpoint")]
+    | Annotated[OnnxTeacher, Tag("onnx")],
+    Discriminator(
+        teacher_kind,
+        custom_error_type="teacher_entry",
+        custom_error_message=(
+            "a teacher is an architecture name (built-in or torchvision:NAME), {checkpoint: FILE, arch: NAME} or "
+            "{onnx: FILE, ...}"
+        ),
+    ),
+]
+
+
 class TeachersConfig(TrainConfig):
     epochs: PositiveInt = 20
     lr: PositiveFloat = 2e-3
-    models: list[TeacherArch] = Field(
+    models: list[TeacherEntry] = Field(
         ["small_resnet", "small_resnet"],
         min_length=1,
-        description="Teacher architectures; one may appear more than once (each teacher has its own seed)",
+        description=(
+            "The teachers, mixed freely: architectures trained here (built-in: wide_cnn, small_resnet, resnet18; or "
+            "torchvision:NAME, random init), your trained torch models ({checkpoint: FILE, arch: NAME}) and "
+            "classifiers from any framework ({onnx: FILE, layout, scaling, outputs}). An architecture may appear "
+            "more than once: each teacher has its own seed"
+        ),
     )
     cached_views: NonNegativeInt = Field(
         10,

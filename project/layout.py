@@ -41,6 +41,7 @@ class Layout:
     models = under_root("data", "models")
     teachers = under_root("data", "models", "teachers")
     teacher_outputs = under_root("data", "models", "teachers", "ensemble_outputs.safetensors")
+    user_teachers = under_root("data", "teachers")  # the teachers users bring: a dependency of the teachers stage
     student = under_root("data", "models", "student")
     pruned = under_root("data", "models", "pruned")
     qat = under_root("data", "models", "qat")
@@ -57,9 +58,11 @@ class Layout:
     lock_file = under_root(".distillery", "run.lock")
 
     def teacher_models(self) -> list[str]:
-        """The trained teachers' model names, from their checkpoints: teacher_<index>_<arch>."""
-        found = sorted(f for f in self.teachers.glob("*.safetensors") if f != self.teacher_outputs)
-        return [TEACHER + f.stem for f in found]
+        """The teachers' model names in their order in the params, from their files (a checkpoint, or a wrapped
+        ONNX classifier): teacher_<index>_<kind>."""
+        found = [f for f in self.teachers.glob("*.safetensors") if f != self.teacher_outputs]
+        found += self.teachers.glob("*.onnx")
+        return [TEACHER + f.stem for f in sorted(found, key=lambda f: int(f.stem.split("_")[0]))]
 
     def run_models(self) -> list[str]:
         """Every model of a finished run, in report order: each teacher, the ensemble, the students,
@@ -76,6 +79,10 @@ class Layout:
 
     def onnx(self, model: str) -> Path:
         return self.export / f"{model}.onnx"
+
+    def onnx_teacher(self, model: str) -> Path:
+        """The file of teacher `model` when it is an ONNX classifier (wrapped into the run's interface)."""
+        return self.teachers / f"{self.stem(model)}.onnx"
 
     def home(self, model: str) -> Path:
         """The folder of the stage that trains `model`."""

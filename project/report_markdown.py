@@ -146,10 +146,10 @@ def markdown_report(metrics: dict, layout: Layout) -> str:
             "",
             f"Ratios below are for {shipped['model'] or 'the int8 model'}.",
             "",
-            f"- Compression vs the ensemble: **{metrics['compression_ratio_vs_ensemble']:.0f}x** fewer bytes; "
-            f"vs the best teacher ({metrics['best_teacher']}): {metrics['compression_ratio_vs_best_teacher']:.0f}x.",
-            f"- Batch-1 speed-up vs the ensemble: **{metrics['speedup_b1_vs_ensemble']:.0f}x**; "
-            f"batch 256: {metrics['speedup_b256_vs_ensemble']:.1f}x.",
+            f"- Compression vs the ensemble: **{metrics['compression_ratio_vs_ensemble']:.3g}x** fewer bytes; "
+            f"vs the best teacher ({metrics['best_teacher']}): {metrics['compression_ratio_vs_best_teacher']:.3g}x.",
+            f"- Batch-1 speed-up vs the ensemble: **{metrics['speedup_b1_vs_ensemble']:.3g}x**; "
+            f"batch 256: {metrics['speedup_b256_vs_ensemble']:.3g}x.",
             f"- Accuracy change vs the ensemble: {-metrics['accuracy_drop_pp_vs_ensemble']:+.2f} points.",
             "",
             f"![accuracy vs size]({layout.accuracy_plot.name})",

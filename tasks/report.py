@@ -199,7 +199,11 @@ def run(params: PipelineParams, layout: Layout) -> dict:
     }
     info = read_json(layout.dataset_info)
     metrics = {
-        "teachers": [{"name": k.removeprefix(TEACHER), **v} for k, v in measured.items() if k.startswith(TEACHER)],
+        "teachers": [
+            {"name": k.removeprefix(TEACHER), "source": read_record(layout, k)["source"], **v}  # a user's file: sha256
+            for k, v in measured.items()
+            if k.startswith(TEACHER)
+        ],
         **{m: measured[m] for m in PIPELINE_MODELS},
         "dataset": {
             "name": info["source"],

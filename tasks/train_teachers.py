@@ -1,49 +1,200 @@
-"""Train teachers: the listed architectures, each with its own seed (its place in the list added to the stage's);
-any map function runs them. Then their outputs are cached for the students."""
+"""Train teachers: the listed ones, mixed freely. Architectures (built-in or torchvision's) train here, each with
+its own seed (its place in the list added to the stage's); users' trained torch models are used as they are or
+fine-tuned; ONNX classifiers from any framework are wrapped into the run's interface, never trained. Every user
+file is checked before anything trains. Then the teachers' outputs are cached for the students."""
 
 import logging
 import os
+import re
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import onnx
 import torch
+from google.protobuf.message import DecodeError
+from torch import nn
 
-from distillery import checkpoint, models, teacher_outputs
-from distillery.data import load_dataset
-from distillery.files import atomic_dir, write_json
-from distillery.training import accuracy, fit, seeded
+from distillery import checkpoint, models, onnx_teacher, teacher_outputs
+from distillery.data import Dataset, load_dataset
+from distillery.errors import DistilleryError
+from distillery.files import atomic_dir, file_digest, write_json
+from distillery.onnx_teacher import OnnxClassifier, PixelFormat
+from distillery.training import accuracy, fit, logits, seeded
 from project.artifacts import require_valid
-from project.config import TeachersConfig
+from project.config import TORCHVISION, CheckpointTeacher, OnnxTeacher, TeachersConfig
 from project.layout import TEACHER, Layout
 from project.settings import device, train_settings
 
 log = logging.getLogger("distillery")
+PIXEL_RANGES = {"0..1": (1.0, 0.0), "-1..1": (2.0, -1.0), "0..255": (255.0, 0.0)}  # scale, shift of 0..1 pixels
 
 
 def teacher_names(config: TeachersConfig) -> list[str]:
-    """`<index>_<arch>`: unique even when an architecture appears twice."""
-    return [f"{i}_{arch}" for i, arch in enumerate(config.models)]
+    """`<index>_<kind>`, e.g. 0_small_resnet, 1_torchvision-resnet50, 2_checkpoint-mine, 3_onnx-forest: unique
+    even when an entry appears twice, and safe as a file name."""
+    return [f"{i}_{slug(entry)}" for i, entry in enumerate(config.models)]
+
+
+def slug(entry: str | CheckpointTeacher | OnnxTeacher) -> str:
+    if isinstance(entry, CheckpointTeacher):
+        return "checkpoint-" + safe_stem(entry.checkpoint)
+    if isinstance(entry, OnnxTeacher):
+        return "onnx-" + safe_stem(entry.onnx)
+    return entry.replace(TORCHVISION, "torchvision-")
+
+
+def safe_stem(path: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem)[:40]
+
+
+def entry_error(config: TeachersConfig, index: int, problem: str) -> DistilleryError:
+    """A bad teacher entry as one paragraph: which entry, what is wrong, what to change."""
+    return DistilleryError(
+        f"teachers.models[{index}] ({teacher_names(config)[index]}): {problem}. Nothing was trained."
+    )
+
+
+def user_file(config: TeachersConfig, index: int, path: Path, layout: Layout) -> Path:
+    """A teacher file a user brings: it must be in data/teachers/, the stage's DVC dependency, so that a changed
+    file retrains the teachers."""
+    found = layout.root / path
+    if not found.resolve().is_relative_to(layout.user_teachers.resolve()):
+        folder = layout.user_teachers.relative_to(layout.root)
+        raise entry_error(
+            config, index, f"{path} is not inside {folder}/; move it there (DVC tracks that folder for this stage)"
+        )
+    if not found.is_file():
+        raise entry_error(config, index, f"{path} does not exist")
+    return found
+
+
+def pixel_format(entry: OnnxTeacher, channels: int) -> PixelFormat:
+    if entry.scaling == "mean_std":
+        if {len(entry.mean), len(entry.std)} - {1, channels}:
+            raise ValueError(f"mean and std need one value or one per channel ({channels})")
+        scale, shift = (
+            tuple(1 / s for s in entry.std),
+            tuple(-m / s for m, s in zip(entry.mean, entry.std, strict=True)),
+        )
+    else:
+        scale, shift = ((v,) for v in PIXEL_RANGES[entry.scaling])
+    return PixelFormat(entry.layout, scale, shift, entry.outputs == "probabilities", entry.output)
+
+
+def wrapped_onnx(config: TeachersConfig, index: int, layout: Layout, data: Dataset, out: Path) -> OnnxClassifier:
+    """The ONNX teacher `index` wrapped into the run's interface at `out`, after checking what it gives on the
+    validation images."""
+    entry = config.models[index]
+    path = user_file(config, index, entry.onnx, layout)
+    try:
+        model = onnx.load(str(path))
+    except DecodeError as e:
+        raise entry_error(config, index, f"{entry.onnx} is not an ONNX file ({e})") from e
+    try:
+        fmt = pixel_format(entry, data.in_channels)
+        wrapped = onnx_teacher.wrap(
+            model, fmt, image_shape=tuple(data.train.images.shape[1:]), num_classes=data.num_classes
+        )
+        onnx_teacher.write(wrapped, out)
+        teacher = OnnxClassifier(out)
+        scores = logits(teacher, data.val, torch.device("cpu"))
+    except (ValueError, DistilleryError) as e:
+        out.unlink(missing_ok=True)
+        raise entry_error(config, index, f"{entry.onnx}: {e}") from e
+    problem = output_problem(scores, fmt, data.num_classes)
+    if problem:
+        out.unlink()
+        raise entry_error(config, index, f"{entry.onnx}: {problem}")
+    return teacher
+
+
+def output_problem(scores: torch.Tensor, fmt: PixelFormat, num_classes: int) -> str | None:
+    """What is wrong with a wrapped classifier's scores on the validation images, if anything."""
+    if scores.shape[1] != num_classes:
+        return f"it gives {scores.shape[1]} class scores; the data has {num_classes} classes"
+    if not torch.isfinite(scores).all():
+        return "it gives scores that are not finite (NaN or infinite)"
+    sums = scores.exp().sum(dim=1) if fmt.probabilities else scores.sum(dim=1)
+    is_probabilities = bool(((sums - 1).abs() < 1e-3).all()) and (fmt.probabilities or bool((scores >= 0).all()))
+    if fmt.probabilities and not is_probabilities:
+        return (
+            f"its scores are declared probabilities but sum to {sums.min():.3g}..{sums.max():.3g}; set outputs: logits"
+        )
+    if not fmt.probabilities and is_probabilities:
+        return "its scores are probabilities (in 0..1, summing to 1 for every image); set outputs: probabilities"
+    return None
+
+
+def user_weights(config: TeachersConfig, index: int, model: nn.Module, layout: Layout) -> None:
+    """Load checkpoint teacher `index`'s state dict into `model` (for a torchvision architecture, into the
+    builder's model), refusing a pickle and a state dict that does not fit."""
+    entry = config.models[index]
+    path = user_file(config, index, entry.checkpoint, layout)
+    try:
+        weights = checkpoint.read_state_dict(path)
+    except DistilleryError as e:
+        raise entry_error(config, index, str(e).rstrip(".")) from e
+    target = model.net if isinstance(model, models.TorchvisionClassifier) else model
+    if problems := checkpoint.mismatches(target, weights):
+        raise entry_error(
+            config, index, f"{entry.checkpoint} does not fit {entry.arch}: {problems}; set the `arch` it was trained as"
+        )
+    if getattr(model, "channels", None) is not None and not entry.fine_tune_epochs:
+        raise entry_error(
+            config,
+            index,
+            f"the data has {model.in_channels} channels, which a 1x1 conv maps to the 3 that {entry.arch} takes; only "
+            "training sets it, so give fine_tune_epochs",
+        )
+    target.load_state_dict(weights)
+
+
+def check_user_teachers(config: TeachersConfig, layout: Layout, data: Dataset) -> None:
+    """Every teacher file a user brings, checked as the stage will use it, before anything trains."""
+    for index, entry in enumerate(config.models):
+        if isinstance(entry, OnnxTeacher):
+            with tempfile.TemporaryDirectory() as scratch:
+                wrapped_onnx(config, index, layout, data, Path(scratch) / "check.onnx")
+        elif isinstance(entry, CheckpointTeacher):
+            user_weights(config, index, models.build(spec_for(entry.arch, data)), layout)
+
+
+def spec_for(arch: str, data: Dataset) -> dict:
+    return {"arch": arch, "in_channels": data.in_channels, "num_classes": data.num_classes}
 
 
 def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path) -> dict:
-    """Train teacher `index` with seed `config.seed + index`; write its weights and history to `out`."""
+    """Make teacher `index` in `out`: train it (seed `config.seed + index`), load and maybe fine-tune a user's
+    weights, or wrap a user's ONNX classifier; write its weights or ONNX file and its record."""
     started = time.monotonic()
-    name = teacher_names(config)[index]
+    entry, name = config.models[index], teacher_names(config)[index]
     data = load_dataset(layout.raw)
-    spec = {"arch": config.models[index], "in_channels": data.in_channels, "num_classes": data.num_classes}
-    settings = replace(train_settings(config), seed=config.seed + index)
-    model = seeded(settings.seed, lambda: models.build(spec))
-    history = fit(model, data.train, data.val, settings, device(), name=name)
-    checkpoint.save(model, spec, out / layout.checkpoint(TEACHER + name).name)
+    history, source = [], None
+    if isinstance(entry, OnnxTeacher):
+        model = wrapped_onnx(config, index, layout, data, out / layout.onnx_teacher(TEACHER + name).name)
+        arch, source = "onnx", layout.root / entry.onnx
+    else:
+        arch = entry.arch if isinstance(entry, CheckpointTeacher) else entry
+        spec = spec_for(arch, data)
+        settings = replace(train_settings(config), seed=config.seed + index)
+        model = seeded(settings.seed, lambda: models.build(spec))
+        if isinstance(entry, CheckpointTeacher):
+            user_weights(config, index, model, layout)
+            settings, source = replace(settings, epochs=entry.fine_tune_epochs), layout.root / entry.checkpoint
+        if settings.epochs:
+            history = fit(model, data.train, data.val, settings, device(), name=name)
+        checkpoint.save(model, spec, out / layout.checkpoint(TEACHER + name).name)
     result = {
         "name": name,
-        "arch": spec["arch"],
+        "arch": arch,
         "params": models.count_params(model),
         "val_accuracy": accuracy(model.eval(), data.val, device()),
         "history": history,
+        "source": source and {"path": str(source.relative_to(layout.root)), "sha256": file_digest(source)},
         "seconds": round(time.monotonic() - started, 1),
         "torch_threads": torch.get_num_threads(),
         "process": f"{socket.gethostname()}:{os.getpid()}",
@@ -52,23 +203,27 @@ def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path)
     return result
 
 
+def training_size(entry: str | CheckpointTeacher | OnnxTeacher) -> int:
+    """The parameters a teacher trains (0: none), to start the longest training first."""
+    if isinstance(entry, OnnxTeacher) or (isinstance(entry, CheckpointTeacher) and not entry.fine_tune_epochs):
+        return 0
+    arch = entry.arch if isinstance(entry, CheckpointTeacher) else entry
+    return models.count_params(models.build({"arch": arch, "in_channels": 1, "num_classes": 10}))
+
+
 SECTIONS = ("teachers",)
 
 
 def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[str, float]:
-    """Write data/models/teachers/: one safetensors and one history JSON per teacher, and the teachers'
-    outputs on fixed views of the training images (`cached_views`).
+    """Write data/models/teachers/: per teacher its weights (safetensors) or wrapped ONNX file and its record
+    (JSON), and the teachers' outputs on fixed views of the training images (`cached_views`).
 
     `map_fn(train_one, indices)` runs `train_one(i)` for each teacher; the flow passes one that
     makes each a task run of its own, in turn or on a Dask cluster. The largest model comes first,
     so on a cluster the longest training starts at once."""
     require_valid(layout)
-    largest_first = sorted(
-        range(len(config.models)),
-        key=lambda i: (
-            -models.count_params(models.build({"arch": config.models[i], "in_channels": 1, "num_classes": 10}))
-        ),
-    )
+    largest_first = sorted(range(len(config.models)), key=lambda i: -training_size(config.models[i]))
+    check_user_teachers(config, layout, load_dataset(layout.raw))
     with atomic_dir(layout.teachers) as out:
         results = list(map_fn(lambda i: train_teacher(config, i, layout, out), largest_first))
         if config.cached_views:
@@ -76,10 +231,16 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[
     return {r["name"]: r["val_accuracy"] for r in results}
 
 
+def written_teacher(layout: Layout, out: Path, model: str) -> nn.Module:
+    """Teacher `model` as this stage wrote it in `out` (before `out` becomes layout.teachers), in eval mode."""
+    wrapped = out / layout.onnx_teacher(model).name
+    return OnnxClassifier(wrapped) if wrapped.exists() else checkpoint.load(out / layout.checkpoint(model).name)[0]
+
+
 def cache_outputs(config: TeachersConfig, layout: Layout, out: Path) -> None:
     """The trained teachers' outputs on `config.cached_views` random views of the training images."""
     started = time.monotonic()
-    members = [checkpoint.load(out / layout.checkpoint(TEACHER + n).name)[0].eval() for n in teacher_names(config)]
+    members = [written_teacher(layout, out, TEACHER + name) for name in teacher_names(config)]
     outputs = teacher_outputs.compute(
         [m.to(device()) for m in members],
         load_dataset(layout.raw).train,

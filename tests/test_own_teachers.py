@@ -1,0 +1,281 @@
+"""Teachers users bring: torchvision architectures by name, their trained torch weights, ONNX classifiers from
+other frameworks (scikit-learn through skl2onnx here), mixed in one run; and the bad inputs, refused before
+anything trains."""
+
+import logging
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import save_file
+from skl2onnx import to_onnx
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from distillery import checkpoint, models, onnx_export
+from distillery.data import load_dataset
+from distillery.errors import DistilleryError
+from distillery.files import file_digest, read_json
+from distillery.onnx_teacher import OnnxClassifier
+from distillery.training import logits, seeded
+from project.artifacts import verified_onnx
+from project.config import PipelineParams, TeachersConfig
+from project.layout import Layout
+from project.user_errors import describe_invalid
+from tasks import stages_through, train_teachers
+from tests.conftest import TINY
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def project(staged, tmp_path) -> Layout:
+    """A project with the tiny run's validated data and an empty data/teachers/."""
+    layout = Layout(tmp_path)
+    for folder in (layout.raw, layout.validation):
+        shutil.copytree(staged.root / folder.relative_to(layout.root), folder)
+    layout.user_teachers.mkdir(parents=True)
+    return layout
+
+
+def pixels(split) -> np.ndarray:
+    """A split's images as a scikit-learn user has them: one row of 0..255 values per image."""
+    return split.images[split.rows].reshape(len(split), -1).numpy().astype(np.float32)
+
+
+def sklearn_teacher(layout: Layout, name: str, *, classes: int = 10, features: int | None = None, zipmap=False):
+    """A logistic regression trained on the training images (0..255, flattened), as ONNX in data/teachers/."""
+    train = load_dataset(layout.raw).train
+    x, y = pixels(train)[:, :features], train.y.numpy() % classes
+    clf = LogisticRegression(max_iter=200).fit(x, y)
+    options = {} if zipmap else {id(clf): {"zipmap": False}}
+    (layout.user_teachers / name).write_bytes(to_onnx(clf, x[:1], options=options).SerializeToString())
+    return clf
+
+
+def torch_weights(layout: Layout, name: str, arch: str, *, seed: int = 7) -> nn.Module:
+    """A model of `arch` (randomly initialised with `seed`) whose state dict a user saved as safetensors; for a
+    torchvision architecture, the builder's model's state dict, as the user has it."""
+    data = load_dataset(layout.raw)
+    model = seeded(seed, lambda: models.build(train_teachers.spec_for(arch, data))).eval()
+    plain = model.net if isinstance(model, models.TorchvisionClassifier) else model
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(layout.user_teachers / name))
+    return model
+
+
+class ChannelsLastSymmetric(nn.Module):
+    """A user's model that takes N x H x W x C images scaled to -1..1 and gives logits."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner((x.permute(0, 3, 1, 2) + 1) / 2)
+
+
+def test_config_takes_every_kind_of_teacher_and_names_what_is_wrong():
+    config = TeachersConfig(
+        models=[
+            "wide_cnn",
+            "torchvision:resnet50",
+            {"checkpoint": "data/teachers/mine.safetensors", "arch": "torchvision:resnet18", "fine_tune_epochs": 2},
+            {"onnx": "data/teachers/forest.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"},
+        ]
+    )
+    assert train_teachers.teacher_names(config) == [
+        "0_wide_cnn",
+        "1_torchvision-resnet50",
+        "2_checkpoint-mine",
+        "3_onnx-forest",
+    ]
+    bad = [
+        ("torchvision:resnet5", "did you mean torchvision:resnet50"),
+        ("resnet", "neither a built-in architecture"),
+        ({"path": "data/teachers/x.onnx"}, "a teacher is an architecture name"),
+    ]
+    for entry, says in bad:
+        with pytest.raises(ValidationError) as e:
+            TeachersConfig(models=["wide_cnn", entry])
+        message = describe_invalid(e.value, "params.yaml")
+        assert message.startswith("Invalid parameters in params.yaml: models.1") and says in message
+    with pytest.raises(ValidationError, match="mean and std"):
+        TeachersConfig(models=[{"onnx": "data/teachers/x.onnx", "scaling": "mean_std", "mean": [0.5]}])
+    with pytest.raises(ValidationError, match="torchvision:resnet5"):
+        TeachersConfig(models=[{"checkpoint": "data/teachers/x.safetensors", "arch": "torchvision:resnet5"}])
+
+
+def test_a_torchvision_teacher_takes_small_gray_images_and_exports(tmp_path):
+    seen = []
+    model = models.build({"arch": "torchvision:shufflenet_v2_x0_5", "in_channels": 1, "num_classes": 10}).eval()
+    model.net.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        scores = model(x)
+    assert scores.shape == (3, 10) and seen == [(3, 3, 32, 32)]  # gray to 3 channels, scaled up to 32 a side
+    onnx_export.export(model, x[:2], tmp_path / "m.onnx")
+    assert np.allclose(onnx_export.session(tmp_path / "m.onnx").run(None, {"images": x.numpy()})[0], scores, atol=1e-5)
+    four = models.build({"arch": "torchvision:squeezenet1_1", "in_channels": 4, "num_classes": 3}).eval()
+    with torch.no_grad():
+        assert four(torch.rand(2, 4, 40, 20)).shape == (2, 3)  # a 1x1 conv maps 4 channels to 3; 21 a side at least
+    assert four.channels.in_channels == 4 and four.min_side == 32
+
+
+@pytest.mark.parametrize("arch", ["small_resnet", "torchvision:shufflenet_v2_x0_5"])
+def test_a_checkpoint_teacher_is_the_model_it_was_saved_from_or_fine_tunes_it(project, arch, tmp_path):
+    source = torch_weights(project, "mine.safetensors", arch)
+    val = load_dataset(project.raw).val
+    for epochs in (0, 1):
+        entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": arch, "fine_tune_epochs": epochs}
+        config = TeachersConfig(epochs=1, models=[entry])
+        out = tmp_path / f"epochs{epochs}"
+        out.mkdir()
+        record = train_teachers.train_teacher(config, 0, project, out)
+        teacher, spec = checkpoint.load(out / "0_checkpoint-mine.safetensors")
+        same = torch.equal(logits(teacher, val, CPU), logits(source, val, CPU))
+        assert same == (epochs == 0) and len(record["history"]) == epochs and spec["arch"] == arch
+        assert record["source"] == {
+            "path": "data/teachers/mine.safetensors",
+            "sha256": file_digest(project.user_teachers / "mine.safetensors"),
+        }
+
+
+def test_an_onnx_teacher_from_scikit_learn_gives_its_probabilities(project, tmp_path):
+    clf = sklearn_teacher(project, "logreg.onnx")
+    entry = {"onnx": "data/teachers/logreg.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"}
+    record = train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, project, tmp_path)
+    teacher = OnnxClassifier(tmp_path / "0_onnx-logreg.onnx")
+    val = load_dataset(project.raw).val
+    expected = clf.predict_proba(pixels(val))
+    assert np.allclose(torch.softmax(logits(teacher, val, CPU), dim=1).numpy(), expected, atol=1e-4)
+    assert record["val_accuracy"] == pytest.approx((expected.argmax(1) == val.y.numpy()).mean())
+    assert record["params"] == teacher.onnx_params == clf.coef_.size + clf.intercept_.size
+
+
+def test_an_onnx_teacher_gets_its_pixels_in_the_layout_and_range_it_declares(project, tmp_path):
+    data = load_dataset(project.raw)
+    inner = seeded(0, lambda: models.build(train_teachers.spec_for("wide_cnn", data))).eval()
+    example = data.val.head(2).permute(0, 2, 3, 1) * 2 - 1
+    torch.onnx.export(
+        ChannelsLastSymmetric(inner), (example,), project.user_teachers / "nhwc.onnx", dynamo=True, external_data=False,
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )  # fmt: skip
+    entry = {"onnx": "data/teachers/nhwc.onnx", "layout": "NHWC", "scaling": "-1..1"}
+    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, project, tmp_path)
+    teacher = OnnxClassifier(tmp_path / "0_onnx-nhwc.onnx")
+    assert torch.allclose(logits(teacher, data.val, CPU), logits(inner, data.val, CPU), atol=1e-4)
+
+
+def torch_onnx(layout: Layout, name: str) -> None:
+    """A torch model that gives logits, as ONNX in data/teachers/."""
+    model = torch_weights(layout, "x.safetensors", "wide_cnn")
+    onnx_export.export(model, load_dataset(layout.raw).val.head(2), layout.user_teachers / name)
+
+
+def write_pickle(layout: Layout) -> None:
+    torch.save(torch_weights(layout, "x.safetensors", "wide_cnn").state_dict(), layout.user_teachers / "mine.pt")
+
+
+def write_outside(layout: Layout) -> None:
+    torch_weights(layout, "x.safetensors", "wide_cnn")
+    shutil.move(layout.user_teachers / "x.safetensors", layout.root / "mine.safetensors")
+
+
+BAD_TEACHERS = {  # the entry, how to make its file, what the error must say
+    "onnx class count": (
+        {"onnx": "data/teachers/m.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"},
+        lambda layout: sklearn_teacher(layout, "m.onnx", classes=5),
+        "has 5 classes; the data has 10",
+    ),
+    "onnx input size": (
+        {"onnx": "data/teachers/m.onnx", "layout": "flat", "outputs": "probabilities"},
+        lambda layout: sklearn_teacher(layout, "m.onnx", features=32),
+        "[?, 32], but the data's images are 1 x 8 x 8",
+    ),
+    "onnx outputs that are no classifier's": (
+        {"onnx": "data/teachers/m.onnx", "layout": "flat"},
+        lambda layout: sklearn_teacher(layout, "m.onnx", zipmap=True),
+        "include no float [N, classes] tensor",
+    ),
+    "onnx probabilities called logits": (
+        {"onnx": "data/teachers/m.onnx", "layout": "flat", "outputs": "logits"},
+        lambda layout: sklearn_teacher(layout, "m.onnx"),
+        "set outputs: probabilities",
+    ),
+    "onnx logits called probabilities": (
+        {"onnx": "data/teachers/m.onnx", "outputs": "probabilities"},
+        lambda layout: torch_onnx(layout, "m.onnx"),
+        "are declared probabilities but sum to",
+    ),
+    "not an onnx file": (
+        {"onnx": "data/teachers/m.onnx"},
+        lambda layout: (layout.user_teachers / "m.onnx").write_bytes(b"not a model"),
+        "data/teachers/m.onnx is not an ONNX file",
+    ),
+    "checkpoint of another architecture": (
+        {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn"},
+        lambda layout: torch_weights(layout, "mine.safetensors", "small_resnet"),
+        "does not fit wide_cnn",
+    ),
+    "a pickle": (
+        {"checkpoint": "data/teachers/mine.pt", "arch": "wide_cnn"},
+        write_pickle,
+        "is a pickle",
+    ),
+    "a file outside data/teachers": (
+        {"checkpoint": "mine.safetensors", "arch": "wide_cnn"},
+        write_outside,
+        "is not inside data/teachers/",
+    ),
+    "a missing file": ({"onnx": "data/teachers/none.onnx"}, lambda layout: None, "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TEACHERS)
+def test_a_bad_teacher_is_refused_naming_the_entry_and_nothing_trains(project, case, caplog):
+    entry, make, says = BAD_TEACHERS[case]
+    make(project)
+    config = TeachersConfig(epochs=1, models=["wide_cnn", entry])
+    with caplog.at_level(logging.INFO, logger="distillery"), pytest.raises(DistilleryError) as e:
+        train_teachers.run(config, project)
+    assert str(e.value).startswith("teachers.models[1] (1_") and says in str(e.value)
+    assert str(e.value).endswith("Nothing was trained.") and str(e.value).count("teachers.models") == 1
+    assert not project.teachers.exists() and not any("epoch" in r.message for r in caplog.records)
+
+
+def test_teachers_keep_their_order_past_ten(tmp_path):
+    layout = Layout(tmp_path)
+    layout.teachers.mkdir(parents=True)
+    for i in (10, 2, 1, 0, 11):
+        (layout.teachers / f"{i}_wide_cnn.{'onnx' if i == 2 else 'safetensors'}").touch()
+    layout.teacher_outputs.touch()
+    assert layout.teacher_models() == [f"teacher_{i}_wide_cnn" for i in (0, 1, 2, 10, 11)]
+
+
+def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers(project):
+    torch_weights(project, "mine.safetensors", "small_resnet")
+    sklearn_teacher(project, "logreg.onnx")
+    teachers = [
+        "wide_cnn",
+        "torchvision:shufflenet_v2_x0_5",
+        {"checkpoint": "data/teachers/mine.safetensors", "arch": "small_resnet", "fine_tune_epochs": 2},
+        {"onnx": "data/teachers/logreg.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"},
+    ]
+    params = PipelineParams.model_validate({**TINY, "teachers": {**TINY["teachers"], "models": teachers}})
+    for stage in stages_through("report")[2:]:  # after ingest and validate
+        stage.call(params, project)
+    names = ["0_wide_cnn", "1_torchvision-shufflenet_v2_x0_5", "2_checkpoint-mine", "3_onnx-logreg"]
+    assert project.teacher_models() == [f"teacher_{n}" for n in names]
+    metrics = read_json(project.metrics)
+    assert [t["name"] for t in metrics["teachers"]] == names
+    sources = {t["name"]: t["source"] for t in metrics["teachers"]}
+    assert sources["0_wide_cnn"] is None and sources["1_torchvision-shufflenet_v2_x0_5"] is None
+    for name, file in (("2_checkpoint-mine", "mine.safetensors"), ("3_onnx-logreg", "logreg.onnx")):
+        assert sources[name]["sha256"] == file_digest(project.user_teachers / file)
+    assert all(t["params"] > 600 and t["bytes"] > 0 and t["latency_ms"]["b1"] > 0 for t in metrics["teachers"])
+    ensemble = onnx.load(str(verified_onnx(project)["ensemble"]))  # the export stage checked it against torch
+    assert {o.domain for o in ensemble.opset_import} == {"", "ai.onnx.ml"}  # the scikit-learn member is in it
+    assert metrics["ensemble"]["params"] == sum(t["params"] for t in metrics["teachers"])
