@@ -188,8 +188,9 @@ class OnnxClassifier(nn.Module):
 
 
 def weight_count(model: onnx.ModelProto) -> int:
-    """The weights a wrapped classifier holds (not the wrapper's constants): its initializers, constant tensors and float-list attributes (where
-    converters such as skl2onnx put a linear model's coefficients or a forest's thresholds)."""
+    """The weights a wrapped classifier holds (not the wrapper's constants): its initializers, constant tensors
+    and float-list attributes (where converters such as skl2onnx put a linear model's coefficients or a forest's
+    thresholds)."""
     count = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.name.startswith(PREFIX))
     for node in model.graph.node:
         for a in node.attribute:
