@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from distillery import combine
+from distillery.combine import Combination
 from distillery.errors import DistilleryError
 
 
@@ -158,15 +160,18 @@ class StudentCNN(nn.Module):
 
 
 class Ensemble(nn.Module):
-    """Averages the members' class probabilities; the fp32 baseline the student replaces."""
+    """Joins its members' class probabilities as `combination` says (unset: their mean); the fp32 baseline the
+    student replaces."""
 
-    def __init__(self, members: list[nn.Module]):
+    def __init__(self, members: list[nn.Module], combination: Combination | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
+        self.combination = combination or combine.equal("mean_probabilities", len(members))
+        if len(self.combination.weights) != len(members):
+            raise ValueError(f"{len(self.combination.weights)} weights for {len(members)} members")
 
     def soft_targets(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
-        probs = [torch.softmax(m(x).float() / temperature, dim=1) for m in self.members]
-        return torch.stack(probs).mean(dim=0)
+        return self.combination.probabilities(torch.stack([m(x).float() for m in self.members], dim=1), temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.soft_targets(x, 1.0)

@@ -14,6 +14,7 @@ from onnx import helper, version_converter
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
+from distillery.combine import Combination
 from distillery.data import Split, batches
 from distillery.errors import DistilleryError
 from distillery.files import atomic_file
@@ -40,34 +41,41 @@ def export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         strip_debug_info(tmp)
 
 
-def ensemble(members: list[Path], path: Path) -> None:
-    """One ONNX file that averages the class probabilities of the member files (each takes `images` and gives
-    logits as `scores`), as `models.Ensemble` does. The members, exported by torch or wrapped from any
-    framework, are brought to the newest opset among them and their names prefixed."""
+def ensemble(members: list[Path], path: Path, combination: Combination) -> None:
+    """One ONNX file that joins the class scores of the member files (each takes `images` and gives logits as
+    `scores`) into probabilities as `combination` does, as `models.Ensemble` does. The members, exported by torch
+    or wrapped from any framework, are brought to the newest opset among them and their names prefixed."""
     loaded = [onnx.load(str(p)) for p in members]
     opset = max(default_opset(m) for m in loaded)
     loaded = [m if default_opset(m) == opset else version_converter.convert_version(m, opset) for m in loaded]
-    nodes, initializers, functions, opsets = [], [], [], {}
-    for i, member in enumerate(loaded):
+    nodes, initializers, functions, opsets, weighted = [], [], [], {}, []
+    for i, (member, weight) in enumerate(zip(loaded, combination.weights, strict=True)):
         prefix = f"member{i}/"
         member = onnx.compose.add_prefix(member, prefix)
-        nodes += [
-            helper.make_node("Identity", ["images"], [prefix + "images"]),
-            *member.graph.node,
-            helper.make_node("Softmax", [prefix + "scores"], [prefix + "probabilities"], axis=1),
+        scores = prefix + "scores"
+        nodes += [helper.make_node("Identity", ["images"], [prefix + "images"]), *member.graph.node]
+        if not combination.averages_logits:
+            nodes.append(helper.make_node("Softmax", [scores], [prefix + "probabilities"], axis=1))
+            scores = prefix + "probabilities"
+        initializers += [
+            onnx.numpy_helper.from_array(np.array(weight, np.float32), prefix + "weight"),
+            *member.graph.initializer,
         ]
-        initializers += member.graph.initializer
+        nodes.append(helper.make_node("Mul", [scores, prefix + "weight"], [prefix + "weighted"]))
+        weighted.append(prefix + "weighted")
         functions += member.functions
         for o in member.opset_import:
             opsets[o.domain] = max(o.version, opsets.get(o.domain, 0))
-    share = onnx.numpy_helper.from_array(np.array(1 / len(members), np.float32), "share")
-    nodes += [
-        helper.make_node("Sum", [f"member{i}/probabilities" for i in range(len(members))], ["total"]),
-        helper.make_node("Mul", ["total", "share"], ["scores"]),
-    ]
+    if combination.averages_logits:
+        nodes += [
+            helper.make_node("Sum", weighted, ["mean_logits"]),
+            helper.make_node("Softmax", ["mean_logits"], ["scores"], axis=1),
+        ]
+    else:
+        nodes.append(helper.make_node("Sum", weighted, ["scores"]))
     first = onnx.load(str(members[0])).graph
     images, scores = first.input[0], first.output[0]  # every member's input and output are these
-    graph = helper.make_graph(nodes, "ensemble", [images], [scores], initializer=[share, *initializers])
+    graph = helper.make_graph(nodes, "ensemble", [images], [scores], initializer=initializers)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],

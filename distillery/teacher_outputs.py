@@ -2,7 +2,7 @@
 0: the images as stored; the others rotated and shifted at random, as training augments them), so that a
 student learns from the ensemble on the very image it sees without running the teachers every epoch."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -10,6 +10,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distillery import combine
+from distillery.combine import Combination
 from distillery.data import Split, batches, random_theta, warp
 from distillery.errors import DistilleryError
 from distillery.files import atomic_file
@@ -19,6 +21,7 @@ from distillery.files import atomic_file
 class TeacherOutputs:
     thetas: torch.Tensor  # views x N x 2 x 3: each view's affine map of each training image (view 0: identity)
     logits: torch.Tensor  # views x N x members x classes
+    combination: Combination | None = None  # how soft_targets joins the members (None: the mean of probabilities)
 
     @property
     def views(self) -> int:
@@ -36,9 +39,14 @@ class TeacherOutputs:
         """The outputs of one member alone (its place among the members), on the same views."""
         return TeacherOutputs(self.thetas, self.logits[:, :, place : place + 1])
 
+    def combined(self, combination: Combination) -> "TeacherOutputs":
+        """The same outputs, joined by `combination`."""
+        return replace(self, combination=combination)
+
     def soft_targets(self, view: int, index: torch.Tensor, temperature: float) -> torch.Tensor:
-        """The members' probabilities at `temperature`, averaged, as `Ensemble.soft_targets` gives them."""
-        return torch.softmax(self.logits[view, index.cpu()] / temperature, dim=2).mean(dim=1)
+        """The members' outputs at `temperature`, joined as `Ensemble.soft_targets` joins them."""
+        combination = self.combination or combine.equal("mean_probabilities", self.logits.shape[2])
+        return combination.probabilities(self.logits[view, index.cpu()], temperature)
 
 
 @torch.no_grad()

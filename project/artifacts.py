@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from distillery import checkpoint
+from distillery.combine import Combination
 from distillery.errors import DistilleryError
 from distillery.files import file_digest, read_json
 from distillery.models import Ensemble
@@ -35,11 +36,19 @@ def load_model(layout: Layout, model: str) -> nn.Module:
     return checkpoint.load(layout.checkpoint(model))[0]
 
 
-def load_ensemble(layout: Layout) -> Ensemble:
+def load_ensemble(layout: Layout, combination: Combination | None = None) -> Ensemble:
+    """The teachers joined by `combination`, or by the one the distill stage chose (`kd.combine`)."""
     teachers = layout.teacher_models()
     if not teachers:
         raise DistilleryError(f"No teachers in {layout.teachers}; run the train_teachers stage first.")
-    return Ensemble([load_model(layout, teacher) for teacher in teachers]).eval()
+    return Ensemble([load_model(layout, t) for t in teachers], combination or read_combination(layout)).eval()
+
+
+def read_combination(layout: Layout) -> Combination:
+    """How the ensemble joins its teachers, as the distill stage chose it (`kd.combine`)."""
+    if not layout.ensemble_combination.exists():
+        raise DistilleryError(f"{layout.ensemble_combination} is missing; run the distill stage first.")
+    return Combination.from_json(read_json(layout.ensemble_combination))
 
 
 def read_record(layout: Layout, model: str) -> dict:

@@ -175,6 +175,14 @@ class TeachersConfig(TrainConfig):
 class KDConfig(Section):
     temperature: PositiveFloat = 4.0
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-target loss")
+    combine: Literal["mean_probabilities", "mean_logits", "fitted_weights"] = Field(
+        "mean_probabilities",
+        description=(
+            "How the ensemble joins its teachers: the mean of their probabilities, the softmax of the mean of their "
+            "logits, or a weighted mean of their probabilities with the weights that minimise the negative "
+            "log-likelihood on the validation split (fitted by the distill stage)"
+        ),
+    )
 
 
 class DistillConfig(TrainConfig):

@@ -43,6 +43,7 @@ class Layout:
     teacher_outputs = under_root("data", "models", "teachers", "ensemble_outputs.safetensors")
     user_teachers = under_root("data", "teachers")  # the teachers users bring: a dependency of the teachers stage
     student = under_root("data", "models", "student")
+    ensemble_combination = under_root("data", "models", "student", "ensemble.json")  # kd.combine, as distill fitted it
     pruned = under_root("data", "models", "pruned")
     qat = under_root("data", "models", "qat")
     sensitivity_plot = under_root("data", "models", "pruned", "sensitivity.png")

@@ -126,6 +126,26 @@ def kept_section(metrics: dict, layout: Layout) -> list[str]:
     ]
 
 
+RULE_WORDS = {
+    "mean_probabilities": "the mean of their probabilities",
+    "mean_logits": "the softmax of the mean of their logits",
+    "fitted_weights": "a weighted mean of their probabilities, the weights fitted on the validation split by NLL",
+}
+
+
+def combination_line(combination: dict) -> str:
+    """Which rule joins the teachers (`kd.combine`), with each teacher's weight and every rule's validation NLL."""
+    weights = ", ".join(
+        f"{name.removeprefix('teacher_')} {weight:.3f}"
+        for name, weight in zip(combination["members"], combination["weights"], strict=True)
+    )
+    others = "; ".join(f"{rule} {v['val_nll']:.4f}" for rule, v in combination["validation"].items())
+    return (
+        f"The ensemble joins its teachers by {RULE_WORDS[combination['rule']]} (`kd.combine: {combination['rule']}`); "
+        f"weights: {weights}. Validation NLL of each rule (fitted weights: on the same images): {others}."
+    )
+
+
 def markdown_report(metrics: dict, layout: Layout) -> str:
     d = metrics["dataset"]
     shipped = metrics["shipped"]
@@ -143,6 +163,8 @@ def markdown_report(metrics: dict, layout: Layout) -> str:
             "model's output range.",
             "",
             markdown_table(metrics),
+            "",
+            combination_line(metrics["ensemble"]["combination"]),
             "",
             f"Ratios below are for {shipped['model'] or 'the int8 model'}.",
             "",

@@ -3,14 +3,17 @@ benchmark share) and what students distil from."""
 
 import logging
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from distillery import models, teacher_outputs
+from distillery import combine, models, teacher_outputs
+from distillery.combine import Combination
 from distillery.data import Dataset, Split
 from distillery.models import Ensemble
 from distillery.teacher_outputs import TeacherOutputs
-from distillery.training import Objective, accuracy, fit, seeded
-from project.artifacts import load_ensemble
+from distillery.training import Objective, accuracy, fit, logits, seeded
+from project.artifacts import load_ensemble, load_model, read_combination
 from project.config import DistillConfig, KDConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
@@ -18,18 +21,38 @@ from project.settings import device, kd_settings, train_settings
 log = logging.getLogger("distillery")
 
 
-def load_teaching(layout: Layout, train: Split) -> Ensemble | TeacherOutputs:
+def load_teaching(layout: Layout, train: Split, combination: Combination | None = None) -> Ensemble | TeacherOutputs:
     """What students learn from: the ensemble's outputs where the teachers stage cached them (their views are
-    then the images of every student, distilled or trained alone), else the ensemble itself, run on every batch."""
+    then the images of every student, distilled or trained alone), else the ensemble itself, run on every batch;
+    its teachers joined by `combination`, or by the one the distill stage chose."""
+    combination = combination or read_combination(layout)
     if layout.teacher_outputs.exists():
         cached = teacher_outputs.load(layout.teacher_outputs, train)
         log.info(
             "students train on the stored images and %d random views, cached with the teachers' outputs",
             cached.views - 1,
         )
-        return cached
+        return cached.combined(combination)
     log.info("no cached teacher outputs: students distil from the ensemble run on every batch")
-    return load_ensemble(layout).to(device())
+    return load_ensemble(layout, combination).to(device())
+
+
+def fit_combination(layout: Layout, rule: str, val: Split) -> tuple[Combination, dict]:
+    """The combination `rule` (kd.combine) names, fitted on the teachers' outputs for `val` where it is fitted;
+    with each rule's validation NLL and accuracy, for the record."""
+    teachers = [load_model(layout, t).to(device()) for t in layout.teacher_models()]
+    members = torch.stack([logits(t, val, device()) for t in teachers], dim=1)
+    chosen = combine.choose(rule, members, val.y)
+    candidates = {r: combine.choose(r, members, val.y) for r in combine.RULES}
+    measured = {}
+    for name, candidate in candidates.items():
+        probabilities = candidate.probabilities(members)
+        measured[name] = {
+            "val_nll": F.nll_loss(probabilities.clamp_min(1e-12).log(), val.y).item(),
+            "val_accuracy": (probabilities.argmax(dim=1) == val.y).float().mean().item(),
+        }
+    record = chosen.to_json() | {"members": layout.teacher_models(), "validation": measured}
+    return chosen, record
 
 
 def train_student(

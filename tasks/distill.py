@@ -1,4 +1,5 @@
-"""Distill: the student learns from the ensemble's averaged soft targets; the same student
+"""Distill: the ensemble's combination of its teachers (kd.combine) is chosen, fitted on the validation split
+where it is fitted; the student learns from the ensemble's soft targets; the same student
 trained alone on hard labels, with the same seed and recipe, is the baseline. With several
 `width_scales`, the smallest student that meets the ship floor is kept."""
 
@@ -12,7 +13,7 @@ from project.artifacts import load_ensemble
 from project.config import DistillConfig, KDConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device
-from project.students import load_teaching, train_student
+from project.students import fit_combination, load_teaching, train_student
 
 log = logging.getLogger("distillery")
 
@@ -34,9 +35,11 @@ SECTIONS = ("distill", "kd", "ship")
 def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
     """Write data/models/student/: student_alone and student_kd (safetensors + history JSON)."""
     data = load_dataset(layout.raw)
-    ensemble = load_ensemble(layout).to(device())
+    combination, combination_record = fit_combination(layout, kd.combine, data.val)
+    log.info("ensemble: %s, weights %s", combination.rule, [round(w, 3) for w in combination.weights])
+    ensemble = load_ensemble(layout, combination).to(device())
     floor = ship.floor(accuracy(ensemble, data.val, device()))
-    teaching = load_teaching(layout, data.train)
+    teaching = load_teaching(layout, data.train, combination)
     base = {
         "arch": "student_cnn",
         "in_channels": data.in_channels,
@@ -56,6 +59,7 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     alone_model, alone_result = train_student(spec, data, config, kd=None, teaching=teaching, name="student_alone")
     kd_result |= {"width_search": search, "floor_val_accuracy": floor}
     with atomic_dir(layout.student) as out:
+        write_json(out / layout.ensemble_combination.name, combination_record)
         for name, model, result in (("student_alone", alone_model, alone_result), ("student_kd", kd_model, kd_result)):
             checkpoint.save(model, spec, out / layout.checkpoint(name).name)
             write_json(out / layout.record(name).name, result)

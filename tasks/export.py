@@ -45,7 +45,8 @@ def run(config: ExportConfig, layout: Layout) -> dict:
             model = int8 if name == "int8" else load_model(layout, name)
             path = out / layout.onnx(name).name
             if name == "ensemble":  # its members' files joined: some may be ONNX classifiers that torch cannot trace
-                onnx_export.ensemble([out / layout.onnx(t).name for t in layout.teacher_models()], path)
+                members = [out / layout.onnx(t).name for t in layout.teacher_models()]
+                onnx_export.ensemble(members, path, model.combination)
             elif isinstance(model, OnnxClassifier):  # already in the run's interface
                 shutil.copyfile(model.path, path)
             else:

@@ -216,6 +216,7 @@ def run(params: PipelineParams, layout: Layout) -> dict:
         "onnxruntime": {"version": ort.__version__, "threads": threads},
         "params": params.to_yaml_dict(),
     }
+    metrics["ensemble"]["combination"] = read_json(layout.ensemble_combination)
     val = {m: measured[m]["val_accuracy"] for m in ("ensemble", *DEPLOYABLE)}
     latencies = ship_latencies(paths, data, params.ship, budget_s=params.report.latency_budget_s)
     metrics["shipped"] = choose_shipped(val, latencies, params.ship)

@@ -3,12 +3,16 @@ other frameworks (scikit-learn through skl2onnx here), mixed in one run; and the
 anything trains."""
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 from pydantic import ValidationError
 from safetensors.torch import save_file
 from skl2onnx import to_onnx
@@ -26,7 +30,7 @@ from project.config import PipelineParams, TeachersConfig
 from project.layout import Layout
 from project.user_errors import describe_invalid
 from tasks import stages_through, train_teachers
-from tests.conftest import TINY
+from tests.conftest import ROOT, TINY
 
 CPU = torch.device("cpu")
 
@@ -66,15 +70,34 @@ def torch_weights(layout: Layout, name: str, arch: str, *, seed: int = 7) -> nn.
     return model
 
 
-class ChannelsLastSymmetric(nn.Module):
-    """A user's model that takes N x H x W x C images scaled to -1..1 and gives logits."""
+class UserModel(nn.Module):
+    """A user's model that takes images in its own layout and range (`to_unit` undoes them) and gives logits."""
 
-    def __init__(self, inner: nn.Module):
+    def __init__(self, inner: nn.Module, to_unit):
         super().__init__()
-        self.inner = inner
+        self.inner, self.to_unit = inner, to_unit
 
     def forward(self, x):
-        return self.inner((x.permute(0, 3, 1, 2) + 1) / 2)
+        return self.inner(self.to_unit(x))
+
+
+FORMATS = {  # an ONNX teacher's declared input: the entry's keys, the model's input from 0..1 images, and back
+    "NHWC -1..1": (
+        {"layout": "NHWC", "scaling": "-1..1"},
+        lambda x: x.permute(0, 2, 3, 1) * 2 - 1,
+        lambda x: (x.permute(0, 3, 1, 2) + 1) / 2,
+    ),
+    "NCHW mean_std": (
+        {"layout": "NCHW", "scaling": "mean_std", "mean": [0.5], "std": [0.25]},
+        lambda x: (x - 0.5) / 0.25,
+        lambda x: x * 0.25 + 0.5,
+    ),
+    "flat 0..255": (
+        {"layout": "flat", "scaling": "0..255"},
+        lambda x: x.flatten(1) * 255,
+        lambda x: x.reshape(-1, 1, 8, 8) / 255,
+    ),
+}
 
 
 def test_config_takes_every_kind_of_teacher_and_names_what_is_wrong():
@@ -122,6 +145,7 @@ def test_a_torchvision_teacher_takes_small_gray_images_and_exports(tmp_path):
     with torch.no_grad():
         assert four(torch.rand(2, 4, 40, 20)).shape == (2, 3)  # a 1x1 conv maps 4 channels to 3; 21 a side at least
     assert four.channels.in_channels == 4 and four.min_side == 32
+    assert models.smallest_input("inception_v3") == (75, 75)  # scaled up to 75 a side, not 32
 
 
 @pytest.mark.parametrize("arch", ["small_resnet", "torchvision:shufflenet_v2_x0_5"])
@@ -155,17 +179,19 @@ def test_an_onnx_teacher_from_scikit_learn_gives_its_probabilities(project, tmp_
     assert record["params"] == teacher.onnx_params == clf.coef_.size + clf.intercept_.size
 
 
-def test_an_onnx_teacher_gets_its_pixels_in_the_layout_and_range_it_declares(project, tmp_path):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_onnx_teacher_gets_its_pixels_in_the_layout_and_range_it_declares(project, fmt, tmp_path):
+    keys, from_unit, to_unit = FORMATS[fmt]
     data = load_dataset(project.raw)
     inner = seeded(0, lambda: models.build(train_teachers.spec_for("wide_cnn", data))).eval()
-    example = data.val.head(2).permute(0, 2, 3, 1) * 2 - 1
     torch.onnx.export(
-        ChannelsLastSymmetric(inner), (example,), project.user_teachers / "nhwc.onnx", dynamo=True, external_data=False,
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        UserModel(inner, to_unit), (from_unit(data.val.head(2)),), project.user_teachers / "user.onnx", dynamo=True,
+        external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},),
     )  # fmt: skip
-    entry = {"onnx": "data/teachers/nhwc.onnx", "layout": "NHWC", "scaling": "-1..1"}
-    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, project, tmp_path)
-    teacher = OnnxClassifier(tmp_path / "0_onnx-nhwc.onnx")
+    train_teachers.train_teacher(
+        TeachersConfig(models=[{"onnx": "data/teachers/user.onnx", **keys}]), 0, project, tmp_path
+    )
+    teacher = OnnxClassifier(tmp_path / "0_onnx-user.onnx")
     assert torch.allclose(logits(teacher, data.val, CPU), logits(inner, data.val, CPU), atol=1e-4)
 
 
@@ -255,7 +281,7 @@ def test_teachers_keep_their_order_past_ten(tmp_path):
     assert layout.teacher_models() == [f"teacher_{i}_wide_cnn" for i in (0, 1, 2, 10, 11)]
 
 
-def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers(project):
+def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers_with_fitted_weights(project):
     torch_weights(project, "mine.safetensors", "small_resnet")
     sklearn_teacher(project, "logreg.onnx")
     teachers = [
@@ -264,7 +290,9 @@ def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers(p
         {"checkpoint": "data/teachers/mine.safetensors", "arch": "small_resnet", "fine_tune_epochs": 2},
         {"onnx": "data/teachers/logreg.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"},
     ]
-    params = PipelineParams.model_validate({**TINY, "teachers": {**TINY["teachers"], "models": teachers}})
+    params = PipelineParams.model_validate(
+        {**TINY, "teachers": {**TINY["teachers"], "models": teachers}, "kd": {"combine": "fitted_weights"}}
+    )
     for stage in stages_through("report")[2:]:  # after ingest and validate
         stage.call(params, project)
     names = ["0_wide_cnn", "1_torchvision-shufflenet_v2_x0_5", "2_checkpoint-mine", "3_onnx-logreg"]
@@ -279,3 +307,32 @@ def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers(p
     ensemble = onnx.load(str(verified_onnx(project)["ensemble"]))  # the export stage checked it against torch
     assert {o.domain for o in ensemble.opset_import} == {"", "ai.onnx.ml"}  # the scikit-learn member is in it
     assert metrics["ensemble"]["params"] == sum(t["params"] for t in metrics["teachers"])
+    combination = metrics["ensemble"]["combination"]  # fitted by distill; export checked the file against it
+    assert combination["rule"] == "fitted_weights" and combination["members"] == project.teacher_models()
+    assert len(combination["weights"]) == 4 and sum(combination["weights"]) == pytest.approx(1)
+    assert set(combination["validation"]) == {"mean_probabilities", "mean_logits", "fitted_weights"}
+    assert "`kd.combine: fitted_weights`); weights: 0_wide_cnn " in project.report.read_text()
+
+
+def readme_example() -> tuple[str, dict]:
+    """The README's "Bring your own teachers" example: its script and its params."""
+    block = (ROOT / "README.md").read_text().split("<!-- example: tests/test_own_teachers.py runs this block")[1]
+    script = block.split("```python\n")[1].split("```")[0]
+    return script, yaml.safe_load(block.split("```yaml\n")[1].split("```")[0])
+
+
+def test_the_readme_example_makes_a_teacher_the_stage_takes(project):
+    script, params = readme_example()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", script], cwd=project.root, env=env, check=True)
+    config = TeachersConfig(**{**params["teachers"], "epochs": 1, "cached_views": 0})
+    val_accuracy = train_teachers.run(config, project)
+    assert list(val_accuracy) == ["1_torchvision-resnet18", "0_small_resnet", "2_onnx-forest"]  # largest first
+    assert val_accuracy["2_onnx-forest"] > 0.9  # a 100-tree forest on the digits' 64 pixels
+
+
+def test_the_teachers_stage_depends_on_the_teachers_users_bring():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    folder = Layout(ROOT).user_teachers
+    assert str(folder.relative_to(ROOT)) in stages["train_teachers"]["deps"]
+    assert (folder / "README.md").is_file()  # so the dependency exists in a fresh clone
