@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-RULES = ("mean_probabilities", "mean_logits", "fitted_weights")
+from distillery.names import COMBINE_RULES as RULES
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from torch import nn
 from distillery import combine
 from distillery.combine import Combination
 from distillery.errors import DistilleryError
+from distillery.names import TORCHVISION
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -90,7 +91,6 @@ def resnet18(in_channels: int, num_classes: int) -> nn.Module:
     return model
 
 
-TORCHVISION = "torchvision:"  # an architecture by torchvision builder name: torchvision:resnet50
 MIN_SIDE = 32  # images smaller than this a side are scaled up for a torchvision model (its stem downsamples 4-32x)
 
 

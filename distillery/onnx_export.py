@@ -47,7 +47,14 @@ def ensemble(members: list[Path], path: Path, combination: Combination) -> None:
     or wrapped from any framework, are brought to the newest opset among them and their names prefixed."""
     loaded = [onnx.load(str(p)) for p in members]
     opset = max(default_opset(m) for m in loaded)
-    loaded = [m if default_opset(m) == opset else version_converter.convert_version(m, opset) for m in loaded]
+    for i, (member, source) in enumerate(zip(loaded, members, strict=True)):
+        try:
+            loaded[i] = member if default_opset(member) == opset else version_converter.convert_version(member, opset)
+        except version_converter.ConvertError as e:
+            raise DistilleryError(
+                f"{source.name} (opset {default_opset(member)}) cannot be brought to opset {opset} to join the "
+                f"ensemble's other members ({e}); export it at opset {opset}"
+            ) from e
     nodes, initializers, functions, opsets, weighted = [], [], [], {}, []
     for i, (member, weight) in enumerate(zip(loaded, combination.weights, strict=True)):
         prefix = f"member{i}/"
@@ -82,7 +89,12 @@ def ensemble(members: list[Path], path: Path, combination: Combination) -> None:
         ir_version=max(m.ir_version for m in loaded),
         functions=functions,
     )
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise DistilleryError(
+            f"joining {', '.join(p.name for p in members)} gave an invalid ensemble graph ({e})"
+        ) from e
     with atomic_file(path) as tmp:
         onnx.save(model, str(tmp))
 

@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from torch import nn
 
 from distillery.errors import DistilleryError
@@ -20,6 +21,13 @@ INPUT, OUTPUT = "images", "scores"  # the names every exported model of a run us
 PREFIX = "teacher/"  # the wrapped graph's own names, kept apart from the wrapper's
 FLOATS = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
 SMALLEST_PROBABILITY = 1e-12  # log(0) would be -inf
+RUN_ERRORS = (  # what onnxruntime raises for a graph it cannot load or run on given inputs (each a plain Exception)
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidGraph,
+    ort_errors.NotImplemented,
+    ort_errors.RuntimeException,
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,11 @@ def wrap(
     wanted = expected[fmt.layout]
     if source.type.tensor_type.elem_type not in FLOATS:
         raise DistilleryError(f"its input is {describe(source)}; Distillery feeds float32 or float64 images")
+    if dims(source)[0] is not None:
+        raise DistilleryError(
+            f"its input is {describe(source)}: a fixed batch of {dims(source)[0]}; export it with a dynamic batch "
+            "dimension"
+        )
     found = dims(source)[1:]
     if len(found) != len(wanted) or any(f not in (None, w) for f, w in zip(found, wanted, strict=False)):
         raise DistilleryError(
@@ -118,7 +131,9 @@ def wrap(
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", num_classes])],
         initializer=[*constants, *wrapped.graph.initializer],
     )
-    opsets = {o.domain: o.version for o in model.opset_import}  # some converters list a domain twice
+    opsets = {}
+    for o in model.opset_import:  # some converters list a domain twice
+        opsets[o.domain] = max(o.version, opsets.get(o.domain, 0))
     result_model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid(domain, version) for domain, version in opsets.items()],
@@ -178,8 +193,8 @@ class OnnxClassifier(nn.Module):
         self.path = path
         try:
             self.session = ort.InferenceSession(str(path), providers=providers())
-        except Exception as e:  # onnxruntime raises its own exception types, one per cause
-            raise DistilleryError(f"onnxruntime cannot run {path}: {e}") from e
+        except RUN_ERRORS as e:
+            raise DistilleryError(f"onnxruntime cannot load {path}: {e}") from e
         self.onnx_params = weight_count(onnx.load(str(path)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,13 @@ def read_combination(layout: Layout) -> Combination:
     """How the ensemble joins its teachers, as the distill stage chose it (`kd.combine`)."""
     if not layout.ensemble_combination.exists():
         raise DistilleryError(f"{layout.ensemble_combination} is missing; run the distill stage first.")
-    return Combination.from_json(read_json(layout.ensemble_combination))
+    record = read_json(layout.ensemble_combination)
+    if record["members"] != layout.teacher_models():
+        raise DistilleryError(
+            f"{layout.ensemble_combination} joins {', '.join(record['members'])}, not this run's teachers "
+            f"({', '.join(layout.teacher_models())}); rerun the distill stage."
+        )
+    return Combination.from_json(record)
 
 
 def read_record(layout: Layout, model: str) -> dict:

@@ -21,9 +21,7 @@ from pydantic import (
 )
 
 from distillery.errors import DistilleryError
-
-BUILT_IN_TEACHERS = ("wide_cnn", "small_resnet", "resnet18")
-TORCHVISION = "torchvision:"  # a teacher architecture by torchvision builder name, e.g. torchvision:resnet50
+from distillery.names import BUILT_IN_TEACHERS, COMBINE_RULES, TORCHVISION
 
 
 class Section(BaseModel):
@@ -175,7 +173,7 @@ class TeachersConfig(TrainConfig):
 class KDConfig(Section):
     temperature: PositiveFloat = 4.0
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-target loss")
-    combine: Literal["mean_probabilities", "mean_logits", "fitted_weights"] = Field(
+    combine: Literal[COMBINE_RULES] = Field(
         "mean_probabilities",
         description=(
             "How the ensemble joins its teachers: the mean of their probabilities, the softmax of the mean of their "

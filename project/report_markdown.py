@@ -8,6 +8,11 @@ def percent(value: float) -> str:
     return f"{value * 100:.2f}"
 
 
+def ratio(value: float) -> str:
+    """A ratio as a reader takes it in: whole numbers from 10 up (1,834), two significant digits below (0.18)."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def interval(bounds: list[float], *, signed: bool = False) -> str:
     """A 95% interval in percent or points, at the precision of the figures beside it."""
     form = "+.2f" if signed else ".2f"
@@ -168,10 +173,10 @@ def markdown_report(metrics: dict, layout: Layout) -> str:
             "",
             f"Ratios below are for {shipped['model'] or 'the int8 model'}.",
             "",
-            f"- Compression vs the ensemble: **{metrics['compression_ratio_vs_ensemble']:.3g}x** fewer bytes; "
-            f"vs the best teacher ({metrics['best_teacher']}): {metrics['compression_ratio_vs_best_teacher']:.3g}x.",
-            f"- Batch-1 speed-up vs the ensemble: **{metrics['speedup_b1_vs_ensemble']:.3g}x**; "
-            f"batch 256: {metrics['speedup_b256_vs_ensemble']:.3g}x.",
+            f"- Compression vs the ensemble: **{ratio(metrics['compression_ratio_vs_ensemble'])}x** fewer bytes; "
+            f"vs the best teacher ({metrics['best_teacher']}): {ratio(metrics['compression_ratio_vs_best_teacher'])}x.",
+            f"- Batch-1 speed-up vs the ensemble: **{ratio(metrics['speedup_b1_vs_ensemble'])}x**; "
+            f"batch 256: {ratio(metrics['speedup_b256_vs_ensemble'])}x.",
             f"- Accuracy change vs the ensemble: {-metrics['accuracy_drop_pp_vs_ensemble']:+.2f} points.",
             "",
             f"![accuracy vs size]({layout.accuracy_plot.name})",

@@ -37,12 +37,11 @@ def load_teaching(layout: Layout, train: Split, combination: Combination | None 
     return load_ensemble(layout, combination).to(device())
 
 
-def fit_combination(layout: Layout, rule: str, val: Split) -> tuple[Combination, dict]:
-    """The combination `rule` (kd.combine) names, fitted on the teachers' outputs for `val` where it is fitted;
-    with each rule's validation NLL and accuracy, for the record."""
+def fit_ensemble(layout: Layout, rule: str, val: Split) -> tuple[Ensemble, dict]:
+    """The teachers joined by the combination `rule` (kd.combine) names, fitted on their outputs for `val` where
+    it is fitted; and for the record, its weights and every rule's validation NLL and accuracy."""
     teachers = [load_model(layout, t).to(device()) for t in layout.teacher_models()]
     members = torch.stack([logits(t, val, device()) for t in teachers], dim=1)
-    chosen = combine.choose(rule, members, val.y)
     candidates = {r: combine.choose(r, members, val.y) for r in combine.RULES}
     measured = {}
     for name, candidate in candidates.items():
@@ -51,8 +50,8 @@ def fit_combination(layout: Layout, rule: str, val: Split) -> tuple[Combination,
             "val_nll": F.nll_loss(probabilities.clamp_min(1e-12).log(), val.y).item(),
             "val_accuracy": (probabilities.argmax(dim=1) == val.y).float().mean().item(),
         }
-    record = chosen.to_json() | {"members": layout.teacher_models(), "validation": measured}
-    return chosen, record
+    record = candidates[rule].to_json() | {"members": layout.teacher_models(), "validation": measured}
+    return Ensemble(teachers, candidates[rule]).eval(), record
 
 
 def train_student(

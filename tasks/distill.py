@@ -9,11 +9,10 @@ from distillery import checkpoint
 from distillery.data import load_dataset
 from distillery.files import atomic_dir, write_json
 from distillery.training import accuracy
-from project.artifacts import load_ensemble
 from project.config import DistillConfig, KDConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device
-from project.students import fit_combination, load_teaching, train_student
+from project.students import fit_ensemble, load_teaching, train_student
 
 log = logging.getLogger("distillery")
 
@@ -35,9 +34,9 @@ SECTIONS = ("distill", "kd", "ship")
 def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
     """Write data/models/student/: student_alone and student_kd (safetensors + history JSON)."""
     data = load_dataset(layout.raw)
-    combination, combination_record = fit_combination(layout, kd.combine, data.val)
+    ensemble, combination_record = fit_ensemble(layout, kd.combine, data.val)
+    combination = ensemble.combination
     log.info("ensemble: %s, weights %s", combination.rule, [round(w, 3) for w in combination.weights])
-    ensemble = load_ensemble(layout, combination).to(device())
     floor = ship.floor(accuracy(ensemble, data.val, device()))
     teaching = load_teaching(layout, data.train, combination)
     base = {

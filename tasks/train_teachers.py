@@ -1,7 +1,7 @@
 """Train teachers: the listed ones, mixed freely. Architectures (built-in or torchvision's) train here, each with
 its own seed (its place in the list added to the stage's); users' trained torch models are used as they are or
 fine-tuned; ONNX classifiers from any framework are wrapped into the run's interface, never trained. Every user
-file is checked before anything trains. Then the teachers' outputs are cached for the students."""
+teacher is checked before anything trains. Then the teachers' outputs are cached for the students."""
 
 import logging
 import os
@@ -13,19 +13,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from google.protobuf.message import DecodeError
 from torch import nn
 
-from distillery import checkpoint, models, onnx_teacher, teacher_outputs
+from distillery import checkpoint, combine, models, onnx_export, onnx_teacher, teacher_outputs
 from distillery.data import Dataset, load_dataset
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir, file_digest, write_json
+from distillery.names import TORCHVISION
 from distillery.onnx_teacher import OnnxClassifier, PixelFormat
 from distillery.training import accuracy, fit, logits, seeded
 from project.artifacts import require_valid
-from project.config import TORCHVISION, CheckpointTeacher, OnnxTeacher, TeachersConfig
+from project.config import CheckpointTeacher, OnnxTeacher, TeachersConfig
 from project.layout import TEACHER, Layout
 from project.settings import device, train_settings
 
@@ -62,7 +64,7 @@ def user_file(config: TeachersConfig, index: int, path: Path, layout: Layout) ->
     """A teacher file a user brings: it must be in data/teachers/, the stage's DVC dependency, so that a changed
     file retrains the teachers."""
     found = layout.root / path
-    if not found.resolve().is_relative_to(layout.user_teachers.resolve()):
+    if not Path(os.path.abspath(found)).is_relative_to(os.path.abspath(layout.user_teachers)):  # links may point out
         folder = layout.user_teachers.relative_to(layout.root)
         raise entry_error(
             config, index, f"{path} is not inside {folder}/; move it there (DVC tracks that folder for this stage)"
@@ -76,10 +78,8 @@ def pixel_format(entry: OnnxTeacher, channels: int) -> PixelFormat:
     if entry.scaling == "mean_std":
         if {len(entry.mean), len(entry.std)} - {1, channels}:
             raise ValueError(f"mean and std need one value or one per channel ({channels})")
-        scale, shift = (
-            tuple(1 / s for s in entry.std),
-            tuple(-m / s for m, s in zip(entry.mean, entry.std, strict=True)),
-        )
+        mean, std = (np.broadcast_to(np.array(v, dtype=float), channels) for v in (entry.mean, entry.std))
+        scale, shift = tuple(1 / std), tuple(-mean / std)
     else:
         scale, shift = ((v,) for v in PIXEL_RANGES[entry.scaling])
     return PixelFormat(entry.layout, scale, shift, entry.outputs == "probabilities", entry.output)
@@ -105,6 +105,11 @@ def wrapped_onnx(config: TeachersConfig, index: int, layout: Layout, data: Datas
     except (ValueError, DistilleryError) as e:
         out.unlink(missing_ok=True)
         raise entry_error(config, index, f"{entry.onnx}: {e}") from e
+    except onnx_teacher.RUN_ERRORS as e:
+        out.unlink(missing_ok=True)
+        raise entry_error(
+            config, index, f"{entry.onnx}: onnxruntime cannot run it on the validation images ({e})"
+        ) from e
     problem = output_problem(scores, fmt, data.num_classes)
     if problem:
         out.unlink()
@@ -153,14 +158,33 @@ def user_weights(config: TeachersConfig, index: int, model: nn.Module, layout: L
     target.load_state_dict(weights)
 
 
-def check_user_teachers(config: TeachersConfig, layout: Layout, data: Dataset) -> None:
-    """Every teacher file a user brings, checked as the stage will use it, before anything trains."""
+def check_teachers(config: TeachersConfig, layout: Layout, data: Dataset) -> None:
+    """Every teacher as the stage will use it, before anything trains: each architecture (with a user's weights)
+    takes two validation images; each ONNX classifier is wrapped, run on the validation images and joined with a
+    torch model into an ensemble graph, as the export stage will join it."""
+    images = data.val.head(2)
     for index, entry in enumerate(config.models):
         if isinstance(entry, OnnxTeacher):
             with tempfile.TemporaryDirectory() as scratch:
-                wrapped_onnx(config, index, layout, data, Path(scratch) / "check.onnx")
-        elif isinstance(entry, CheckpointTeacher):
-            user_weights(config, index, models.build(spec_for(entry.arch, data)), layout)
+                joined = [wrapped_onnx(config, index, layout, data, Path(scratch) / "trial_teacher.onnx").path]
+                joined.append(Path(scratch) / "trial_torch.onnx")
+                torch_model = nn.Sequential(nn.Flatten(), nn.Linear(images[0].numel(), data.num_classes)).eval()
+                onnx_export.export(torch_model, images, joined[1])
+                try:
+                    onnx_export.ensemble(joined, Path(scratch) / "trial_ensemble.onnx", combine.equal("mean_logits", 2))
+                except DistilleryError as e:
+                    raise entry_error(config, index, f"{entry.onnx}: {e}") from e
+            continue
+        arch = entry.arch if isinstance(entry, CheckpointTeacher) else entry
+        model = models.build(spec_for(arch, data))
+        if isinstance(entry, CheckpointTeacher):
+            user_weights(config, index, model, layout)
+        try:
+            with torch.no_grad():
+                model.eval()(images)
+        except (RuntimeError, AssertionError, ValueError) as e:
+            shape = " x ".join(map(str, images.shape[1:]))
+            raise entry_error(config, index, f"{arch} cannot take the data's {shape} images ({e})") from e
 
 
 def spec_for(arch: str, data: Dataset) -> dict:
@@ -223,7 +247,7 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[
     so on a cluster the longest training starts at once."""
     require_valid(layout)
     largest_first = sorted(range(len(config.models)), key=lambda i: -training_size(config.models[i]))
-    check_user_teachers(config, layout, load_dataset(layout.raw))
+    check_teachers(config, layout, load_dataset(layout.raw))
     with atomic_dir(layout.teachers) as out:
         results = list(map_fn(lambda i: train_teacher(config, i, layout, out), largest_first))
         if config.cached_views:

@@ -1,15 +1,21 @@
 """How the ensemble joins its teachers (kd.combine): each rule's probabilities, the fitted weights, and the same
 combination in torch, in the teachers' cached outputs and in the exported ONNX file."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from distillery import combine, onnx_export, teacher_outputs
-from distillery.data import Split
+from distillery.data import Split, load_dataset
+from distillery.errors import DistilleryError
+from distillery.files import read_json, write_json
 from distillery.models import Ensemble, WideCNN
 from distillery.training import seeded
+from project.layout import Layout
+from project.students import load_teaching
 
 CPU = torch.device("cpu")
 
@@ -70,3 +76,21 @@ def test_the_cache_and_the_onnx_file_join_the_members_as_the_ensemble_does(combi
     scores = onnx_export.session(tmp_path / "ensemble.onnx").run(None, {"images": x.numpy()})[0]
     with torch.no_grad():
         assert np.allclose(scores, ensemble(x).numpy(), atol=1e-6)
+
+
+def test_later_stages_learn_from_the_combination_distill_wrote(staged, tmp_path):
+    """prune and quantize take their teaching from load_teaching without a combination: it must be the file's."""
+    layout = Layout(tmp_path)
+    for folder in (staged.raw, staged.teachers, staged.student):
+        shutil.copytree(folder, layout.root / folder.relative_to(staged.root))
+    record = read_json(layout.ensemble_combination) | {"rule": "fitted_weights", "weights": [0.9, 0.1]}
+    write_json(layout.ensemble_combination, record)
+    train = load_dataset(layout.raw).train
+    index = torch.arange(32)
+    targets = load_teaching(layout, train).soft_targets(0, index, 4.0)
+    logits = teacher_outputs.load(layout.teacher_outputs, train).logits[0, :32]
+    assert torch.allclose(targets, combine.Combination("fitted_weights", (0.9, 0.1)).probabilities(logits, 4.0))
+    assert not torch.allclose(targets, combine.equal("mean_probabilities", 2).probabilities(logits, 4.0))
+    write_json(layout.ensemble_combination, record | {"members": ["teacher_0_wide_cnn", "teacher_9_other"]})
+    with pytest.raises(DistilleryError, match="not this run's teachers"):
+        load_teaching(layout, train)

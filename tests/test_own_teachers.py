@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import save_file
 from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
@@ -23,6 +24,7 @@ from distillery import checkpoint, models, onnx_export
 from distillery.data import load_dataset
 from distillery.errors import DistilleryError
 from distillery.files import file_digest, read_json
+from distillery.names import BUILT_IN_TEACHERS
 from distillery.onnx_teacher import OnnxClassifier
 from distillery.training import logits, seeded
 from project.artifacts import verified_onnx
@@ -50,13 +52,16 @@ def pixels(split) -> np.ndarray:
     return split.images[split.rows].reshape(len(split), -1).numpy().astype(np.float32)
 
 
-def sklearn_teacher(layout: Layout, name: str, *, classes: int = 10, features: int | None = None, zipmap=False):
+def sklearn_teacher(
+    layout: Layout, name: str, *, classes=10, features=None, zipmap=False, dtype=np.float32, fixed_batch=False
+):
     """A logistic regression trained on the training images (0..255, flattened), as ONNX in data/teachers/."""
     train = load_dataset(layout.raw).train
-    x, y = pixels(train)[:, :features], train.y.numpy() % classes
+    x, y = pixels(train)[:, :features].astype(dtype), train.y.numpy() % classes
     clf = LogisticRegression(max_iter=200).fit(x, y)
     options = {} if zipmap else {id(clf): {"zipmap": False}}
-    (layout.user_teachers / name).write_bytes(to_onnx(clf, x[:1], options=options).SerializeToString())
+    example = {"initial_types": [("X", FloatTensorType([1, x.shape[1]]))]} if fixed_batch else {"X": x[:1]}
+    (layout.user_teachers / name).write_bytes(to_onnx(clf, options=options, **example).SerializeToString())
     return clf
 
 
@@ -109,6 +114,7 @@ def test_config_takes_every_kind_of_teacher_and_names_what_is_wrong():
             {"onnx": "data/teachers/forest.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"},
         ]
     )
+    assert tuple(models.TEACHER_ARCHS) == BUILT_IN_TEACHERS  # what the schema accepts is what builds
     assert train_teachers.teacher_names(config) == [
         "0_wide_cnn",
         "1_torchvision-resnet50",
@@ -167,16 +173,18 @@ def test_a_checkpoint_teacher_is_the_model_it_was_saved_from_or_fine_tunes_it(pr
         }
 
 
-def test_an_onnx_teacher_from_scikit_learn_gives_its_probabilities(project, tmp_path):
-    clf = sklearn_teacher(project, "logreg.onnx")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_onnx_teacher_from_scikit_learn_gives_its_probabilities(project, dtype, tmp_path):
+    clf = sklearn_teacher(project, "logreg.onnx", dtype=dtype)
     entry = {"onnx": "data/teachers/logreg.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"}
     record = train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, project, tmp_path)
     teacher = OnnxClassifier(tmp_path / "0_onnx-logreg.onnx")
     val = load_dataset(project.raw).val
-    expected = clf.predict_proba(pixels(val))
+    expected = clf.predict_proba(pixels(val).astype(dtype))
     assert np.allclose(torch.softmax(logits(teacher, val, CPU), dim=1).numpy(), expected, atol=1e-4)
     assert record["val_accuracy"] == pytest.approx((expected.argmax(1) == val.y.numpy()).mean())
-    assert record["params"] == teacher.onnx_params == clf.coef_.size + clf.intercept_.size
+    weights = clf.coef_.size + clf.intercept_.size  # as attributes (float32) or initializers with a few constants
+    assert record["params"] == teacher.onnx_params and weights <= teacher.onnx_params <= weights + 20
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -199,6 +207,37 @@ def torch_onnx(layout: Layout, name: str) -> None:
     """A torch model that gives logits, as ONNX in data/teachers/."""
     model = torch_weights(layout, "x.safetensors", "wide_cnn")
     onnx_export.export(model, load_dataset(layout.raw).val.head(2), layout.user_teachers / name)
+
+
+class TwoOutputs(nn.Module):
+    """A user's model with two [N, classes] outputs: its logits and twice them."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        scores = self.inner(x)
+        return scores, scores * 2
+
+
+def two_outputs(layout: Layout) -> nn.Module:
+    """TwoOutputs of a wide CNN, as ONNX in data/teachers/two.onnx (outputs `scores` and `doubled`)."""
+    inner = torch_weights(layout, "x.safetensors", "wide_cnn")
+    torch.onnx.export(
+        TwoOutputs(inner), (load_dataset(layout.raw).val.head(2),), layout.user_teachers / "two.onnx", dynamo=True,
+        external_data=False, output_names=["scores", "doubled"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )  # fmt: skip
+    return inner
+
+
+def test_an_onnx_teacher_s_scores_come_from_the_output_it_names(project, tmp_path):
+    inner = two_outputs(project)
+    entry = {"onnx": "data/teachers/two.onnx", "output": "doubled"}
+    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, project, tmp_path)
+    val = load_dataset(project.raw).val
+    got = logits(OnnxClassifier(tmp_path / "0_onnx-two.onnx"), val, CPU)
+    assert torch.allclose(got, 2 * logits(inner, val, CPU), atol=1e-4)
 
 
 def write_pickle(layout: Layout) -> None:
@@ -231,6 +270,21 @@ BAD_TEACHERS = {  # the entry, how to make its file, what the error must say
         lambda layout: sklearn_teacher(layout, "m.onnx"),
         "set outputs: probabilities",
     ),
+    "onnx with a fixed batch size": (
+        {"onnx": "data/teachers/m.onnx", "layout": "flat", "outputs": "probabilities"},
+        lambda layout: sklearn_teacher(layout, "m.onnx", fixed_batch=True),
+        "a fixed batch of 1; export it with a dynamic batch dimension",
+    ),
+    "onnx with several score outputs": (
+        {"onnx": "data/teachers/two.onnx"},
+        two_outputs,
+        "include several float [N, classes] tensors; name the one with the class scores with `output:`",
+    ),
+    "onnx mean and std of other lengths": (
+        {"onnx": "data/teachers/m.onnx", "scaling": "mean_std", "mean": [0.5], "std": [0.2, 0.2, 0.2]},
+        lambda layout: torch_onnx(layout, "m.onnx"),
+        "mean and std need one value or one per channel (1)",
+    ),
     "onnx logits called probabilities": (
         {"onnx": "data/teachers/m.onnx", "outputs": "probabilities"},
         lambda layout: torch_onnx(layout, "m.onnx"),
@@ -245,6 +299,11 @@ BAD_TEACHERS = {  # the entry, how to make its file, what the error must say
         {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn"},
         lambda layout: torch_weights(layout, "mine.safetensors", "small_resnet"),
         "does not fit wide_cnn",
+    ),
+    "not safetensors": (
+        {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn"},
+        lambda layout: (layout.user_teachers / "mine.safetensors").write_bytes(b"\x05\x00" * 20),
+        "is not a safetensors file",
     ),
     "a pickle": (
         {"checkpoint": "data/teachers/mine.pt", "arch": "wide_cnn"},

@@ -77,3 +77,7 @@ def test_only_differences_the_test_split_can_tell_apart_are_bold():
     interval_alone = report_markdown.comparison_line("KD", comparison([0.001, 0.009], 0.09, [-0.03, -0.02]))
     assert "+0.50 points [+0.10, +0.90] (not distinguishable)" in interval_alone  # McNemar disagrees
     assert "**-2.50 points [-3.00, -2.00]**" in interval_alone
+
+
+def test_ratios_read_as_whole_numbers_from_ten_and_two_digits_below():
+    assert [report_markdown.ratio(v) for v in (1834.4, 94.3, 9.87, 0.177)] == ["1,834", "94", "9.9", "0.18"]
