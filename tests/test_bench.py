@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from bench.run import MODELS
+from distillery import combine
 from distillery.raw_format import SPLITS
 from project.layout import PIPELINE_MODELS, Layout
 from tests.conftest import ROOT, TINY, tiny_params, venv_env
@@ -179,3 +180,33 @@ def test_teacher_choice_scores_a_set_by_the_mean_of_its_members_probabilities():
     assert alone[0]["nll"] == pytest.approx(-(np.log(0.9) + np.log(0.4)) / 2)
     assert beats_every_member(together, alone) == {"accuracy": True, "nll": True, "corrupted_accuracy": True}
     assert beats_every_member(alone[0], alone) == {"accuracy": False, "nll": False, "corrupted_accuracy": False}
+
+
+def test_teacher_cache_benchmark_times_distill_with_and_without_the_cache(staged, tmp_path):
+    import shutil
+
+    from bench import teacher_cache
+
+    project = tmp_path / "project"
+    for folder in (staged.raw, staged.validation, staged.teachers):
+        shutil.copytree(folder, project / folder.relative_to(staged.root))
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params().to_yaml_dict()))
+    results = teacher_cache.measure(project, tmp_path / "work", epochs=1)
+    assert results["epochs"] == 1 and results["teachers"].keys() == {n for n in staged.teacher_models()}
+    assert results["cache_s"] > 0 and results["cached"]["seconds"] > 0 and results["live"]["seconds"] > 0
+    assert not Layout(tmp_path / "work").teacher_outputs.exists()  # the second run had no cache to read
+    assert "| distill running the teachers on every batch |" in teacher_cache.markdown(results)
+
+
+def test_combine_benchmark_fits_each_rule_on_validation_and_measures_it_on_test(staged):
+    from bench import combine as bench_combine
+
+    run = bench_combine.measure(staged.root)
+    rows = run["rows"]
+    assert list(rows) == [n.removeprefix("teacher_") for n in staged.teacher_models()] + list(combine.RULES)
+    assert rows["mean_probabilities"]["weights"] == (0.5, 0.5) and sum(
+        rows["fitted_weights"]["weights"]
+    ) == pytest.approx(1)
+    assert all(0 < r["accuracy"] <= 1 and r["nll"] > 0 for r in rows.values())
+    table = bench_combine.markdown({"git_commit": "x", "cpu": {"model": "cpu", "cores": 2}, "runs": [run]})
+    assert "| fitted_weights |" in table and "| 0_wide_cnn |" in table
