@@ -51,7 +51,13 @@ def measure(project: Path) -> dict:
     for rule in combine.RULES:
         combination = combine.choose(rule, on["val"], data.val.y)
         rows[rule] = figures(combination.probabilities(on["test"]), data.test.y) | {"weights": combination.weights}
-    return {"project": str(project), "n_val": len(data.val), "n_test": len(data.test), "rows": rows}
+    return {
+        "project": str(project),
+        "project_commit": git_commit(layout.root),  # the code that trained its teachers, if nothing changed since
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "rows": rows,
+    }
 
 
 def markdown(results: dict) -> str:
@@ -65,7 +71,8 @@ def markdown(results: dict) -> str:
     for run in results["runs"]:
         lines += [
             "",
-            f"## `{run['project']}` ({run['n_val']} validation, {run['n_test']} test images)",
+            f"## `{run['project']}` at `{run['project_commit']}` ({run['n_val']} validation, {run['n_test']} test "
+            "images)",
             "",
             "| teachers or rule | test accuracy % (95% interval) | NLL | ECE % | weights |",
             "|---|---:|---:|---:|---|",

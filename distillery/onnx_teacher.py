@@ -89,7 +89,7 @@ def wrap(
             f"layout {fmt.layout} gives as [N, {', '.join(map(str, wanted))}]; check `layout`, or retrain it on "
             "these images"
         )
-    scores = classifier_output(model, fmt.output)
+    scores = classifier_output(model, fmt.output, num_classes)
     classes = dims(scores)[1]
     if classes not in (None, num_classes):
         raise DistilleryError(f"its output {describe(scores)} has {classes} classes; the data has {num_classes}")
@@ -153,8 +153,9 @@ def is_scores(value: onnx.ValueInfoProto) -> bool:
     return value.type.WhichOneof("value") == "tensor_type" and tensor.elem_type in FLOATS and len(tensor.shape.dim) == 2
 
 
-def classifier_output(model: onnx.ModelProto, name: str | None) -> onnx.ValueInfoProto:
-    """The output with the class scores: `name`, or the only float tensor output of rank 2."""
+def classifier_output(model: onnx.ModelProto, name: str | None, num_classes: int) -> onnx.ValueInfoProto:
+    """The output with the class scores: `name`, or the only float tensor output of rank 2 (of those, the only
+    one with `num_classes` columns, or a number unknown until it runs)."""
     outputs = list(model.graph.output)
     listed = ", ".join(map(describe, outputs))
     if name is not None:
@@ -165,6 +166,8 @@ def classifier_output(model: onnx.ModelProto, name: str | None) -> onnx.ValueInf
             raise DistilleryError(f"its output {describe(found[0])} is not a float [N, classes] tensor of scores")
         return found[0]
     candidates = [o for o in outputs if is_scores(o)]
+    if len(candidates) > 1:  # e.g. scores and an embedding
+        candidates = [o for o in candidates if dims(o)[1] in (None, num_classes)] or candidates
     if not candidates:
         raise DistilleryError(
             f"its outputs ({listed}) include no float [N, classes] tensor, so it does not give a classifier's scores "

@@ -95,7 +95,13 @@ class CheckpointTeacher(Section):
         )
     )
     arch: Architecture = Field(description="The architecture the state dict fits: a built-in one or torchvision:NAME")
-    fine_tune_epochs: NonNegativeInt = Field(0, description="0: used as it is; else trained on as the teachers are")
+    fine_tune_epochs: NonNegativeInt = Field(
+        0,
+        description=(
+            "0: used as it is; else trained on as the teachers are (needed for torchvision:NAME on data of neither 1 "
+            "nor 3 channels, whose 1x1 conv to 3 channels only training sets)"
+        ),
+    )
 
 
 class OnnxTeacher(Section):

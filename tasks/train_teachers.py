@@ -160,31 +160,47 @@ def user_weights(config: TeachersConfig, index: int, model: nn.Module, layout: L
 
 def check_teachers(config: TeachersConfig, layout: Layout, data: Dataset) -> None:
     """Every teacher as the stage will use it, before anything trains: each architecture (with a user's weights)
-    takes two validation images; each ONNX classifier is wrapped, run on the validation images and joined with a
-    torch model into an ensemble graph, as the export stage will join it."""
+    takes two validation images; each ONNX classifier is wrapped and run on the validation images, and all of
+    them are joined with a torch model into one ensemble graph, as the export stage joins the teachers."""
     images = data.val.head(2)
-    for index, entry in enumerate(config.models):
-        if isinstance(entry, OnnxTeacher):
-            with tempfile.TemporaryDirectory() as scratch:
-                joined = [wrapped_onnx(config, index, layout, data, Path(scratch) / "trial_teacher.onnx").path]
-                joined.append(Path(scratch) / "trial_torch.onnx")
-                torch_model = nn.Sequential(nn.Flatten(), nn.Linear(images[0].numel(), data.num_classes)).eval()
-                onnx_export.export(torch_model, images, joined[1])
-                try:
-                    onnx_export.ensemble(joined, Path(scratch) / "trial_ensemble.onnx", combine.equal("mean_logits", 2))
-                except DistilleryError as e:
-                    raise entry_error(config, index, f"{entry.onnx}: {e}") from e
-            continue
-        arch = entry.arch if isinstance(entry, CheckpointTeacher) else entry
-        model = models.build(spec_for(arch, data))
-        if isinstance(entry, CheckpointTeacher):
-            user_weights(config, index, model, layout)
-        try:
-            with torch.no_grad():
-                model.eval()(images)
-        except (RuntimeError, AssertionError, ValueError) as e:
-            shape = " x ".join(map(str, images.shape[1:]))
-            raise entry_error(config, index, f"{arch} cannot take the data's {shape} images ({e})") from e
+    with tempfile.TemporaryDirectory() as scratch:
+        wrapped = {}
+        for index, entry in enumerate(config.models):
+            if isinstance(entry, OnnxTeacher):
+                path = Path(scratch) / f"trial_teacher_{index}"  # an ONNX file
+                wrapped[index] = wrapped_onnx(config, index, layout, data, path).path
+                continue
+            arch = entry.arch if isinstance(entry, CheckpointTeacher) else entry
+            model = models.build(spec_for(arch, data))
+            if isinstance(entry, CheckpointTeacher):
+                user_weights(config, index, model, layout)
+            try:
+                with torch.no_grad():
+                    model.eval()(images)
+            except (RuntimeError, AssertionError, ValueError) as e:
+                shape = " x ".join(map(str, images.shape[1:]))
+                raise entry_error(config, index, f"{arch} cannot take the data's {shape} images ({e})") from e
+        if wrapped:
+            trial_join(config, wrapped, images, data.num_classes, Path(scratch))
+
+
+def trial_join(
+    config: TeachersConfig, wrapped: dict[int, Path], images: torch.Tensor, num_classes: int, scratch: Path
+) -> None:
+    """Join the wrapped ONNX teachers (by their place in the list) and a torch model into one ensemble graph."""
+    torch_member = scratch / "trial_torch.onnx"
+    onnx_export.export(
+        nn.Sequential(nn.Flatten(), nn.Linear(images[0].numel(), num_classes)).eval(), images, torch_member
+    )
+    members = [*wrapped.values(), torch_member]
+    try:
+        onnx_export.ensemble(members, scratch / "trial_ensemble.onnx", combine.equal("mean_logits", len(members)))
+    except DistilleryError as e:
+        names = ", ".join(f"teachers.models[{i}] ({teacher_names(config)[i]}: trial_teacher_{i})" for i in wrapped)
+        raise DistilleryError(
+            f"The ONNX teachers {names} cannot be joined with the torch teachers into one ensemble graph: {e}. "
+            "Nothing was trained."
+        ) from e
 
 
 def spec_for(arch: str, data: Dataset) -> dict:

@@ -7,11 +7,15 @@ import sys
 import numpy as np
 import onnx
 import pytest
+import torch
 import yaml
 
 from bench.run import MODELS
 from distillery import combine
+from distillery.data import load_dataset
 from distillery.raw_format import SPLITS
+from distillery.training import logits
+from project.artifacts import load_model
 from project.layout import PIPELINE_MODELS, Layout
 from tests.conftest import ROOT, TINY, tiny_params, venv_env
 
@@ -182,7 +186,7 @@ def test_teacher_choice_scores_a_set_by_the_mean_of_its_members_probabilities():
     assert beats_every_member(alone[0], alone) == {"accuracy": False, "nll": False, "corrupted_accuracy": False}
 
 
-def test_teacher_cache_benchmark_times_distill_with_and_without_the_cache(staged, tmp_path):
+def test_teacher_cache_benchmark_times_distill_with_and_without_the_cache(staged, tmp_path, caplog):
     import shutil
 
     from bench import teacher_cache
@@ -191,7 +195,12 @@ def test_teacher_cache_benchmark_times_distill_with_and_without_the_cache(staged
     for folder in (staged.raw, staged.validation, staged.teachers):
         shutil.copytree(folder, project / folder.relative_to(staged.root))
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params().to_yaml_dict()))
-    results = teacher_cache.measure(project, tmp_path / "work", epochs=1)
+    with caplog.at_level("INFO", logger="distillery"):
+        results = teacher_cache.measure(project, tmp_path / "work", epochs=1)
+    said = [r.message for r in caplog.records if r.name == "distillery"]
+    cached = [m for m in said if "cached with the teachers' outputs" in m]  # load_teaching, once an arm
+    live = [m for m in said if m.startswith("no cached teacher outputs")]
+    assert len(cached) == 1 and len(live) == 1 and said.index(cached[0]) < said.index(live[0])
     assert results["epochs"] == 1 and results["teachers"].keys() == {n for n in staged.teacher_models()}
     assert results["cache_s"] > 0 and results["cached"]["seconds"] > 0 and results["live"]["seconds"] > 0
     assert not Layout(tmp_path / "work").teacher_outputs.exists()  # the second run had no cache to read
@@ -203,6 +212,9 @@ def test_combine_benchmark_fits_each_rule_on_validation_and_measures_it_on_test(
 
     run = bench_combine.measure(staged.root)
     rows = run["rows"]
+    val = load_dataset(staged.raw).val
+    members = torch.stack([logits(load_model(staged, t), val, torch.device("cpu")) for t in staged.teacher_models()], 1)
+    assert rows["fitted_weights"]["weights"] == pytest.approx(combine.fit_weights(members, val.y).weights, abs=1e-6)
     assert list(rows) == [n.removeprefix("teacher_") for n in staged.teacher_models()] + list(combine.RULES)
     assert rows["mean_probabilities"]["weights"] == (0.5, 0.5) and sum(
         rows["fitted_weights"]["weights"]

@@ -240,6 +240,26 @@ def test_an_onnx_teacher_s_scores_come_from_the_output_it_names(project, tmp_pat
     assert torch.allclose(got, 2 * logits(inner, val, CPU), atol=1e-4)
 
 
+def batch_of_one_inside(layout: Layout) -> None:
+    """An ONNX classifier whose input takes any batch but whose graph reshapes it to one image."""
+    nodes = [
+        onnx.helper.make_node("Reshape", ["X", "one"], ["row"]),
+        onnx.helper.make_node("MatMul", ["row", "W"], ["scores"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "batch_of_one",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [None, 64])],
+        [onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, [None, 10])],
+        initializer=[
+            onnx.numpy_helper.from_array(np.array([1, 64], np.int64), "one"),
+            onnx.numpy_helper.from_array(np.zeros((64, 10), np.float32), "W"),
+        ],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(model, str(layout.user_teachers / "m.onnx"))
+
+
 def write_pickle(layout: Layout) -> None:
     torch.save(torch_weights(layout, "x.safetensors", "wide_cnn").state_dict(), layout.user_teachers / "mine.pt")
 
@@ -284,6 +304,11 @@ BAD_TEACHERS = {  # the entry, how to make its file, what the error must say
         {"onnx": "data/teachers/m.onnx", "scaling": "mean_std", "mean": [0.5], "std": [0.2, 0.2, 0.2]},
         lambda layout: torch_onnx(layout, "m.onnx"),
         "mean and std need one value or one per channel (1)",
+    ),
+    "onnx that onnxruntime cannot run": (
+        {"onnx": "data/teachers/m.onnx", "layout": "flat"},
+        batch_of_one_inside,
+        "onnxruntime cannot run it on the validation images",
     ),
     "onnx logits called probabilities": (
         {"onnx": "data/teachers/m.onnx", "outputs": "probabilities"},
@@ -370,7 +395,11 @@ def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers_w
     assert combination["rule"] == "fitted_weights" and combination["members"] == project.teacher_models()
     assert len(combination["weights"]) == 4 and sum(combination["weights"]) == pytest.approx(1)
     assert set(combination["validation"]) == {"mean_probabilities", "mean_logits", "fitted_weights"}
-    assert "`kd.combine: fitted_weights`); weights: 0_wide_cnn " in project.report.read_text()
+    report = project.report.read_text()
+    assert "`kd.combine: fitted_weights`); weights: 0_wide_cnn " in report
+    assert all(
+        f"{rule} {combination['validation'][rule]['val_nll']:.4f}" in report for rule in combination["validation"]
+    )
 
 
 def readme_example() -> tuple[str, dict]:
