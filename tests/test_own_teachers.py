@@ -32,7 +32,7 @@ from project.config import PipelineParams, TeachersConfig
 from project.layout import Layout
 from project.user_errors import describe_invalid
 from tasks import stages_through, train_teachers
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, copy_project, venv_env
 
 CPU = torch.device("cpu")
 
@@ -424,3 +424,24 @@ def test_the_teachers_stage_depends_on_the_teachers_users_bring():
     folder = Layout(ROOT).user_teachers
     assert str(folder.relative_to(ROOT)) in stages["train_teachers"]["deps"]
     assert (folder / "README.md").is_file()  # so the dependency exists in a fresh clone
+
+
+def test_dvc_status_says_the_teachers_must_retrain_when_a_teacher_file_changes(tmp_path):
+    entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn"}
+    project = copy_project(tmp_path, {**TINY, "teachers": {**TINY["teachers"], "models": [entry], "cached_views": 0}})
+    spec = {"arch": "wide_cnn", "in_channels": 1, "num_classes": 10}  # the digits' images and classes
+
+    def save_weights(seed: int) -> None:
+        model = seeded(seed, lambda: models.build(spec))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(project / entry["checkpoint"]))
+
+    save_weights(0)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "repro", "train_teachers"], cwd=project, env=venv_env(), check=True, capture_output=True)
+    record = read_json(Layout(project).record("teacher_0_checkpoint-mine"))
+    assert record["source"]["sha256"] == file_digest(project / entry["checkpoint"])
+    status = [*dvc, "status", "--json", "train_teachers"]
+    assert subprocess.run(status, cwd=project, env=venv_env(), capture_output=True, text=True).stdout.strip() == "{}"
+    save_weights(1)  # the user replaces the file
+    changed = subprocess.run(status, cwd=project, env=venv_env(), capture_output=True, text=True).stdout
+    assert "data/teachers" in changed and "train_teachers" in changed
