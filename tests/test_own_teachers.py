@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from distillery import checkpoint, models, onnx_export
-from distillery.data import load_dataset
+from distillery.data import Dataset, Split, load_dataset
 from distillery.errors import DistilleryError
 from distillery.files import file_digest, read_json
 from distillery.names import BUILT_IN_TEACHERS
@@ -445,3 +445,15 @@ def test_dvc_status_says_the_teachers_must_retrain_when_a_teacher_file_changes(t
     save_weights(1)  # the user replaces the file
     changed = subprocess.run(status, cwd=project, env=venv_env(), capture_output=True, text=True).stdout
     assert "data/teachers" in changed and "train_teachers" in changed
+
+
+def test_an_architecture_that_cannot_take_the_images_is_refused_before_anything_trains(tmp_path):
+    """ViT-B/16 takes square 224-pixel images only: 8 x 16 images scale up to 224 x 448, which it refuses."""
+    images = torch.zeros(4, 1, 8, 16, dtype=torch.uint8)
+    split = Split(images, torch.arange(4), torch.zeros(4, dtype=torch.long))
+    data = Dataset(split, split, split, num_classes=10, in_channels=1, image_size=(8, 16))
+    config = TeachersConfig(models=["wide_cnn", "torchvision:vit_b_16"])
+    with pytest.raises(
+        DistilleryError, match=r"teachers.models\[1\] \(1_torchvision-vit_b_16\): torchvision:vit_b_16 "
+    ):
+        train_teachers.check_teachers(config, Layout(tmp_path), data)
