@@ -184,8 +184,28 @@ TEACHER_ARCHS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
+class ScaledInput(nn.Module):
+    """`model` fed the run's 0..1 pixels times `scale` plus `shift` (one, or one a channel): a user's model trained
+    on another pixel range, e.g. ImageNet's mean and std. Its state dict is `model`'s under `model.`, with the two
+    as buffers."""
+
+    def __init__(self, model: nn.Module, scale: list[float], shift: list[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.shift)
+
+
 def build(spec: dict) -> nn.Module:
-    """Build an untrained model from its spec."""
+    """Build an untrained model from its spec; with `input_scale` and `input_shift`, behind a ScaledInput."""
+    model = build_architecture(spec)
+    return ScaledInput(model, spec["input_scale"], spec["input_shift"]) if "input_scale" in spec else model
+
+
+def build_architecture(spec: dict) -> nn.Module:
     arch = spec["arch"]
     if arch.startswith(TORCHVISION):
         name = arch.removeprefix(TORCHVISION)

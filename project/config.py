@@ -84,7 +84,23 @@ def known_architecture(name: str) -> str:
 Architecture = Annotated[str, AfterValidator(known_architecture)]
 
 
-class CheckpointTeacher(Section):
+class PixelScaling(Section):
+    """The pixel range a user's model was trained on; the run's images are 0..1."""
+
+    scaling: Literal["0..1", "-1..1", "0..255", "mean_std"] = Field(
+        "0..1", description="The pixel range it was trained on; mean_std: (pixel in 0..1 - mean) / std, per channel"
+    )
+    mean: list[float] | None = Field(None, description="For scaling mean_std: one value, or one per channel")
+    std: list[PositiveFloat] | None = Field(None, description="For scaling mean_std: one value, or one per channel")
+
+    @model_validator(mode="after")
+    def mean_std_given(self):
+        if (self.scaling == "mean_std") != (self.mean is not None and self.std is not None):
+            raise ValueError("give mean and std exactly when scaling is mean_std")
+        return self
+
+
+class CheckpointTeacher(PixelScaling):
     """A trained torch model brought by the user: a safetensors state dict and the architecture it fits."""
 
     checkpoint: Path = Field(
@@ -104,7 +120,7 @@ class CheckpointTeacher(Section):
     )
 
 
-class OnnxTeacher(Section):
+class OnnxTeacher(PixelScaling):
     """A trained classifier from any framework, as an ONNX file, run in onnxruntime."""
 
     onnx: Path = Field(description="An ONNX file inside data/teachers/, relative to the project root")
@@ -112,21 +128,10 @@ class OnnxTeacher(Section):
         "NCHW",
         description="How it takes a batch of images: channels first, channels last, or flattened (C, H, W order)",
     )
-    scaling: Literal["0..1", "-1..1", "0..255", "mean_std"] = Field(
-        "0..1", description="The pixel range it was trained on; mean_std: (pixel in 0..1 - mean) / std, per channel"
-    )
-    mean: list[float] | None = Field(None, description="For scaling mean_std: one value, or one per channel")
-    std: list[PositiveFloat] | None = Field(None, description="For scaling mean_std: one value, or one per channel")
     outputs: Literal["logits", "probabilities"] = Field("logits", description="What its class scores are")
     output: str | None = Field(
         None, description="The output that holds the class scores; unset: its only float output of shape [N, classes]"
     )
-
-    @model_validator(mode="after")
-    def mean_std_given(self):
-        if (self.scaling == "mean_std") != (self.mean is not None and self.std is not None):
-            raise ValueError("give mean and std exactly when scaling is mean_std")
-        return self
 
 
 def teacher_kind(entry) -> str | None:

@@ -27,7 +27,7 @@ from distillery.names import TORCHVISION
 from distillery.onnx_teacher import OnnxClassifier, PixelFormat
 from distillery.training import accuracy, fit, logits, seeded
 from project.artifacts import require_valid
-from project.config import CheckpointTeacher, OnnxTeacher, TeachersConfig
+from project.config import CheckpointTeacher, OnnxTeacher, PixelScaling, TeachersConfig
 from project.layout import TEACHER, Layout
 from project.settings import device, train_settings
 
@@ -74,15 +74,34 @@ def user_file(config: TeachersConfig, index: int, path: Path, layout: Layout) ->
     return found
 
 
+def scale_shift(entry: PixelScaling, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The scale and shift (one, or one a channel) that take the run's 0..1 pixels to the range `entry` declares."""
+    if entry.scaling != "mean_std":
+        return tuple((v,) for v in PIXEL_RANGES[entry.scaling])
+    if {len(entry.mean), len(entry.std)} - {1, channels}:
+        raise ValueError(f"mean and std need one value or one per channel ({channels})")
+    mean, std = (np.broadcast_to(np.array(v, dtype=float), channels) for v in (entry.mean, entry.std))
+    return tuple((1 / std).tolist()), tuple((-mean / std).tolist())
+
+
 def pixel_format(entry: OnnxTeacher, channels: int) -> PixelFormat:
-    if entry.scaling == "mean_std":
-        if {len(entry.mean), len(entry.std)} - {1, channels}:
-            raise ValueError(f"mean and std need one value or one per channel ({channels})")
-        mean, std = (np.broadcast_to(np.array(v, dtype=float), channels) for v in (entry.mean, entry.std))
-        scale, shift = tuple(1 / std), tuple(-mean / std)
-    else:
-        scale, shift = ((v,) for v in PIXEL_RANGES[entry.scaling])
+    scale, shift = scale_shift(entry, channels)
     return PixelFormat(entry.layout, scale, shift, entry.outputs == "probabilities", entry.output)
+
+
+def teacher_spec(config: TeachersConfig, index: int, data: Dataset) -> dict:
+    """The spec of teacher `index` (an architecture or a checkpoint): for a checkpoint, behind its pixel scaling
+    unless that is the run's 0..1."""
+    entry = config.models[index]
+    if not isinstance(entry, CheckpointTeacher):
+        return spec_for(entry, data)
+    try:
+        scale, shift = scale_shift(entry, data.in_channels)
+    except ValueError as e:
+        raise entry_error(config, index, str(e)) from e
+    if entry.scaling == "0..1":
+        return spec_for(entry.arch, data)
+    return spec_for(entry.arch, data) | {"input_scale": list(scale), "input_shift": list(shift)}
 
 
 def wrapped_onnx(config: TeachersConfig, index: int, layout: Layout, data: Dataset, out: Path) -> OnnxClassifier:
@@ -143,17 +162,18 @@ def user_weights(config: TeachersConfig, index: int, model: nn.Module, layout: L
         weights = checkpoint.read_state_dict(path)
     except DistilleryError as e:
         raise entry_error(config, index, str(e).rstrip(".")) from e
-    target = model.net if isinstance(model, models.TorchvisionClassifier) else model
+    unscaled = model.model if isinstance(model, models.ScaledInput) else model
+    target = unscaled.net if isinstance(unscaled, models.TorchvisionClassifier) else unscaled
     if problems := checkpoint.mismatches(target, weights):
         raise entry_error(
             config, index, f"{entry.checkpoint} does not fit {entry.arch}: {problems}; set the `arch` it was trained as"
         )
-    if getattr(model, "channels", None) is not None and not entry.fine_tune_epochs:
+    if getattr(unscaled, "channels", None) is not None and not entry.fine_tune_epochs:
         raise entry_error(
             config,
             index,
-            f"the data has {model.in_channels} channels, which a 1x1 conv maps to the 3 that {entry.arch} takes; only "
-            "training sets it, so give fine_tune_epochs",
+            f"the data has {unscaled.in_channels} channels, which a 1x1 conv maps to the 3 that {entry.arch} takes; "
+            "only training sets it, so give fine_tune_epochs",
         )
     target.load_state_dict(weights)
 
@@ -170,8 +190,8 @@ def check_teachers(config: TeachersConfig, layout: Layout, data: Dataset) -> Non
                 path = Path(scratch) / f"trial_teacher_{index}"  # an ONNX file
                 wrapped[index] = wrapped_onnx(config, index, layout, data, path).path
                 continue
-            arch = entry.arch if isinstance(entry, CheckpointTeacher) else entry
-            model = models.build(spec_for(arch, data))
+            spec = teacher_spec(config, index, data)
+            model = models.build(spec)
             if isinstance(entry, CheckpointTeacher):
                 user_weights(config, index, model, layout)
             try:
@@ -179,7 +199,7 @@ def check_teachers(config: TeachersConfig, layout: Layout, data: Dataset) -> Non
                     model.eval()(images)
             except (RuntimeError, AssertionError, ValueError) as e:
                 shape = " x ".join(map(str, images.shape[1:]))
-                raise entry_error(config, index, f"{arch} cannot take the data's {shape} images ({e})") from e
+                raise entry_error(config, index, f"{spec['arch']} cannot take the data's {shape} images ({e})") from e
         if wrapped:
             trial_join(config, wrapped, images, data.num_classes, Path(scratch))
 
@@ -218,8 +238,8 @@ def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path)
         model = wrapped_onnx(config, index, layout, data, out / layout.onnx_teacher(TEACHER + name).name)
         arch, source = "onnx", layout.root / entry.onnx
     else:
-        arch = entry.arch if isinstance(entry, CheckpointTeacher) else entry
-        spec = spec_for(arch, data)
+        spec = teacher_spec(config, index, data)
+        arch = spec["arch"]
         settings = replace(train_settings(config), seed=config.seed + index)
         model = seeded(settings.seed, lambda: models.build(spec))
         if isinstance(entry, CheckpointTeacher):

@@ -173,6 +173,18 @@ def test_a_checkpoint_teacher_is_the_model_it_was_saved_from_or_fine_tunes_it(pr
         }
 
 
+def test_a_checkpoint_teacher_gets_the_pixel_range_it_was_trained_on(project, tmp_path):
+    source = torch_weights(project, "mine.safetensors", "wide_cnn")
+    entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn", "scaling": "mean_std"}
+    config = TeachersConfig(models=[entry | {"mean": [0.13], "std": [0.31]}])
+    train_teachers.train_teacher(config, 0, project, tmp_path)
+    teacher, spec = checkpoint.load(tmp_path / "0_checkpoint-mine.safetensors")  # rebuilt from its spec
+    val = load_dataset(project.raw).val
+    expected = logits(UserModel(source, lambda x: (x - 0.13) / 0.31), val, CPU)
+    assert torch.allclose(logits(teacher, val, CPU), expected, atol=1e-5)
+    assert spec["input_scale"] == pytest.approx([1 / 0.31]) and spec["input_shift"] == pytest.approx([-0.13 / 0.31])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_an_onnx_teacher_from_scikit_learn_gives_its_probabilities(project, dtype, tmp_path):
     clf = sklearn_teacher(project, "logreg.onnx", dtype=dtype)
@@ -371,7 +383,12 @@ def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers_w
     teachers = [
         "wide_cnn",
         "torchvision:shufflenet_v2_x0_5",
-        {"checkpoint": "data/teachers/mine.safetensors", "arch": "small_resnet", "fine_tune_epochs": 2},
+        {
+            "checkpoint": "data/teachers/mine.safetensors",
+            "arch": "small_resnet",
+            "fine_tune_epochs": 2,
+            "scaling": "-1..1",
+        },
         {"onnx": "data/teachers/logreg.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"},
     ]
     params = PipelineParams.model_validate(
