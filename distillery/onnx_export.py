@@ -18,6 +18,7 @@ from distillery.combine import Combination
 from distillery.data import Split, batches
 from distillery.errors import DistilleryError
 from distillery.files import atomic_file
+from distillery.onnx_teacher import opset_imports
 
 BATCH = torch.export.Dim("batch", min=1, max=4096)
 UNREADABLE = (ort_errors.NoSuchFile, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph)  # a missing or bad file
@@ -55,7 +56,7 @@ def ensemble(members: list[Path], path: Path, combination: Combination) -> None:
                 f"{source.name} (opset {default_opset(member)}) cannot be brought to opset {opset} to join the "
                 f"ensemble's other members ({e}); export it at opset {opset}"
             ) from e
-    nodes, initializers, functions, opsets, weighted = [], [], [], {}, []
+    nodes, initializers, functions, weighted = [], [], [], []
     for i, (member, weight) in enumerate(zip(loaded, combination.weights, strict=True)):
         prefix = f"member{i}/"
         member = onnx.compose.add_prefix(member, prefix)
@@ -71,8 +72,6 @@ def ensemble(members: list[Path], path: Path, combination: Combination) -> None:
         nodes.append(helper.make_node("Mul", [scores, prefix + "weight"], [prefix + "weighted"]))
         weighted.append(prefix + "weighted")
         functions += member.functions
-        for o in member.opset_import:
-            opsets[o.domain] = max(o.version, opsets.get(o.domain, 0))
     if combination.averages_logits:
         nodes += [
             helper.make_node("Sum", weighted, ["mean_logits"]),
@@ -85,7 +84,7 @@ def ensemble(members: list[Path], path: Path, combination: Combination) -> None:
     graph = helper.make_graph(nodes, "ensemble", [images], [scores], initializer=initializers)
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+        opset_imports=opset_imports(loaded),
         ir_version=max(m.ir_version for m in loaded),
         functions=functions,
     )

@@ -131,12 +131,9 @@ def wrap(
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", num_classes])],
         initializer=[*constants, *wrapped.graph.initializer],
     )
-    opsets = {}
-    for o in model.opset_import:  # some converters list a domain twice
-        opsets[o.domain] = max(o.version, opsets.get(o.domain, 0))
     result_model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid(domain, version) for domain, version in opsets.items()],
+        opset_imports=opset_imports([model]),
         ir_version=model.ir_version,
         functions=list(wrapped.functions),
     )
@@ -145,6 +142,14 @@ def wrap(
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise DistilleryError(f"wrapping it in Distillery's input and output gave an invalid graph ({e})") from e
     return result_model
+
+
+def opset_imports(models: list[onnx.ModelProto]) -> list[onnx.OperatorSetIdProto]:
+    """Each domain the models import once, at the highest version any imports (some converters list one twice)."""
+    versions = {}
+    for o in (o for m in models for o in m.opset_import):
+        versions[o.domain] = max(o.version, versions.get(o.domain, 0))
+    return [helper.make_opsetid(domain, version) for domain, version in versions.items()]
 
 
 def is_scores(value: onnx.ValueInfoProto) -> bool:

@@ -31,9 +31,16 @@ def load_model(layout: Layout, model: str) -> nn.Module:
         raise ValueError("the int8 model is a QAT state; load it with distillery.quantize.load_prepared")
     if model == "ensemble":
         return load_ensemble(layout)
-    if model.startswith(TEACHER) and layout.onnx_teacher(model).exists():
-        return OnnxClassifier(layout.onnx_teacher(model))
+    if model.startswith(TEACHER):
+        return teacher_in(layout.teachers, layout, model)
     return checkpoint.load(layout.checkpoint(model))[0]
+
+
+def teacher_in(folder: Path, layout: Layout, model: str) -> nn.Module:
+    """Teacher `model` from `folder` (layout.teachers, or the teachers stage's staging folder): its wrapped ONNX
+    classifier, or its checkpoint."""
+    wrapped = folder / layout.onnx_teacher(model).name
+    return OnnxClassifier(wrapped) if wrapped.exists() else checkpoint.load(folder / layout.checkpoint(model).name)[0]
 
 
 def load_ensemble(layout: Layout, combination: Combination | None = None) -> Ensemble:

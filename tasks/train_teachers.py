@@ -26,7 +26,7 @@ from distillery.files import atomic_dir, file_digest, write_json
 from distillery.names import TORCHVISION
 from distillery.onnx_teacher import OnnxClassifier, PixelFormat
 from distillery.training import accuracy, fit, logits, seeded
-from project.artifacts import require_valid
+from project.artifacts import require_valid, teacher_in
 from project.config import CheckpointTeacher, OnnxTeacher, PixelScaling, TeachersConfig
 from project.layout import TEACHER, Layout
 from project.settings import device, train_settings
@@ -95,13 +95,14 @@ def teacher_spec(config: TeachersConfig, index: int, data: Dataset) -> dict:
     entry = config.models[index]
     if not isinstance(entry, CheckpointTeacher):
         return spec_for(entry, data)
+    spec = spec_for(entry.arch, data)
+    if entry.scaling == "0..1":
+        return spec
     try:
         scale, shift = scale_shift(entry, data.in_channels)
     except ValueError as e:
         raise entry_error(config, index, str(e)) from e
-    if entry.scaling == "0..1":
-        return spec_for(entry.arch, data)
-    return spec_for(entry.arch, data) | {"input_scale": list(scale), "input_shift": list(shift)}
+    return spec | {"input_scale": list(scale), "input_shift": list(shift)}
 
 
 def wrapped_onnx(config: TeachersConfig, index: int, layout: Layout, data: Dataset, out: Path) -> OnnxClassifier:
@@ -291,16 +292,10 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[
     return {r["name"]: r["val_accuracy"] for r in results}
 
 
-def written_teacher(layout: Layout, out: Path, model: str) -> nn.Module:
-    """Teacher `model` as this stage wrote it in `out` (before `out` becomes layout.teachers), in eval mode."""
-    wrapped = out / layout.onnx_teacher(model).name
-    return OnnxClassifier(wrapped) if wrapped.exists() else checkpoint.load(out / layout.checkpoint(model).name)[0]
-
-
 def cache_outputs(config: TeachersConfig, layout: Layout, out: Path) -> None:
     """The trained teachers' outputs on `config.cached_views` random views of the training images."""
     started = time.monotonic()
-    members = [written_teacher(layout, out, TEACHER + name) for name in teacher_names(config)]
+    members = [teacher_in(out, layout, TEACHER + name).eval() for name in teacher_names(config)]
     outputs = teacher_outputs.compute(
         [m.to(device()) for m in members],
         load_dataset(layout.raw).train,
