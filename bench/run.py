@@ -86,7 +86,7 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     out.mkdir(exist_ok=True)
     data = load_dataset(layout.raw)
     example, dev = data.test.head(2), device()
-    teaching = load_teaching(layout, data.train)  # as the stages distil
+    teaching = load_teaching(layout, data.transfer)  # as the stages distil
     best_name = read_json(layout.metrics)["best_teacher"]  # the report's: on validation, not test
     best = TEACHER + best_name
     student, spec = checkpoint.load(layout.checkpoint("student_kd"))

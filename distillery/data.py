@@ -15,7 +15,6 @@ from distillery import raw_format
 from distillery.errors import DistilleryError
 from distillery.files import read_json
 
-SPLITS = ("train", "val", "test")
 CPU = torch.device("cpu")
 FILES = (raw_format.IMAGES, raw_format.LABELS, raw_format.SPLITS, raw_format.INFO)
 
@@ -52,9 +51,19 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    unlabeled: Split  # the transfer set: images without labels (label UNLABELED) that students distil from
     num_classes: int
     in_channels: int
     image_size: tuple[int, int]
+
+    @property
+    def transfer(self) -> Split:
+        """What students distil from: the training images, then the transfer set's (so a training image has the
+        same place in both splits)."""
+        if not len(self.unlabeled):
+            return self.train
+        rows, y = (torch.cat([self.train.rows, self.unlabeled.rows]), torch.cat([self.train.y, self.unlabeled.y]))
+        return Split(self.train.images, rows, y)
 
 
 def load_dataset(raw: Path) -> Dataset:
@@ -72,7 +81,7 @@ def load_dataset(raw: Path) -> Dataset:
         )
     num_classes = len(read_json(raw / raw_format.INFO)["classes"])
     parts = []
-    for i in range(len(SPLITS)):
+    for i in range(len(raw_format.SPLIT_NAMES)):
         rows = torch.nonzero(splits == i).flatten()
         parts.append(Split(images, rows, labels[rows]))
     return Dataset(*parts, num_classes=num_classes, in_channels=images.shape[1], image_size=tuple(images.shape[2:]))

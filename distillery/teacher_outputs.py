@@ -81,16 +81,16 @@ def save(outputs: TeacherOutputs, path: Path) -> None:
         save_file({"thetas": outputs.thetas, "logits": outputs.logits}, str(tmp))
 
 
-def load(path: Path, train: Split) -> TeacherOutputs:
-    """The outputs saved at `path`, checked against the training split they were computed on."""
+def load(path: Path, transfer: Split) -> TeacherOutputs:
+    """The outputs saved at `path`, checked against the images they were computed on (`Dataset.transfer`)."""
     try:
         tensors = load_file(str(path))
         outputs = TeacherOutputs(tensors["thetas"], tensors["logits"])
     except (OSError, SafetensorError, KeyError) as e:
         raise DistilleryError(f"{path} is missing or damaged ({e}); rerun the train_teachers stage.") from e
-    if outputs.thetas.shape[1] != len(train) or outputs.logits.shape[:2] != outputs.thetas.shape[:2]:
+    if outputs.thetas.shape[1] != len(transfer) or outputs.logits.shape[:2] != outputs.thetas.shape[:2]:
         raise DistilleryError(
-            f"{path} holds teacher outputs for {outputs.thetas.shape[1]} training images, not the "
-            f"{len(train)} of this dataset; rerun the train_teachers stage."
+            f"{path} holds teacher outputs for {outputs.thetas.shape[1]} images, not the {len(transfer)} training and "
+            "unlabeled images of this dataset; rerun the train_teachers stage."
         )
     return outputs

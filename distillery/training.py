@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillery.data import Split, batches, random_affine, to_device
+from distillery.raw_format import UNLABELED
 from distillery.teacher_outputs import TeacherOutputs
 
 log = logging.getLogger("distillery")
@@ -50,10 +51,11 @@ def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
 
 
 def kd_loss(student_logits, soft_targets, labels, kd: KDSettings) -> torch.Tensor:
-    """Hinton et al.: KL to the teachers' softened probabilities (scaled by T²) plus hard-label CE."""
+    """Hinton et al.: KL to the teachers' softened probabilities (scaled by T²) plus hard-label CE, per image and
+    averaged over the batch; an image of the transfer set (label UNLABELED) has no hard-label term."""
     log_p = F.log_softmax(student_logits.float() / kd.temperature, dim=1)
     soft = F.kl_div(log_p, soft_targets, reduction="batchmean") * kd.temperature**2
-    hard = F.cross_entropy(student_logits.float(), labels)
+    hard = F.cross_entropy(student_logits.float(), labels, ignore_index=UNLABELED, reduction="sum") / len(labels)
     return kd.alpha * soft + (1 - kd.alpha) * hard
 
 

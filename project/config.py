@@ -41,6 +41,15 @@ class IngestConfig(Section):
         None, description="Resize folder images to (height, width); unset, all must share one size"
     )
     color: Literal["gray", "rgb"] = Field("gray", description="Convert folder images to this")
+    unlabeled_path: Path | None = Field(
+        None,
+        description=(
+            "A transfer set: images without labels that the students distil from, the ensemble's outputs their "
+            "soft targets. A folder of image files (any depth; converted and resized as ingest.color and "
+            "ingest.image_size say) or an .npz holding only `x`, inside data/unlabeled/ (relative to the project "
+            "root): dvc.yaml makes that folder a dependency of ingest. Validated as the labelled images are"
+        ),
+    )
     val_fraction: float = Field(0.08, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     seed: int = 0

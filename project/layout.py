@@ -42,6 +42,7 @@ class Layout:
     teachers = under_root("data", "models", "teachers")
     teacher_outputs = under_root("data", "models", "teachers", "ensemble_outputs.safetensors")
     user_teachers = under_root("data", "teachers")  # the teachers users bring: a dependency of the teachers stage
+    user_unlabeled = under_root("data", "unlabeled")  # the transfer sets users bring: a dependency of ingest
     student = under_root("data", "models", "student")
     ensemble_combination = under_root("data", "models", "student", "ensemble.json")  # kd.combine, as distill fitted it
     pruned = under_root("data", "models", "pruned")

@@ -21,13 +21,14 @@ from project.settings import device, kd_settings, train_settings
 log = logging.getLogger("distillery")
 
 
-def load_teaching(layout: Layout, train: Split, combination: Combination | None = None) -> Ensemble | TeacherOutputs:
-    """What students learn from: the ensemble's outputs where the teachers stage cached them (their views are
-    then the images of every student, distilled or trained alone), else the ensemble itself, run on every batch;
-    its teachers joined by `combination`, or by the one the distill stage chose."""
+def load_teaching(layout: Layout, transfer: Split, combination: Combination | None = None) -> Ensemble | TeacherOutputs:
+    """What students learn from: the ensemble's outputs on the `transfer` images (`Dataset.transfer`) where the
+    teachers stage cached them (their views are then the images of every student, distilled or trained alone),
+    else the ensemble itself, run on every batch; its teachers joined by `combination`, or by the one the distill
+    stage chose."""
     combination = combination or read_combination(layout)
     if layout.teacher_outputs.exists():
-        cached = teacher_outputs.load(layout.teacher_outputs, train)
+        cached = teacher_outputs.load(layout.teacher_outputs, transfer)
         log.info(
             "students train on the stored images and %d random views, cached with the teachers' outputs",
             cached.views - 1,
@@ -54,6 +55,17 @@ def fit_ensemble(layout: Layout, rule: str, val: Split) -> tuple[Ensemble, dict]
     return Ensemble(teachers, candidates[rule]).eval(), record
 
 
+def training_images(data: Dataset, objective: Objective) -> Split:
+    """What a model trains on: with a teacher, the training images and the transfer set; on labels alone, the
+    training images."""
+    return data.transfer if objective.teacher is not None else data.train
+
+
+def trained_on(data: Dataset, images: Split) -> dict[str, int]:
+    """For a model's record: how many labelled and unlabeled images it trained on (`images`)."""
+    return {"labelled": len(data.train), "unlabeled": len(images) - len(data.train)}
+
+
 def train_student(
     spec: dict,
     data: Dataset,
@@ -63,15 +75,18 @@ def train_student(
     teaching: nn.Module | TeacherOutputs | None,
     name: str,
 ) -> tuple[nn.Module, dict]:
-    """The student of `spec` trained on `data`: distilled from `teaching` (a model or its cached outputs), or
-    without `kd` on the labels alone. From a cache it trains on the cache's views either way."""
+    """The student of `spec` trained on `data`: distilled from `teaching` (a model or its cached outputs) on the
+    training images and the transfer set, or without `kd` on the labelled images alone. From a cache it trains on
+    the cache's views either way."""
     model = seeded(config.seed, lambda: models.build(spec))
     objective = Objective(teaching, kd_settings(kd) if kd else None)
-    history = fit(model, data.train, data.val, train_settings(config), device(), objective, name=name)
+    images = training_images(data, objective)
+    history = fit(model, images, data.val, train_settings(config), device(), objective, name=name)
     return model, {
         "params": models.count_params(model),
         "widths": spec["widths"],
         "distilled": objective.teacher is not None,
+        "trained_on": trained_on(data, images),
         "val_accuracy": accuracy(model.eval(), data.val, device()),
         "history": history,
     }

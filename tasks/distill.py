@@ -38,7 +38,7 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     combination = ensemble.combination
     log.info("ensemble: %s, weights %s", combination.rule, [round(w, 3) for w in combination.weights])
     floor = ship.floor(accuracy(ensemble, data.val, device()))
-    teaching = load_teaching(layout, data.train, combination)
+    teaching = load_teaching(layout, data.transfer, combination)
     base = {
         "arch": "student_cnn",
         "in_channels": data.in_channels,

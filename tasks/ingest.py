@@ -9,6 +9,7 @@ per image for the validation gate. The built-in datasets come from their package
 import hashlib
 import logging
 import math
+import os
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from sklearn.model_selection import train_test_split
 
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir, write_json
+from distillery.raw_format import SPLIT_NAMES, UNLABELED
 from project.config import IngestConfig
 from project.layout import Layout
 
@@ -240,20 +242,9 @@ class ImageFiles:
             return e
 
 
-def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> Source:
-    """One sub-folder per class of PNG/JPEG/TIFF files, decoded in parallel by DataLoader workers."""
-    if not path.is_dir():
-        raise DistilleryError(f"ingest.path {path} does not exist or is not a folder.")
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DistilleryError(f"{path} has no class sub-folders; expected one folder of images per class.")
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise DistilleryError(f"Class folder {path / name} holds no PNG, JPEG or TIFF images.")
-        files += found
-        labels += [label] * len(found)
+def decoded(files: list[Path], color: str, size: tuple[int, int] | None) -> Callable[[], Iterator[np.ndarray]]:
+    """The pixels of `files` in chunks of DECODE_BATCH, decoded in parallel by DataLoader workers; every image
+    must have the first one's size."""
 
     def chunks() -> Iterator[np.ndarray]:
         from torch.utils.data import DataLoader
@@ -277,7 +268,92 @@ def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> Source
                     )
             yield np.stack(images)
 
-    return Source(np.array(labels), classes, chunks, str(path))
+    return chunks
+
+
+def image_folder(path: Path, color: str, size: tuple[int, int] | None) -> Source:
+    """One sub-folder per class of PNG/JPEG/TIFF files."""
+    if not path.is_dir():
+        raise DistilleryError(f"ingest.path {path} does not exist or is not a folder.")
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DistilleryError(f"{path} has no class sub-folders; expected one folder of images per class.")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(f for f in (path / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DistilleryError(f"Class folder {path / name} holds no PNG, JPEG or TIFF images.")
+        files += found
+        labels += [label] * len(found)
+    return Source(np.array(labels), classes, decoded(files, color, size), str(path))
+
+
+def unlabeled_npz(path: Path) -> Source:
+    """An .npz of images without labels: `x` alone, (N,H,W), (N,H,W,C) or (N,C,H,W) pixels in 0..255."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            names = set(arrays.files)
+        shape = npz_shape(path, "x") if "x" in names else None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DistilleryError(f"ingest.unlabeled_path {path} is not a readable .npz file: {e}") from e
+    if names != {"x"}:
+        raise DistilleryError(
+            f"ingest.unlabeled_path {path} must hold only `x` (the images), but it holds "
+            f"{', '.join(sorted(names)) or 'nothing'}. Labelled images belong in ingest.path; save the images "
+            "without labels as `x` alone."
+        )
+    to_nchw = as_nchw(shape, path)
+
+    def chunks() -> Iterator[np.ndarray]:
+        try:
+            yield from (to_nchw(rows) for rows in npz_rows(path, "x"))
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # damaged after its header
+            raise DistilleryError(f"{path} is not a readable .npz file: {e}") from e
+
+    return Source(np.full(shape[0], UNLABELED), [], chunks, str(path))
+
+
+def unlabeled_source(config: IngestConfig, layout: Layout) -> Source:
+    """The transfer set (ingest.unlabeled_path): an .npz holding only `x`, or a folder of image files at any depth,
+    converted and resized as the labelled folder images are. It must be inside data/unlabeled/, the folder DVC
+    tracks for the ingest stage."""
+    path = layout.root / config.unlabeled_path
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(layout.user_unlabeled)):  # links may point out
+        folder = layout.user_unlabeled.relative_to(layout.root)
+        raise DistilleryError(
+            f"ingest.unlabeled_path {config.unlabeled_path} is not inside {folder}/; move it there (DVC tracks that "
+            "folder for the ingest stage)."
+        )
+    if path.is_file() and path.suffix == ".npz":
+        return unlabeled_npz(path)
+    if not path.is_dir():
+        raise DistilleryError(
+            f"ingest.unlabeled_path {config.unlabeled_path} is neither a folder of images nor an .npz file."
+        )
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise DistilleryError(f"ingest.unlabeled_path {config.unlabeled_path} holds no PNG, JPEG or TIFF images.")
+    return Source(np.full(len(files), UNLABELED), [], decoded(files, config.color, config.image_size), str(path))
+
+
+def with_unlabeled(labelled: Source, unlabeled: Source) -> Source:
+    """The labelled images, then the transfer set's, which must have the same shape."""
+
+    def chunks() -> Iterator[np.ndarray]:
+        shape = None
+        for chunk in labelled.chunks():
+            shape = chunk.shape[1:]
+            yield chunk
+        for chunk in unlabeled.chunks():
+            if chunk.shape[1:] != shape:
+                raise DistilleryError(
+                    f"The images of ingest.unlabeled_path {unlabeled.where} have shape {chunk.shape[1:]} (channels, "
+                    f"height, width), the labelled images {shape}; they must match. For image files, "
+                    "ingest.image_size and ingest.color resize and convert both."
+                )
+            yield chunk
+
+    return Source(np.concatenate([labelled.labels, unlabeled.labels]), labelled.class_names, chunks, labelled.where)
 
 
 def open_source(config: IngestConfig, root: Path) -> Source:
@@ -325,7 +401,7 @@ def image_facts(raw: np.ndarray, stored: np.ndarray, y: np.ndarray, split: np.nd
         return pd.DataFrame(
             {
                 "label": y.astype(np.int64),
-                "split": np.array(["train", "val", "test"])[split],
+                "split": np.array(SPLIT_NAMES)[split],
                 "channels": raw.shape[1],
                 "height": raw.shape[2],
                 "width": raw.shape[3],
@@ -376,12 +452,16 @@ SECTIONS = ("ingest",)
 
 def run(config: IngestConfig, layout: Layout) -> dict:
     """Write data/raw/ (its files: distillery/raw_format.py): the uint8 images, labels, split ids, one row
-    of facts per image and the dataset's info."""
+    of facts per image and the dataset's info. The transfer set's images, if any, come last."""
     source = open_source(config, layout.root)
     if len(source.labels) == 0:
         raise DistilleryError(f"{source.where} holds no images.")
+    split = stratified_split(source.labels, config, source.where)
+    if config.unlabeled_path:
+        unlabeled = unlabeled_source(config, layout)
+        source = with_unlabeled(source, unlabeled)
+        split = np.concatenate([split, np.full(len(unlabeled.labels), SPLIT_NAMES.index("unlabeled"), np.int8)])
     y = source.labels.astype(np.int64)
-    split = stratified_split(y, config, source.where)
     with atomic_dir(layout.raw) as out:
         shape = write_images(source, split, out / layout.images.name, out / layout.facts.name)
         np.save(out / layout.labels.name, y)
@@ -391,9 +471,7 @@ def run(config: IngestConfig, layout: Layout) -> dict:
             "images": len(y),
             "classes": source.class_names,
             "shape": list(shape),
-            "n_train": int((split == 0).sum()),
-            "n_val": int((split == 1).sum()),
-            "n_test": int((split == 2).sum()),
+            **{f"n_{name}": int((split == i).sum()) for i, name in enumerate(SPLIT_NAMES)},
         }
         write_json(out / layout.dataset_info.name, info)
     log.info("ingested %d images from %s: %s", len(y), config.source, info)

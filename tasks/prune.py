@@ -24,7 +24,7 @@ from distillery.training import Objective, accuracy
 from project.config import DistillConfig, KDConfig, PruneConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
-from project.students import load_teaching, train_student
+from project.students import load_teaching, train_student, trained_on, training_images
 
 log = logging.getLogger("distillery")
 SENSITIVITY_GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -108,7 +108,8 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
     target = config.target_latency_ms
     threads = onnx_export.cpu_threads(ship.latency_threads)
     fast_enough = latency_check(target, data, batch=ship.latency_batch, threads=threads) if target else None
-    teaching = load_teaching(layout, data.train)
+    teaching = load_teaching(layout, data.transfer)
+    objective = Objective(teaching, kd_settings(kd))
     pruner = make_pruner(
         model,
         data.train.head(2).to(device()),
@@ -118,14 +119,15 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
         schedule=config.schedule,
         layer_ratios=layer_ratios,
     )
+    images = training_images(data, objective)
     history = prune_gradually(
         model,
-        data.train,
+        images,
         data.val,
         pruner,
         steps=config.steps,
         settings=train_settings(config),
-        objective=Objective(teaching, kd_settings(kd)),
+        objective=objective,
         device=device(),
         fast_enough=fast_enough,
     )
@@ -135,6 +137,7 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
         "widths": spec["widths"],
         "removed_share": {name: 1 - layer.out_channels / channels[name] for name, layer in conv_layers(model).items()},
         "val_accuracy": accuracy(model.eval(), data.val, device()),
+        "trained_on": trained_on(data, images),
         "history": history,
     }
     if target:

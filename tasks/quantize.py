@@ -13,7 +13,7 @@ from distillery.training import Objective, accuracy
 from project.config import KDConfig, QuantizeConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
-from project.students import load_teaching
+from project.students import load_teaching, trained_on, training_images
 
 log = logging.getLogger("distillery")
 
@@ -26,13 +26,15 @@ def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
     data = load_dataset(layout.raw)
     model, spec = checkpoint.load(layout.checkpoint("pruned"))
     prepared = prepare_qat(model, data.train.head(2))
-    objective = Objective(load_teaching(layout, data.train), kd_settings(kd))
-    history = qat_finetune(prepared, data.train, data.val, train_settings(config), objective, device())
+    objective = Objective(load_teaching(layout, data.transfer), kd_settings(kd))
+    images = training_images(data, objective)
+    history = qat_finetune(prepared, images, data.val, train_settings(config), objective, device())
     prepared.cpu()
     int8 = convert(copy.deepcopy(prepared))
     result = {
         "val_accuracy_fake_quant": history[-1]["val_accuracy"],
         "val_accuracy_int8": accuracy(int8, data.val, torch.device("cpu")),
+        "trained_on": trained_on(data, images),
         "history": history,
     }
     log.info(

@@ -211,6 +211,7 @@ def run(params: PipelineParams, layout: Layout) -> dict:
             "n_train": info["n_train"],
             "n_val": info["n_val"],
             "n_test": info["n_test"],
+            "n_unlabeled": info["n_unlabeled"],
         },
         "git_commit": git_commit(layout.root),
         "onnxruntime": {"version": ort.__version__, "threads": threads},

@@ -293,12 +293,13 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[
 
 
 def cache_outputs(config: TeachersConfig, layout: Layout, out: Path) -> None:
-    """The trained teachers' outputs on `config.cached_views` random views of the training images."""
+    """The trained teachers' outputs on `config.cached_views` random views of the training images and the transfer
+    set's."""
     started = time.monotonic()
     members = [teacher_in(out, layout, TEACHER + name).eval() for name in teacher_names(config)]
     outputs = teacher_outputs.compute(
         [m.to(device()) for m in members],
-        load_dataset(layout.raw).train,
+        load_dataset(layout.raw).transfer,
         views=config.cached_views,
         seed=config.seed,
         device=device(),

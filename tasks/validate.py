@@ -11,6 +11,7 @@ import pandas as pd
 
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir, read_json, write_json
+from distillery.raw_format import SPLIT_NAMES
 from project.config import ValidateConfig
 from project.layout import Layout
 
@@ -27,12 +28,17 @@ def class_table(facts: pd.DataFrame, num_classes: int) -> pd.DataFrame:
     return table
 
 
+LABELLED = 'split != "unlabeled"'  # the rows whose label is a class: all but the transfer set's
+
+
 def image_expectations(gx, facts: pd.DataFrame, num_classes: int) -> list:
     E = gx.expectations
     first = facts.iloc[0]
     return [
-        E.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(num_classes))),
-        E.ExpectColumnDistinctValuesToBeInSet(column="split", value_set=["train", "val", "test"]),
+        E.ExpectColumnValuesToBeInSet(
+            column="label", value_set=list(range(num_classes)), row_condition=LABELLED, condition_parser="pandas"
+        ),
+        E.ExpectColumnDistinctValuesToBeInSet(column="split", value_set=list(SPLIT_NAMES)),
         E.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0, max_value=255),
         E.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
         E.ExpectColumnValuesToBeInSet(column="non_finite", value_set=[0]),
@@ -63,7 +69,7 @@ MEANING = {  # what a failed expectation on each column says about the data, in 
     "channels": "images with another channel count",
     "height": "images of another height",
     "width": "images of another width",
-    "sha256": "duplicate images (a copy in two splits leaks test data into training)",
+    "sha256": "duplicate images (a copy in two splits, or in the transfer set, leaks test data into training)",
     "n_images": "a class with fewer images than validate.min_images_per_class",
     "n_test": "a class with no test image",
     "n_val": "a class with no validation image",
@@ -121,6 +127,13 @@ def run_checkpoint(tables: dict[str, tuple[pd.DataFrame, list]], docs_dir) -> tu
     return not failures, failures
 
 
+def duplicates_by_split(facts: pd.DataFrame) -> str:
+    """Where the duplicate images are, e.g. `3 in test and unlabeled`: the splits each image's copies are in."""
+    copies = facts[facts["sha256"].duplicated(keep=False)]
+    places = copies.groupby("sha256")["split"].agg(lambda splits: " and ".join(sorted(set(splits)))).value_counts()
+    return ", ".join(f"{count} in {where}" for where, count in places.items())
+
+
 SECTIONS = ("validate",)
 
 
@@ -150,9 +163,11 @@ def run(config: ValidateConfig, layout: Layout) -> dict:
         }
         write_json(out / layout.validation_summary.name, summary)
     if not success:
+        duplicates = duplicates_by_split(facts)
         raise DistilleryError(
             f"Data validation failed ({len(failures)} expectation(s)); no training was run. "
             + " | ".join(failures)
+            + (f". Images with copies, by the splits they are in: {duplicates}" if duplicates else "")
             + f". Data Docs: {layout.data_docs_index}"
         )
     log.info("validation passed: %d images, %d classes", len(facts), num_classes)

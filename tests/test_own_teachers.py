@@ -468,7 +468,7 @@ def test_an_architecture_that_cannot_take_the_images_is_refused_before_anything_
     """ViT-B/16 takes square 224-pixel images only: 8 x 16 images scale up to 224 x 448, which it refuses."""
     images = torch.zeros(4, 1, 8, 16, dtype=torch.uint8)
     split = Split(images, torch.arange(4), torch.zeros(4, dtype=torch.long))
-    data = Dataset(split, split, split, num_classes=10, in_channels=1, image_size=(8, 16))
+    data = Dataset(split, split, split, split, num_classes=10, in_channels=1, image_size=(8, 16))
     config = TeachersConfig(models=["wide_cnn", "torchvision:vit_b_16"])
     with pytest.raises(
         DistilleryError, match=r"teachers.models\[1\] \(1_torchvision-vit_b_16\): torchvision:vit_b_16 "

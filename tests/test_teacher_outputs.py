@@ -82,7 +82,7 @@ def test_the_cache_round_trips_and_refuses_another_dataset_or_a_damaged_file(tmp
     teacher_outputs.save(outputs, path)
     loaded = teacher_outputs.load(path, train)
     assert torch.equal(loaded.thetas, outputs.thetas) and torch.equal(loaded.logits, outputs.logits)
-    with pytest.raises(DistilleryError, match="6 training images, not the 5 .*rerun the train_teachers"):
+    with pytest.raises(DistilleryError, match="6 images, not the 5 training and unlabeled .*rerun the train_teachers"):
         teacher_outputs.load(path, tiny_split(n=5))
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(DistilleryError, match="damaged"):

@@ -1,0 +1,171 @@
+"""A transfer set (ingest.unlabeled_path): images without labels, stored after the labelled ones, validated as they
+are, labelled by the teachers' outputs and distilled from beside the training images."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+
+from distillery import teacher_outputs
+from distillery.data import load_dataset
+from distillery.errors import DistilleryError
+from distillery.files import read_json
+from distillery.raw_format import UNLABELED
+from distillery.training import KDSettings, kd_loss
+from project.config import IngestConfig, PipelineParams, ValidateConfig
+from project.layout import Layout
+from tasks import ingest, stages_through, validate
+from tests.conftest import ROOT, TINY
+
+LABELLED = 900  # of the digits' 1,797 images; the rest are the transfer set
+TINY_VIEWS = PipelineParams.model_validate(TINY).teachers.cached_views
+
+
+def digits_project(tmp_path, unlabeled: np.ndarray | None = None) -> tuple[Layout, IngestConfig]:
+    """A project whose labelled data are the first LABELLED digits (an .npz in data/source/) and whose transfer set
+    is `unlabeled` (by default the other digits, as an .npz holding only `x` in data/unlabeled/)."""
+    x, y, _ = ingest.digits()
+    layout = Layout(tmp_path)
+    for folder in (layout.root / "data" / "source", layout.user_unlabeled):
+        folder.mkdir(parents=True)
+    np.savez(layout.root / "data/source/digits.npz", x=x[:LABELLED], y=y[:LABELLED])
+    np.savez(layout.user_unlabeled / "rest.npz", x=x[LABELLED:] if unlabeled is None else unlabeled)
+    return layout, IngestConfig(source="npz", path="data/source/digits.npz", unlabeled_path="data/unlabeled/rest.npz")
+
+
+def test_the_transfer_set_is_stored_after_the_labelled_images_without_labels(tmp_path):
+    layout, config = digits_project(tmp_path)
+    info = ingest.run(config, layout)
+    x = ingest.digits()[0]
+    assert info["images"] == len(x) and info["n_unlabeled"] == len(x) - LABELLED
+    assert info["n_train"] + info["n_val"] + info["n_test"] == LABELLED
+    assert np.array_equal(np.load(layout.images), x)  # the labelled images, then the transfer set's
+    labels, splits = np.load(layout.labels), np.load(layout.splits)
+    assert (labels[LABELLED:] == UNLABELED).all() and (labels[:LABELLED] >= 0).all()
+    assert (splits[LABELLED:] == 3).all() and (splits[:LABELLED] < 3).all()
+    data = load_dataset(layout.raw)
+    assert len(data.unlabeled) == len(x) - LABELLED and (data.unlabeled.y == UNLABELED).all()
+    transfer = data.transfer  # the training images first, in their places, then the transfer set
+    assert torch.equal(transfer.rows[: len(data.train)], data.train.rows)
+    assert torch.equal(transfer.rows[len(data.train) :], data.unlabeled.rows)
+    assert torch.equal(transfer.y, torch.cat([data.train.y, data.unlabeled.y]))
+    assert validate.run(ValidateConfig(), layout)["success"]
+
+
+def test_a_folder_transfer_set_is_read_at_any_depth_converted_and_resized(tmp_path):
+    layout, config = digits_project(tmp_path)
+    (layout.user_unlabeled / "rest.npz").unlink()
+    rng = np.random.default_rng(0)
+    for i, folder in enumerate(("a", "a/b", "c")):
+        (layout.user_unlabeled / "photos" / folder).mkdir(parents=True, exist_ok=True)
+        rgb = rng.integers(0, 256, (12, 10, 3)).astype(np.uint8)
+        Image.fromarray(rgb).save(layout.user_unlabeled / "photos" / folder / f"{i}.png")
+    (layout.user_unlabeled / "photos" / "notes.txt").write_text("not an image")
+    photos = {"unlabeled_path": "data/unlabeled/photos", "image_size": (8, 8)}
+    info = ingest.run(config.model_copy(update=photos), layout)
+    assert info["n_unlabeled"] == 3 and info["shape"] == [1, 8, 8]  # the labelled images' gray 8 x 8
+    assert validate.run(ValidateConfig(), layout)["success"]
+
+
+def test_a_folder_transfer_set_must_match_the_labelled_images(tmp_path):
+    layout, config = digits_project(tmp_path)
+    folder = layout.user_unlabeled / "photos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((12, 10), np.uint8)).save(folder / "0.png")
+    with pytest.raises(DistilleryError, match=r"have shape \(1, 12, 10\).*labelled images \(1, 8, 8\)"):
+        ingest.run(config.model_copy(update={"unlabeled_path": "data/unlabeled/photos"}), layout)
+
+
+def empty_folder(path):
+    path.unlink()
+    path.mkdir()
+
+
+BAD = {  # case: (what to do to the transfer set's file, what the error says)
+    "labels": (
+        lambda path: np.savez(path, x=np.zeros((5, 8, 8)), y=np.zeros(5, int)),
+        "must hold only `x`.*holds x, y",
+    ),
+    "not an npz": (lambda path: path.write_text("text"), "not a readable .npz"),
+    "shape": (lambda path: np.savez(path, x=np.zeros((5, 8, 9))), r"shape \(1, 8, 9\)"),
+    "empty folder": (empty_folder, "holds no PNG"),
+    "missing": (lambda path: path.unlink(), "neither a folder of images nor an .npz"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_a_bad_transfer_set_is_refused_and_the_stored_dataset_is_kept(tmp_path, case):
+    layout, config = digits_project(tmp_path)
+    ingest.run(config.model_copy(update={"unlabeled_path": None}), layout)
+    before = np.load(layout.images)
+    spoil, says = BAD[case]
+    spoil(layout.user_unlabeled / "rest.npz")
+    with pytest.raises(DistilleryError, match=says):
+        ingest.run(config, layout)
+    assert np.array_equal(np.load(layout.images), before)  # the last good dataset, untouched
+
+
+def test_a_transfer_set_outside_data_unlabeled_is_refused(tmp_path):
+    layout, config = digits_project(tmp_path)
+    np.savez(layout.root / "data/source/rest.npz", x=np.zeros((5, 8, 8)))
+    with pytest.raises(DistilleryError, match=r"data/source/rest.npz is not inside data/unlabeled/; move it there"):
+        ingest.run(config.model_copy(update={"unlabeled_path": "data/source/rest.npz"}), layout)
+
+
+def test_a_test_image_in_the_transfer_set_fails_validation_naming_the_splits(tmp_path):
+    layout, config = digits_project(tmp_path)
+    ingest.run(config.model_copy(update={"unlabeled_path": None}), layout)
+    test_images = np.load(layout.images)[np.load(layout.splits) == 2][:3, 0]
+    x = ingest.digits()[0][LABELLED:, 0]
+    layout, config = digits_project(tmp_path / "leaky", unlabeled=np.concatenate([x, test_images]))
+    ingest.run(config, layout)
+    with pytest.raises(DistilleryError, match="duplicate images.*by the splits they are in: 3 in test and unlabeled"):
+        validate.run(ValidateConfig(), layout)
+
+
+def test_transfer_set_pixels_out_of_range_fail_validation(tmp_path):
+    x = ingest.digits()[0][LABELLED:].astype(np.float32)
+    x[0, 0, 0, 0] = 300.0
+    layout, config = digits_project(tmp_path, unlabeled=x)
+    ingest.run(config, layout)
+    with pytest.raises(DistilleryError, match="pixels above 255"):
+        validate.run(ValidateConfig(), layout)
+
+
+def test_an_unlabeled_image_learns_from_the_soft_targets_alone():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 4), torch.softmax(torch.randn(6, 4), dim=1)
+    labels = torch.tensor([0, 3, UNLABELED, 1, UNLABELED, UNLABELED])
+    kd = KDSettings(temperature=2.0, alpha=0.7)
+    per_image_soft = (targets * (targets.log() - F.log_softmax(logits / 2.0, dim=1))).sum(dim=1) * 4.0
+    labelled = labels != UNLABELED
+    per_image_hard = F.cross_entropy(logits[labelled], labels[labelled], reduction="none")
+    expected = (0.7 * per_image_soft.sum() + 0.3 * per_image_hard.sum()) / 6
+    assert kd_loss(logits, targets, labels, kd).item() == pytest.approx(expected.item(), rel=1e-5)
+    all_unlabeled = torch.full((6,), UNLABELED)
+    assert kd_loss(logits, targets, all_unlabeled, kd).item() == pytest.approx(0.7 * per_image_soft.mean().item())
+
+
+def test_students_distil_from_the_transfer_set_and_the_baselines_learn_from_the_labels(tmp_path):
+    layout, config = digits_project(tmp_path)
+    params = PipelineParams.model_validate({**TINY, "ingest": config.model_dump(mode="json")})
+    for stage in stages_through("report"):
+        stage.call(params, layout)
+    data = load_dataset(layout.raw)
+    n_train, n_unlabeled = len(data.train), len(data.unlabeled)
+    cached = teacher_outputs.load(layout.teacher_outputs, data.transfer)  # the teachers' outputs on every view
+    assert cached.logits.shape[:3] == (TINY_VIEWS + 1, n_train + n_unlabeled, 2)
+    for name, unlabeled in (("student_kd", n_unlabeled), ("student_alone", 0), ("pruned", n_unlabeled)):
+        assert read_json(layout.record(name))["trained_on"] == {"labelled": n_train, "unlabeled": unlabeled}, name
+    assert read_json(layout.record("pruned_alone"))["trained_on"]["unlabeled"] == 0
+    metrics = read_json(layout.metrics)
+    assert metrics["dataset"]["n_unlabeled"] == n_unlabeled
+    assert f"and {n_unlabeled} unlabeled images the students distilled from." in layout.report.read_text()
+
+
+def test_the_ingest_stage_depends_on_the_transfer_sets_users_bring():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "data/unlabeled" in stages["ingest"]["deps"]
+    assert (ROOT / "data" / "unlabeled" / "README.md").exists()
