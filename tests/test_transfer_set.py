@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from distillery import teacher_outputs
+from distillery import checkpoint, teacher_outputs
 from distillery.data import load_dataset
 from distillery.errors import DistilleryError
 from distillery.files import read_json
@@ -16,7 +16,7 @@ from distillery.raw_format import UNLABELED
 from distillery.training import KDSettings, kd_loss
 from project.config import IngestConfig, PipelineParams, ValidateConfig
 from project.layout import Layout
-from tasks import ingest, stages_through, validate
+from tasks import ingest, stages_through, train_teachers, validate
 from tests.conftest import ROOT, TINY
 
 LABELLED = 900  # of the digits' 1,797 images; the rest are the transfer set
@@ -157,9 +157,16 @@ def test_students_distil_from_the_transfer_set_and_the_baselines_learn_from_the_
     n_train, n_unlabeled = len(data.train), len(data.unlabeled)
     cached = teacher_outputs.load(layout.teacher_outputs, data.transfer)  # the teachers' outputs on every view
     assert cached.logits.shape[:3] == (TINY_VIEWS + 1, n_train + n_unlabeled, 2)
-    for name, unlabeled in (("student_kd", n_unlabeled), ("student_alone", 0), ("pruned", n_unlabeled)):
+    distilled = {"student_kd": n_unlabeled, "pruned": n_unlabeled, "int8": n_unlabeled}
+    for name, unlabeled in (distilled | {"student_alone": 0, "pruned_alone": 0}).items():
         assert read_json(layout.record(name))["trained_on"] == {"labelled": n_train, "unlabeled": unlabeled}, name
-    assert read_json(layout.record("pruned_alone"))["trained_on"]["unlabeled"] == 0
+    labels_only, config = digits_project(tmp_path / "labels_only")  # the same teacher, trained without the set
+    ingest.run(config.model_copy(update={"unlabeled_path": None}), labels_only)
+    validate.run(params.section("validate"), labels_only)
+    train_teachers.run(params.teachers.model_copy(update={"models": ["wide_cnn"], "cached_views": 0}), labels_only)
+    with_set, without = (checkpoint.load(run.checkpoint("teacher_0_wide_cnn"))[0] for run in (layout, labels_only))
+    for (name, a), b in zip(with_set.state_dict().items(), without.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
     metrics = read_json(layout.metrics)
     assert metrics["dataset"]["n_unlabeled"] == n_unlabeled
     assert f"and {n_unlabeled} unlabeled images the students distilled from." in layout.report.read_text()
