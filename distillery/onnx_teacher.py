@@ -19,7 +19,7 @@ from distillery.files import atomic_file
 
 INPUT, OUTPUT = "images", "scores"  # the names every exported model of a run uses
 PREFIX = "teacher/"  # the wrapped graph's own names, kept apart from the wrapper's
-FLOATS = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
+FLOATS = (TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE)  # the pixels and scores it may take and give
 SMALLEST_PROBABILITY = 1e-12  # log(0) would be -inf
 RUN_ERRORS = (  # what onnxruntime raises for a graph it cannot load or run on given inputs (each a plain Exception)
     ort_errors.Fail,
@@ -75,8 +75,11 @@ def wrap(
         "flat": [channels * height * width],
     }
     wanted = expected[fmt.layout]
-    if source.type.tensor_type.elem_type not in FLOATS:
-        raise DistilleryError(f"its input is {describe(source)}; Distillery feeds float32 or float64 images")
+    pixel_type = source.type.tensor_type.elem_type
+    if pixel_type == TensorProto.UINT8 and (fmt.scale, fmt.shift) != ((255.0,), (0.0,)):
+        raise DistilleryError(f"its input is {describe(source)}: pixels in 0..255; set scaling: 0..255")
+    if pixel_type not in (*FLOATS, TensorProto.UINT8):
+        raise DistilleryError(f"its input is {describe(source)}; Distillery feeds float or uint8 images")
     if dims(source)[0] is not None:
         raise DistilleryError(
             f"its input is {describe(source)}: a fixed batch of {dims(source)[0]}; export it with a dynamic batch "
@@ -106,23 +109,23 @@ def wrap(
     elif fmt.layout == "flat":
         nodes.append(helper.make_node("Flatten", [pixels], ["flat"], axis=1))
         pixels = "flat"
-    nodes.append(helper.make_node("Cast", [pixels], [PREFIX + source.name], to=source.type.tensor_type.elem_type))
+    if pixel_type == TensorProto.UINT8:  # the stored 8-bit pixels again, whatever float rounding did to them
+        nodes.append(helper.make_node("Round", [pixels], ["whole"]))
+        pixels = "whole"
+    nodes.append(helper.make_node("Cast", [pixels], [PREFIX + source.name], to=pixel_type))
     nodes += list(wrapped.graph.node)
-    result = PREFIX + scores.name
+    result = OUTPUT if not fmt.probabilities else "probabilities"
+    nodes.append(helper.make_node("Cast", [PREFIX + scores.name], [result], to=TensorProto.FLOAT))
     if fmt.probabilities:
         nodes += [
             helper.make_node("Max", [result, "smallest_probability"], ["kept"]),
-            helper.make_node("Log", ["kept"], ["log_probabilities"]),
+            helper.make_node("Log", ["kept"], [OUTPUT]),
         ]
-        result = "log_probabilities"
-    nodes.append(helper.make_node("Cast", [result], [OUTPUT], to=TensorProto.FLOAT))
     per_channel = [1, len(fmt.scale), 1, 1]
     constants = [
         numpy_helper.from_array(np.array(fmt.scale, np.float32).reshape(per_channel), "scale"),
         numpy_helper.from_array(np.array(fmt.shift, np.float32).reshape(per_channel), "shift"),
-        numpy_helper.from_array(
-            np.array(SMALLEST_PROBABILITY, FLOATS[scores.type.tensor_type.elem_type]), "smallest_probability"
-        ),
+        numpy_helper.from_array(np.array(SMALLEST_PROBABILITY, np.float32), "smallest_probability"),
     ]
     graph = helper.make_graph(
         nodes,

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from pydantic import ValidationError
+from safetensors import safe_open
 from safetensors.torch import save_file
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
@@ -65,12 +66,13 @@ def sklearn_teacher(
     return clf
 
 
-def torch_weights(layout: Layout, name: str, arch: str, *, seed: int = 7) -> nn.Module:
+def torch_weights(layout: Layout, name: str, arch: str, *, seed: int = 7, as_a_run_saves_it: bool = False) -> nn.Module:
     """A model of `arch` (randomly initialised with `seed`) whose state dict a user saved as safetensors; for a
-    torchvision architecture, the builder's model's state dict, as the user has it."""
+    torchvision architecture, the builder's model's state dict, as the user has it, or `as_a_run_saves_it`."""
     data = load_dataset(layout.raw)
     model = seeded(seed, lambda: models.build(train_teachers.spec_for(arch, data))).eval()
-    plain = model.net if isinstance(model, models.TorchvisionClassifier) else model
+    builder_only = isinstance(model, models.TorchvisionClassifier) and not as_a_run_saves_it
+    plain = model.net if builder_only else model
     save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(layout.user_teachers / name))
     return model
 
@@ -154,9 +156,17 @@ def test_a_torchvision_teacher_takes_small_gray_images_and_exports(tmp_path):
     assert models.smallest_input("inception_v3") == (75, 75)  # scaled up to 75 a side, not 32
 
 
-@pytest.mark.parametrize("arch", ["small_resnet", "torchvision:shufflenet_v2_x0_5"])
-def test_a_checkpoint_teacher_is_the_model_it_was_saved_from_or_fine_tunes_it(project, arch, tmp_path):
-    source = torch_weights(project, "mine.safetensors", arch)
+@pytest.mark.parametrize(
+    ("arch", "as_a_run_saves_it"),
+    [("small_resnet", False), ("torchvision:shufflenet_v2_x0_5", False), ("torchvision:shufflenet_v2_x0_5", True)],
+)
+def test_a_checkpoint_teacher_is_the_model_it_was_saved_from_or_fine_tunes_it(
+    project, arch, as_a_run_saves_it, tmp_path
+):
+    source = torch_weights(project, "mine.safetensors", arch, as_a_run_saves_it=as_a_run_saves_it)
+    assert next(iter(safe_open(project.user_teachers / "mine.safetensors", "pt").keys())).startswith("net.") == (
+        as_a_run_saves_it
+    )
     val = load_dataset(project.raw).val
     for epochs in (0, 1):
         entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": arch, "fine_tune_epochs": epochs}
@@ -171,6 +181,19 @@ def test_a_checkpoint_teacher_is_the_model_it_was_saved_from_or_fine_tunes_it(pr
             "path": "data/teachers/mine.safetensors",
             "sha256": file_digest(project.user_teachers / "mine.safetensors"),
         }
+
+
+def test_a_checkpoint_teacher_fine_tunes_at_its_own_learning_rate(project, tmp_path):
+    source = torch_weights(project, "mine.safetensors", "wide_cnn")
+    moved = {}
+    for lr in (1e-9, None):  # None: teachers.lr
+        entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn", "fine_tune_epochs": 1}
+        train_teachers.train_teacher(TeachersConfig(models=[entry | {"fine_tune_lr": lr}]), 0, project, tmp_path)
+        tuned = checkpoint.load(tmp_path / "0_checkpoint-mine.safetensors")[0]
+        moved[lr] = max(
+            (a - b).abs().max().item() for a, b in zip(tuned.parameters(), source.parameters(), strict=True)
+        )
+    assert moved[1e-9] < 1e-6 < 1e-3 < moved[None]
 
 
 def test_a_checkpoint_teacher_gets_the_pixel_range_it_was_trained_on(project, tmp_path):
@@ -213,6 +236,54 @@ def test_an_onnx_teacher_gets_its_pixels_in_the_layout_and_range_it_declares(pro
     )
     teacher = OnnxClassifier(tmp_path / "0_onnx-user.onnx")
     assert torch.allclose(logits(teacher, data.val, CPU), logits(inner, data.val, CPU), atol=1e-4)
+
+
+def linear_onnx(layout: Layout, name: str, pixel_type: int, score_type: int) -> tuple[np.ndarray, np.ndarray]:
+    """A linear classifier over flattened pixels of `pixel_type` giving scores of `score_type`, as a converter
+    for an edge runtime writes it, in data/teachers/; its weights and bias."""
+    features = int(np.prod(load_dataset(layout.raw).val.images.shape[1:]))
+    rng = np.random.default_rng(0)
+    weights, bias = rng.normal(0, 0.01, (features, 10)).astype(np.float32), rng.normal(0, 1, 10).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Cast", ["x"], ["x_float"], to=onnx.TensorProto.FLOAT),
+            onnx.helper.make_node("MatMul", ["x_float", "weights"], ["product"]),
+            onnx.helper.make_node("Add", ["product", "bias"], ["logits"]),
+            onnx.helper.make_node("Cast", ["logits"], ["scores"], to=score_type),
+        ],
+        "edge",
+        [onnx.helper.make_tensor_value_info("x", pixel_type, ["n", features])],
+        [onnx.helper.make_tensor_value_info("scores", score_type, ["n", 10])],
+        initializer=[onnx.numpy_helper.from_array(weights, "weights"), onnx.numpy_helper.from_array(bias, "bias")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    (layout.user_teachers / name).write_bytes(model.SerializeToString())
+    return weights, bias
+
+
+@pytest.mark.parametrize("pixel_type", ["uint8", "float16"])
+def test_an_onnx_teacher_takes_8_bit_or_half_precision_pixels(project, pixel_type, tmp_path):
+    kind = {"uint8": onnx.TensorProto.UINT8, "float16": onnx.TensorProto.FLOAT16}[pixel_type]
+    weights, bias = linear_onnx(project, "edge.onnx", kind, score_type=kind if pixel_type == "float16" else 1)
+    scaling = "0..255" if pixel_type == "uint8" else "0..1"
+    entry = {"onnx": "data/teachers/edge.onnx", "layout": "flat", "scaling": scaling}
+    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, project, tmp_path)
+    val = load_dataset(project.raw).val
+    stored = pixels(val)  # 0..255
+    fed = stored.astype(np.uint8) if pixel_type == "uint8" else (stored / 255).astype(np.float16)
+    expected = (fed.astype(np.float32) @ weights + bias).astype(np.float16 if pixel_type == "float16" else np.float32)
+    found = logits(OnnxClassifier(tmp_path / "0_onnx-edge.onnx"), val, CPU).numpy()
+    assert np.allclose(found, expected, rtol=1e-3, atol=1e-4)  # a pixel off by one would move scores by ~0.01
+
+
+def test_an_onnx_teacher_that_takes_8_bit_pixels_must_be_declared_0_to_255(project):
+    linear_onnx(project, "edge.onnx", onnx.TensorProto.UINT8, score_type=onnx.TensorProto.FLOAT)
+    entry = {"onnx": "data/teachers/edge.onnx", "layout": "flat", "scaling": "0..1"}
+    with pytest.raises(
+        DistilleryError, match=r"its input is x: uint8 \[n, 64\]: pixels in 0..255; set scaling: 0..255"
+    ):
+        train_teachers.run(TeachersConfig(models=["wide_cnn", entry]), project)
+    assert not project.teachers.exists()
 
 
 def torch_onnx(layout: Layout, name: str) -> None:
