@@ -127,6 +127,9 @@ class CheckpointTeacher(PixelScaling):
             "nor 3 channels, whose 1x1 conv to 3 channels only training sets)"
         ),
     )
+    fine_tune_lr: PositiveFloat | None = Field(
+        None, description="The peak learning rate of the fine-tuning (cosine decay); unset, teachers.lr"
+    )
 
 
 class OnnxTeacher(PixelScaling):

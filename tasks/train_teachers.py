@@ -155,8 +155,9 @@ def output_problem(scores: torch.Tensor, fmt: PixelFormat, num_classes: int) -> 
 
 
 def user_weights(config: TeachersConfig, index: int, model: nn.Module, layout: Layout) -> None:
-    """Load checkpoint teacher `index`'s state dict into `model` (for a torchvision architecture, into the
-    builder's model), refusing a pickle and a state dict that does not fit."""
+    """Load checkpoint teacher `index`'s state dict into `model`: for a torchvision architecture, into the builder's
+    model, or into the whole adapted model as a Distillery run saves its teachers (keys `net.`...). A pickle and a
+    state dict that fits neither are refused."""
     entry = config.models[index]
     path = user_file(config, index, entry.checkpoint, layout)
     try:
@@ -165,11 +166,13 @@ def user_weights(config: TeachersConfig, index: int, model: nn.Module, layout: L
         raise entry_error(config, index, str(e).rstrip(".")) from e
     unscaled = model.model if isinstance(model, models.ScaledInput) else model
     target = unscaled.net if isinstance(unscaled, models.TorchvisionClassifier) else unscaled
-    if problems := checkpoint.mismatches(target, weights):
+    if target is not unscaled and not checkpoint.mismatches(unscaled, weights):
+        target = unscaled  # a torchvision teacher of an earlier run, its 1x1 conv for other channel counts included
+    elif problems := checkpoint.mismatches(target, weights):
         raise entry_error(
             config, index, f"{entry.checkpoint} does not fit {entry.arch}: {problems}; set the `arch` it was trained as"
         )
-    if getattr(unscaled, "channels", None) is not None and not entry.fine_tune_epochs:
+    if target is not unscaled and getattr(unscaled, "channels", None) is not None and not entry.fine_tune_epochs:
         raise entry_error(
             config,
             index,
@@ -245,7 +248,8 @@ def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path)
         model = seeded(settings.seed, lambda: models.build(spec))
         if isinstance(entry, CheckpointTeacher):
             user_weights(config, index, model, layout)
-            settings, source = replace(settings, epochs=entry.fine_tune_epochs), layout.root / entry.checkpoint
+            settings = replace(settings, epochs=entry.fine_tune_epochs, lr=entry.fine_tune_lr or settings.lr)
+            source = layout.root / entry.checkpoint
         if settings.epochs:
             history = fit(model, data.train, data.val, settings, device(), name=name)
         checkpoint.save(model, spec, out / layout.checkpoint(TEACHER + name).name)
