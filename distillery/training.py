@@ -51,11 +51,13 @@ def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
 
 
 def kd_loss(student_logits, soft_targets, labels, kd: KDSettings) -> torch.Tensor:
-    """Hinton et al.: KL to the teachers' softened probabilities (scaled by T²) plus hard-label CE, per image and
-    averaged over the batch; an image of the transfer set (label UNLABELED) has no hard-label term."""
+    """Hinton et al.: KL to the teachers' softened probabilities (scaled by T²) plus hard-label CE. The KL term is
+    averaged over the batch, the CE term over its labelled images (an image of the transfer set, label UNLABELED,
+    has none), so that `alpha` weighs the two as it does without a transfer set."""
     log_p = F.log_softmax(student_logits.float() / kd.temperature, dim=1)
     soft = F.kl_div(log_p, soft_targets, reduction="batchmean") * kd.temperature**2
-    hard = F.cross_entropy(student_logits.float(), labels, ignore_index=UNLABELED, reduction="sum") / len(labels)
+    ce = F.cross_entropy(student_logits.float(), labels, ignore_index=UNLABELED, reduction="sum")
+    hard = ce / (labels != UNLABELED).sum().clamp_min(1)
     return kd.alpha * soft + (1 - kd.alpha) * hard
 
 
@@ -65,7 +67,7 @@ class Batch:
 
     x: torch.Tensor  # the images the model sees: augmented, or one cached view
     y: torch.Tensor
-    index: torch.Tensor  # where the images are in the training split
+    index: torch.Tensor  # where the images are in the split trained on
     view: int | None  # the cached view `x` is; None when not from a cache
 
 

@@ -70,9 +70,12 @@ def torch_weights(layout: Layout, name: str, arch: str, *, seed: int = 7, as_a_r
     """A model of `arch` (randomly initialised with `seed`) whose state dict a user saved as safetensors; for a
     torchvision architecture, the builder's model's state dict, as the user has it, or `as_a_run_saves_it`."""
     data = load_dataset(layout.raw)
-    model = seeded(seed, lambda: models.build(train_teachers.spec_for(arch, data))).eval()
-    builder_only = isinstance(model, models.TorchvisionClassifier) and not as_a_run_saves_it
-    plain = model.net if builder_only else model
+    spec = train_teachers.spec_for(arch, data)
+    model = seeded(seed, lambda: models.build(spec)).eval()
+    if as_a_run_saves_it:
+        checkpoint.save(model, spec, layout.user_teachers / name)
+        return model
+    plain = model.net if isinstance(model, models.TorchvisionClassifier) else model
     save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(layout.user_teachers / name))
     return model
 
@@ -238,7 +241,9 @@ def test_an_onnx_teacher_gets_its_pixels_in_the_layout_and_range_it_declares(pro
     assert torch.allclose(logits(teacher, data.val, CPU), logits(inner, data.val, CPU), atol=1e-4)
 
 
-def linear_onnx(layout: Layout, name: str, pixel_type: int, score_type: int) -> tuple[np.ndarray, np.ndarray]:
+def linear_onnx(
+    layout: Layout, name: str, pixel_type: int, score_type: int, opset: int = 17
+) -> tuple[np.ndarray, np.ndarray]:
     """A linear classifier over flattened pixels of `pixel_type` giving scores of `score_type`, as a converter
     for an edge runtime writes it, in data/teachers/; its weights and bias."""
     features = int(np.prod(load_dataset(layout.raw).val.images.shape[1:]))
@@ -256,7 +261,7 @@ def linear_onnx(layout: Layout, name: str, pixel_type: int, score_type: int) -> 
         [onnx.helper.make_tensor_value_info("scores", score_type, ["n", 10])],
         initializer=[onnx.numpy_helper.from_array(weights, "weights"), onnx.numpy_helper.from_array(bias, "bias")],
     )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
     (layout.user_teachers / name).write_bytes(model.SerializeToString())
     return weights, bias
 
@@ -272,16 +277,28 @@ def test_an_onnx_teacher_takes_8_bit_or_half_precision_pixels(project, pixel_typ
     stored = pixels(val)  # 0..255
     fed = stored.astype(np.uint8) if pixel_type == "uint8" else (stored / 255).astype(np.float16)
     expected = (fed.astype(np.float32) @ weights + bias).astype(np.float16 if pixel_type == "float16" else np.float32)
-    found = logits(OnnxClassifier(tmp_path / "0_onnx-edge.onnx"), val, CPU).numpy()
-    assert np.allclose(found, expected, rtol=1e-3, atol=1e-4)  # a pixel off by one would move scores by ~0.01
+    teacher = OnnxClassifier(tmp_path / "0_onnx-edge.onnx")
+    assert np.allclose(logits(teacher, val, CPU).numpy(), expected, rtol=1e-3, atol=1e-4)  # a pixel off: ~0.01
+    if pixel_type == "uint8":  # a cached view's interpolated pixels are rounded to the nearest whole value
+        below_white = np.minimum(stored, 254)
+        view = torch.from_numpy((below_white + 0.6) / 255).reshape(len(val), *val.images.shape[1:])
+        expected = (below_white + 1) @ weights + bias
+        assert np.allclose(teacher(view).numpy(), expected, rtol=1e-3, atol=1e-4)
 
 
-def test_an_onnx_teacher_that_takes_8_bit_pixels_must_be_declared_0_to_255(project):
-    linear_onnx(project, "edge.onnx", onnx.TensorProto.UINT8, score_type=onnx.TensorProto.FLOAT)
-    entry = {"onnx": "data/teachers/edge.onnx", "layout": "flat", "scaling": "0..1"}
-    with pytest.raises(
-        DistilleryError, match=r"its input is x: uint8 \[n, 64\]: pixels in 0..255; set scaling: 0..255"
-    ):
+@pytest.mark.parametrize(
+    ("scaling", "opset", "says"),
+    [
+        ("0..1", 17, r"its input is x: uint8 \[n, 64\]: pixels in 0..255; set scaling: 0..255"),
+        ("0..255", 10, r"uint8 pixels at opset 10; .* needs opset 11 or later: convert it with onnx.version_converter"),
+    ],
+)
+def test_an_onnx_teacher_that_takes_8_bit_pixels_is_declared_0_to_255_at_opset_11_or_later(
+    project, scaling, opset, says
+):
+    linear_onnx(project, "edge.onnx", onnx.TensorProto.UINT8, score_type=onnx.TensorProto.FLOAT, opset=opset)
+    entry = {"onnx": "data/teachers/edge.onnx", "layout": "flat", "scaling": scaling}
+    with pytest.raises(DistilleryError, match=says):
         train_teachers.run(TeachersConfig(models=["wide_cnn", entry]), project)
     assert not project.teachers.exists()
 
