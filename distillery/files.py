@@ -1,4 +1,5 @@
-"""Atomic writes (an output appears complete or not at all), JSON files, file hashes and the workspace lock."""
+"""Atomic writes (an output appears complete or not at all), JSON files, file hashes, the workspace lock, and
+whether a user's file is where DVC tracks it."""
 
 import errno
 import fcntl
@@ -76,6 +77,12 @@ def write_json(path: Path, data: dict) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is in `folder` as written, `..` resolved: a link there may point elsewhere, as DVC-tracked
+    files often do."""
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:

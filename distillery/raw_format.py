@@ -7,4 +7,5 @@ INFO = "info.json"  # source, class names, image shape, split sizes
 FACTS = "facts.csv"  # one row of facts per image, for the validation stage
 
 SPLIT_NAMES = ("train", "val", "test", "unlabeled")  # unlabeled: the transfer set (ingest.unlabeled_path)
+UNLABELED_SPLIT = SPLIT_NAMES.index("unlabeled")
 UNLABELED = -1  # the label of an image of the transfer set: only the teachers' soft targets teach it

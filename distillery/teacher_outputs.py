@@ -1,6 +1,7 @@
-"""The teachers' outputs computed once: each member's logits on fixed views of the training images (view
-0: the images as stored; the others rotated and shifted at random, as training augments them), so that a
-student learns from the ensemble on the very image it sees without running the teachers every epoch."""
+"""The teachers' outputs computed once: each member's logits on fixed views of the images students distil from,
+the training images then the transfer set's (`Dataset.transfer`). View 0 is the images as stored, the others
+rotated and shifted at random, as training augments them, so that a student learns from the ensemble on the very
+image it sees without running the teachers every epoch."""
 
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from distillery.files import atomic_file
 
 @dataclass(frozen=True)
 class TeacherOutputs:
-    thetas: torch.Tensor  # views x N x 2 x 3: each view's affine map of each training image (view 0: identity)
+    thetas: torch.Tensor  # views x N x 2 x 3: each view's affine map of each image (view 0: identity)
     logits: torch.Tensor  # views x N x members x classes
     combination: Combination | None = None  # how soft_targets joins the members (None: the mean of probabilities)
 
@@ -32,7 +33,7 @@ class TeacherOutputs:
         return 1 + (epoch - 1) % (self.views - 1) if augment else 0
 
     def images(self, x: torch.Tensor, view: int, index: torch.Tensor) -> torch.Tensor:
-        """View `view` of the training images at positions `index`, given those images as stored (`x`)."""
+        """View `view` of the images at positions `index`, given those images as stored (`x`)."""
         return x if view == 0 else warp(x, self.thetas[view, index.cpu()])
 
     def member(self, place: int) -> "TeacherOutputs":
@@ -51,20 +52,20 @@ class TeacherOutputs:
 
 @torch.no_grad()
 def compute(
-    members: list[nn.Module], train: Split, *, views: int, seed: int, device: torch.device, batch_size: int = 512
+    members: list[nn.Module], images: Split, *, views: int, seed: int, device: torch.device, batch_size: int = 512
 ) -> TeacherOutputs:
-    """Each member's logits on view 0 and `views` (at least 1) random views of every training image (members in
+    """Each member's logits on view 0 and `views` (at least 1) random views of every image of `images` (members in
     eval mode). The views are warped in float32 and only the members run under CUDA's autocast, so that a
     view is exactly the image `TeacherOutputs.images` gives the student."""
     if views < 1:
         raise ValueError(f"views must be at least 1, not {views}")
     generator = torch.Generator().manual_seed(seed)
-    n, aspect = len(train), train.images.shape[-1] / train.images.shape[-2]
+    n, aspect = len(images), images.images.shape[-1] / images.images.shape[-2]
     identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(n, 2, 3)
     thetas = torch.stack([identity] + [random_theta(n, aspect, generator) for _ in range(views)])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     per_batch = []
-    for x, _, index in batches(train, batch_size, device=device, with_index=True):  # in order: index 0, 1, ...
+    for x, _, index in batches(images, batch_size, device=device, with_index=True):  # in order: index 0, 1, ...
         x = x.to(device)
         per_view = []
         for v in range(len(thetas)):

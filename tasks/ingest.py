@@ -9,7 +9,6 @@ per image for the validation gate. The built-in datasets come from their package
 import hashlib
 import logging
 import math
-import os
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -21,8 +20,8 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from distillery.errors import DistilleryError
-from distillery.files import atomic_dir, write_json
-from distillery.raw_format import SPLIT_NAMES, UNLABELED
+from distillery.files import atomic_dir, inside, write_json
+from distillery.raw_format import SPLIT_NAMES, UNLABELED, UNLABELED_SPLIT
 from project.config import IngestConfig
 from project.layout import Layout
 
@@ -302,6 +301,8 @@ def unlabeled_npz(path: Path) -> Source:
             f"{', '.join(sorted(names)) or 'nothing'}. Labelled images belong in ingest.path; save the images "
             "without labels as `x` alone."
         )
+    if not shape or shape[0] == 0:
+        raise DistilleryError(f"ingest.unlabeled_path {path} holds no images (`x` has shape {shape}).")
     to_nchw = as_nchw(shape, path)
 
     def chunks() -> Iterator[np.ndarray]:
@@ -314,11 +315,11 @@ def unlabeled_npz(path: Path) -> Source:
 
 
 def unlabeled_source(config: IngestConfig, layout: Layout) -> Source:
-    """The transfer set (ingest.unlabeled_path): an .npz holding only `x`, or a folder of image files at any depth,
-    converted and resized as the labelled folder images are. It must be inside data/unlabeled/, the folder DVC
-    tracks for the ingest stage."""
+    """The transfer set (ingest.unlabeled_path): an .npz holding only `x`, or a folder of image files at any depth
+    (hidden ones left out), converted and resized as the labelled folder images are. It must be inside
+    data/unlabeled/, the folder DVC tracks for the ingest stage."""
     path = layout.root / config.unlabeled_path
-    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(layout.user_unlabeled)):  # links may point out
+    if not inside(path, layout.user_unlabeled):
         folder = layout.user_unlabeled.relative_to(layout.root)
         raise DistilleryError(
             f"ingest.unlabeled_path {config.unlabeled_path} is not inside {folder}/; move it there (DVC tracks that "
@@ -330,7 +331,13 @@ def unlabeled_source(config: IngestConfig, layout: Layout) -> Source:
         raise DistilleryError(
             f"ingest.unlabeled_path {config.unlabeled_path} is neither a folder of images nor an .npz file."
         )
-    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    files = sorted(
+        f
+        for f in path.rglob("*")
+        if f.suffix.lower() in IMAGE_SUFFIXES
+        and f.is_file()
+        and not any(part.startswith(".") for part in f.relative_to(path).parts)  # e.g. .ipynb_checkpoints
+    )
     if not files:
         raise DistilleryError(f"ingest.unlabeled_path {config.unlabeled_path} holds no PNG, JPEG or TIFF images.")
     return Source(np.full(len(files), UNLABELED), [], decoded(files, config.color, config.image_size), str(path))
@@ -460,7 +467,7 @@ def run(config: IngestConfig, layout: Layout) -> dict:
     if config.unlabeled_path:
         unlabeled = unlabeled_source(config, layout)
         source = with_unlabeled(source, unlabeled)
-        split = np.concatenate([split, np.full(len(unlabeled.labels), SPLIT_NAMES.index("unlabeled"), np.int8)])
+        split = np.concatenate([split, np.full(len(unlabeled.labels), UNLABELED_SPLIT, np.int8)])
     y = source.labels.astype(np.int64)
     with atomic_dir(layout.raw) as out:
         shape = write_images(source, split, out / layout.images.name, out / layout.facts.name)

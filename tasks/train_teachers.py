@@ -22,7 +22,7 @@ from torch import nn
 from distillery import checkpoint, combine, models, onnx_export, onnx_teacher, teacher_outputs
 from distillery.data import Dataset, load_dataset
 from distillery.errors import DistilleryError
-from distillery.files import atomic_dir, file_digest, write_json
+from distillery.files import atomic_dir, file_digest, inside, write_json
 from distillery.names import TORCHVISION
 from distillery.onnx_teacher import OnnxClassifier, PixelFormat
 from distillery.training import accuracy, fit, logits, seeded
@@ -64,7 +64,7 @@ def user_file(config: TeachersConfig, index: int, path: Path, layout: Layout) ->
     """A teacher file a user brings: it must be in data/teachers/, the stage's DVC dependency, so that a changed
     file retrains the teachers."""
     found = layout.root / path
-    if not Path(os.path.abspath(found)).is_relative_to(os.path.abspath(layout.user_teachers)):  # links may point out
+    if not inside(found, layout.user_teachers):
         folder = layout.user_teachers.relative_to(layout.root)
         raise entry_error(
             config, index, f"{path} is not inside {folder}/; move it there (DVC tracks that folder for this stage)"

@@ -11,7 +11,7 @@ import pandas as pd
 
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir, read_json, write_json
-from distillery.raw_format import SPLIT_NAMES
+from distillery.raw_format import SPLIT_NAMES, UNLABELED_SPLIT
 from project.config import ValidateConfig
 from project.layout import Layout
 
@@ -28,16 +28,14 @@ def class_table(facts: pd.DataFrame, num_classes: int) -> pd.DataFrame:
     return table
 
 
-LABELLED = 'split != "unlabeled"'  # the rows whose label is a class: all but the transfer set's
-
-
 def image_expectations(gx, facts: pd.DataFrame, num_classes: int) -> list:
+    from great_expectations.expectations.row_conditions import Column
+
     E = gx.expectations
     first = facts.iloc[0]
+    labelled = Column("split") != SPLIT_NAMES[UNLABELED_SPLIT]  # the rows whose label is a class
     return [
-        E.ExpectColumnValuesToBeInSet(
-            column="label", value_set=list(range(num_classes)), row_condition=LABELLED, condition_parser="pandas"
-        ),
+        E.ExpectColumnValuesToBeInSet(column="label", value_set=list(range(num_classes)), row_condition=labelled),
         E.ExpectColumnDistinctValuesToBeInSet(column="split", value_set=list(SPLIT_NAMES)),
         E.ExpectColumnValuesToBeBetween(column="pixel_min", min_value=0, max_value=255),
         E.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
