@@ -21,6 +21,7 @@ INPUT, OUTPUT = "images", "scores"  # the names every exported model of a run us
 PREFIX = "teacher/"  # the wrapped graph's own names, kept apart from the wrapper's
 FLOATS = (TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE)  # the pixels and scores it may take and give
 SMALLEST_PROBABILITY = 1e-12  # log(0) would be -inf
+ROUND_OPSET = 11  # the first with Round, which takes the pixels of a uint8 model back to whole values
 RUN_ERRORS = (  # what onnxruntime raises for a graph it cannot load or run on given inputs (each a plain Exception)
     ort_errors.Fail,
     ort_errors.InvalidArgument,
@@ -78,6 +79,12 @@ def wrap(
     pixel_type = source.type.tensor_type.elem_type
     if pixel_type == TensorProto.UINT8 and (fmt.scale, fmt.shift) != ((255.0,), (0.0,)):
         raise DistilleryError(f"its input is {describe(source)}: pixels in 0..255; set scaling: 0..255")
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if pixel_type == TensorProto.UINT8 and opset < ROUND_OPSET:
+        raise DistilleryError(
+            f"it takes uint8 pixels at opset {opset}; rounding the pixels to them needs opset {ROUND_OPSET} or later: "
+            f"convert it with onnx.version_converter.convert_version(model, {ROUND_OPSET})"
+        )
     if pixel_type not in (*FLOATS, TensorProto.UINT8):
         raise DistilleryError(f"its input is {describe(source)}; Distillery feeds float or uint8 images")
     if dims(source)[0] is not None:
