@@ -11,6 +11,7 @@ from torch.nn.utils import prune
 
 from distillery.data import Dataset
 from distillery.training import Objective, TrainSettings, optimizer_for, set_cosine_lr, train_epoch
+from project.students import training_images
 
 
 def prunable(model: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -33,7 +34,7 @@ def masked_prune(
     total = sum(m.weight.numel() for m, _ in prunable(model))
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = optimizer_for(model, settings)  # pruning re-registers `weight` as `weight_orig`, same tensor
-    removed = 0
+    removed, images = 0, training_images(data, objective)  # the transfer set too, as the prune stage distils
     for epoch in range(1, settings.epochs + 1):
         if epoch <= steps:
             target = round(min(remove, total - 1) * epoch / steps)
@@ -41,7 +42,7 @@ def masked_prune(
             removed = target
         set_cosine_lr(optimizer, settings, epoch)
         model.train()
-        train_epoch(model, optimizer, data.train, settings, objective, generator, device, epoch=epoch)
+        train_epoch(model, optimizer, images, settings, objective, generator, device, epoch=epoch)
     for module, name in prunable(model):
         prune.remove(module, name)
     return model.eval()
