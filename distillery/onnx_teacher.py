@@ -121,7 +121,7 @@ def wrap(
         pixels = "whole"
     nodes.append(helper.make_node("Cast", [pixels], [PREFIX + source.name], to=pixel_type))
     nodes += list(wrapped.graph.node)
-    result = OUTPUT if not fmt.probabilities else "probabilities"
+    result = OUTPUT if not fmt.probabilities else "float_scores"
     nodes.append(helper.make_node("Cast", [PREFIX + scores.name], [result], to=TensorProto.FLOAT))
     if fmt.probabilities:
         nodes += [
