@@ -73,6 +73,16 @@ def test_fitted_temperature_undoes_overconfidence_and_lowers_held_out_nll():
     assert calibration.ece(after, labels) < calibration.ece(overconfident, labels) / 3
 
 
+def test_a_model_right_on_every_image_is_not_scaled():
+    logits, labels = calibrated_logits(500, seed=0)
+    right = np.where(np.arange(10) == labels[:, None], 10.0, 0.0) + 0.1 * logits  # the label always on top
+    log_p = calibration.log_probabilities(right, probabilities=False)
+    assert calibration.fit_temperature(log_p, labels) == 1.0
+    wrong = (labels[0] + 1) % 10
+    log_p[0, [labels[0], wrong]] = log_p[0, [wrong, labels[0]]]  # one image wrong: a temperature to fit
+    assert calibration.TEMPERATURE_RANGE[0] < calibration.fit_temperature(log_p, labels) != 1.0
+
+
 def test_accuracy_interval_is_about_three_quarters_of_a_point_at_985_of_1000():
     correct = np.arange(1000) < 985
     low, high = stats.accuracy_interval(correct)
