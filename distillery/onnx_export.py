@@ -18,7 +18,7 @@ from distillery.combine import Combination
 from distillery.data import Split, batches
 from distillery.errors import DistilleryError
 from distillery.files import atomic_file
-from distillery.onnx_teacher import opset_imports
+from distillery.onnx_teacher import default_opset, opset_imports
 
 BATCH = torch.export.Dim("batch", min=1, max=4096)
 UNREADABLE = (ort_errors.NoSuchFile, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph)  # a missing or bad file
@@ -96,10 +96,6 @@ def ensemble(members: list[Path], path: Path, combination: Combination) -> None:
         ) from e
     with atomic_file(path) as tmp:
         onnx.save(model, str(tmp))
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def strip_debug_info(path: Path) -> None:

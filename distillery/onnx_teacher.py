@@ -79,7 +79,7 @@ def wrap(
     pixel_type = source.type.tensor_type.elem_type
     if pixel_type == TensorProto.UINT8 and (fmt.scale, fmt.shift) != ((255.0,), (0.0,)):
         raise DistilleryError(f"its input is {describe(source)}: pixels in 0..255; set scaling: 0..255")
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    opset = default_opset(model)
     if pixel_type == TensorProto.UINT8 and opset < ROUND_OPSET:
         raise DistilleryError(
             f"it takes uint8 pixels at opset {opset}; rounding the pixels to them needs opset {ROUND_OPSET} or later: "
@@ -152,6 +152,11 @@ def wrap(
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise DistilleryError(f"wrapping it in Distillery's input and output gave an invalid graph ({e})") from e
     return result_model
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (ai.onnx) domain the model imports; 0 when it imports none."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def opset_imports(models: list[onnx.ModelProto]) -> list[onnx.OperatorSetIdProto]:

@@ -139,6 +139,15 @@ def npz_labels(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
     return y, image_shape
 
 
+def npz_images(path: Path) -> Iterator[np.ndarray]:
+    """The images `x` of an .npz file as N x C x H x W chunks (`npz_rows`); damage after the header is named."""
+    to_nchw = as_nchw(npz_shape(path, "x"), path)
+    try:
+        yield from (to_nchw(rows) for rows in npz_rows(path, "x"))
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # damaged after its header
+        raise DistilleryError(f"{path} is not a readable .npz file: {e}") from e
+
+
 def check_labels(y: np.ndarray, where: str) -> None:
     """Labels number the classes 0..K-1, each class with images: a stray label (a typo, a placeholder such as
     -1 or 99) is named as such, not left to fail later as an impossible split or an empty class."""
@@ -186,11 +195,7 @@ def npz(path: Path) -> Source:
 
     def chunks() -> Iterator[np.ndarray]:
         for shard in shards:
-            to_nchw = as_nchw(npz_shape(shard, "x"), shard)
-            try:
-                yield from (to_nchw(rows) for rows in npz_rows(shard, "x"))
-            except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # damaged after its header
-                raise DistilleryError(f"{shard} is not a readable .npz file: {e}") from e
+            yield from npz_images(shard)
 
     return Source(y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)], chunks, str(path))
 
@@ -303,15 +308,8 @@ def unlabeled_npz(path: Path) -> Source:
         )
     if not shape or shape[0] == 0:
         raise DistilleryError(f"ingest.unlabeled_path {path} holds no images (`x` has shape {shape}).")
-    to_nchw = as_nchw(shape, path)
-
-    def chunks() -> Iterator[np.ndarray]:
-        try:
-            yield from (to_nchw(rows) for rows in npz_rows(path, "x"))
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # damaged after its header
-            raise DistilleryError(f"{path} is not a readable .npz file: {e}") from e
-
-    return Source(np.full(shape[0], UNLABELED), [], chunks, str(path))
+    as_nchw(shape, path)  # a shape that is no batch of images is refused now, not when the pixels are read
+    return Source(np.full(shape[0], UNLABELED), [], lambda: npz_images(path), str(path))
 
 
 def unlabeled_source(config: IngestConfig, layout: Layout) -> Source:
