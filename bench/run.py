@@ -41,7 +41,7 @@ from project.config import PipelineParams, load_params
 from project.layout import PIPELINE_MODELS, TEACHER, Layout
 from project.settings import device, kd_settings, train_settings
 from project.students import load_teaching, train_student
-from tasks import distill, report, stages_through, train_teachers
+from tasks import report, stages_through, train_teachers
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("distillery")
@@ -107,7 +107,7 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
         objective=Objective(teaching, kd_settings(params.kd)),
         device=dev,
     )
-    probe = {**spec, "widths": distill.scaled_widths(spec["widths"], probe_scale)}
+    probe = models.scaled(spec, probe_scale)
     probe_alone, _ = train_student(probe, data, params.distill, kd=None, teaching=teaching, name="probe_alone")
     probe_kd, _ = train_student(probe, data, params.distill, kd=params.kd, teaching=teaching, name="probe_kd")
     found = {

@@ -120,10 +120,13 @@ def cpu_threads(requested: int = 0) -> int:
     return cpus
 
 
-def session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session of `cpu_threads(threads)` intra-op threads."""
+def session(path: Path, threads: int = 0, *, optimized: bool = True) -> ort.InferenceSession:
+    """A CPU session of `cpu_threads(threads)` intra-op threads. Not `optimized`: the graph's ops run one by one as
+    written, without onnxruntime's fusions (for an int8 graph, its fused integer kernels)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = cpu_threads(threads)
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

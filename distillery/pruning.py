@@ -14,7 +14,8 @@ import torch_pruning as tp
 from torch import nn
 
 from distillery.data import Split
-from distillery.models import StudentCNN
+from distillery.models import conv_layers, layer_sizes, widths
+from distillery.names import STUDENT_CNN
 from distillery.training import Objective, TrainSettings, accuracy, optimizer_for, set_cosine_lr, train_epoch
 
 log = logging.getLogger("distillery")
@@ -32,8 +33,17 @@ SCHEDULES: dict[str, Callable[[float, int], list[float]]] = {
 }
 
 
-def conv_layers(model: StudentCNN) -> dict[str, nn.Conv2d]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The layer that gives the class scores (the last linear one): pruning leaves its outputs alone."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def pruned_spec(spec: dict, model: nn.Module) -> dict:
+    """The spec of `model`, pruned from the one `spec` builds: a student_cnn's new widths; for a torchvision model,
+    the channel counts of its layers."""
+    if spec["arch"] == STUDENT_CNN:
+        return {**spec, "widths": widths(model)}
+    return {**spec, "layers": layer_sizes(model)}
 
 
 def kept_channels(channels: int, ratio: float, round_to: int) -> int:
@@ -54,7 +64,7 @@ class StepPruner:
     """Slices each conv layer down to `widths[i]` at step i (torch-pruning: dependency-aware, channels ranked
     anew by group magnitude at each step). The widths are chosen here, not by torch-pruning's own rounding."""
 
-    def __init__(self, model: StudentCNN, example: torch.Tensor, widths: list[dict[str, int]]):
+    def __init__(self, model: nn.Module, example: torch.Tensor, widths: list[dict[str, int]]):
         self.model, self.example, self.widths, self.done = model, example, widths, 0
 
     def step(self) -> None:
@@ -71,13 +81,13 @@ class StepPruner:
             pruning_ratio=0.0,
             pruning_ratio_dict=targets,
             iterative_steps=1,
-            ignored_layers=[self.model.classifier],
+            ignored_layers=[output_layer(self.model)],
         ).step()
         self.done += 1
 
 
 def make_pruner(
-    model: StudentCNN,
+    model: nn.Module,
     example: torch.Tensor,
     *,
     ratio: float,
@@ -100,7 +110,7 @@ def make_pruner(
 
 
 def sensitivity_scan(
-    model: StudentCNN, val: Split, grid: list[float], device: torch.device, round_to: int
+    model: nn.Module, val: Split, grid: list[float], device: torch.device, round_to: int
 ) -> dict[str, list[float | None]]:
     """Validation accuracy with one conv layer at a time pruned by each ratio in `grid`, no fine-tuning,
     to the channel count pruning would apply (`kept_channels`: rounded up to `round_to`). None where
@@ -140,7 +150,7 @@ def ratios_from_scan(
 
 
 def prune_gradually(
-    model: StudentCNN,
+    model: nn.Module,
     train: Split,
     val: Split,
     pruner: StepPruner,
@@ -149,7 +159,7 @@ def prune_gradually(
     settings: TrainSettings,
     objective: Objective,
     device,
-    fast_enough: Callable[[StudentCNN], bool] | None = None,
+    fast_enough: Callable[[nn.Module], bool] | None = None,
 ) -> list[dict]:
     """Take `steps` pruning steps, one per epoch, fine-tuning after each; the remaining epochs only
     fine-tune. Steps stop early once `fast_enough(model)` holds. The model shrinks in place."""
@@ -168,8 +178,8 @@ def prune_gradually(
         loss = train_epoch(model, optimizer, train, settings, objective, generator, device, epoch=epoch)
         model.eval()
         val_acc = accuracy(model, val, device)
-        history.append({"epoch": epoch, "loss": loss, "val_accuracy": val_acc, "widths": model.widths()})
+        history.append({"epoch": epoch, "loss": loss, "val_accuracy": val_acc, "widths": widths(model)})
         log.info(
-            "prune epoch %d/%d widths %s loss %.4f val_acc %.4f", epoch, settings.epochs, model.widths(), loss, val_acc
+            "prune epoch %d/%d widths %s loss %.4f val_acc %.4f", epoch, settings.epochs, widths(model), loss, val_acc
         )
     return history

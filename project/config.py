@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from distillery.errors import DistilleryError
-from distillery.names import BUILT_IN_TEACHERS, COMBINE_RULES, TORCHVISION
+from distillery.names import BUILT_IN_TEACHERS, COMBINE_RULES, STUDENT_ARCHS, TORCHVISION
 
 
 class Section(BaseModel):
@@ -210,20 +210,30 @@ class DistillConfig(TrainConfig):
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-2
-    widths: list[PositiveInt] = Field([16, 32, 64, 64], min_length=1, description="Student conv channels, per block")
+    arch: Literal[STUDENT_ARCHS] = Field(
+        "student_cnn",
+        description=(
+            "The student: student_cnn (the built-in family: `widths`, `pooled_blocks`) or a torchvision MobileNet, "
+            "randomly initialised, gray images repeated to its three channels and scaled up to 32 pixels a side"
+        ),
+    )
+    widths: list[PositiveInt] = Field(
+        [16, 32, 64, 64], min_length=1, description="student_cnn's conv channels, per block"
+    )
     pooled_blocks: NonNegativeInt = Field(
         1,
         description=(
-            "How many leading blocks downsample by max pooling after a full-resolution conv; the rest use a stride-2 "
-            "conv (a quarter of the work). More pooled blocks: a little more accuracy, much slower"
+            "student_cnn: how many leading blocks downsample by max pooling after a full-resolution conv; the rest "
+            "use a stride-2 conv (a quarter of the work). More pooled blocks: a little more accuracy, much slower"
         ),
     )
     width_scales: list[PositiveFloat] = Field(
         [1.0],
         min_length=1,
         description=(
-            "Student sizes tried, as multiples of `widths`, smallest first: the smallest whose distilled validation "
-            "accuracy meets the ship floor is kept (the largest when none does)"
+            "Student sizes tried, smallest first, as multiples of `widths` (student_cnn) or as the torchvision "
+            "builder's width multiplier: the smallest whose distilled validation accuracy meets the ship floor is "
+            "kept (the largest when none does)"
         ),
     )
 
@@ -303,6 +313,14 @@ class ExportConfig(Section):
     )
     max_mean_logit_error_steps: PositiveFloat = Field(
         0.5, description="Largest allowed mean |onnxruntime - PyTorch| logit difference, in steps"
+    )
+    max_fused_int8_accuracy_drop_pp: NonNegativeFloat = Field(
+        1.0,
+        description=(
+            "The int8 rules above hold for the file's graph run as written; run as users run it, with onnxruntime's "
+            "fused int8 kernels (which round each layer their own way), it may lose at most this many points of "
+            "test accuracy"
+        ),
     )
 
 

@@ -151,6 +151,11 @@ def combination_line(combination: dict) -> str:
     )
 
 
+def student_line(student: dict) -> str:
+    size = f"width multiplier {student['width_mult']:g}" if "width_mult" in student else f"widths {student['widths']}"
+    return f"Student: `{student['arch']}`, {size} before pruning."
+
+
 def markdown_report(metrics: dict, layout: Layout) -> str:
     d = metrics["dataset"]
     shipped = metrics["shipped"]
@@ -163,6 +168,7 @@ def markdown_report(metrics: dict, layout: Layout) -> str:
             f"Dataset `{d['name']}` (md5 {d['md5']}): "
             f"{d['n_train']} train / {d['n_val']} val / {d['n_test']} test images"
             + (f", and {d['n_unlabeled']} unlabeled images the students distilled from." if d["n_unlabeled"] else "."),
+            student_line(metrics["student"]),
             f"Git commit: `{metrics['git_commit']}`. Accuracy: with its 95% bootstrap interval over the test images. "
             "Latency: onnxruntime on CPU, median of repeated runs. The last column compares each ONNX file with its "
             "PyTorch model on every test image (the int8 file with PyTorch's int8 model); a step is 1/255 of the "

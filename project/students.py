@@ -10,7 +10,7 @@ from torch import nn
 from distillery import combine, models, teacher_outputs
 from distillery.combine import Combination
 from distillery.data import Dataset, Split
-from distillery.models import Ensemble
+from distillery.models import Ensemble, widths
 from distillery.teacher_outputs import TeacherOutputs
 from distillery.training import Objective, accuracy, fit, logits, seeded
 from project.artifacts import load_ensemble, load_model, read_combination
@@ -83,8 +83,9 @@ def train_student(
     images = training_images(data, objective)
     history = fit(model, images, data.val, train_settings(config), device(), objective, name=name)
     return model, {
+        "arch": spec["arch"],
         "params": models.count_params(model),
-        "widths": spec["widths"],
+        "widths": widths(model),
         "distilled": objective.teacher is not None,
         "trained_on": trained_on(data, images),
         "val_accuracy": accuracy(model.eval(), data.val, device()),

@@ -5,9 +5,10 @@ trained alone on hard labels, with the same seed and recipe, is the baseline. Wi
 
 import logging
 
-from distillery import checkpoint
+from distillery import checkpoint, models
 from distillery.data import load_dataset
 from distillery.files import atomic_dir, write_json
+from distillery.names import STUDENT_CNN
 from distillery.training import accuracy
 from project.config import DistillConfig, KDConfig, ShipConfig
 from project.layout import Layout
@@ -17,18 +18,19 @@ from project.students import fit_ensemble, load_teaching, train_student
 log = logging.getLogger("distillery")
 
 
-def scaled_widths(widths: list[int], scale: float) -> list[int]:
-    """`widths` times `scale`, in multiples of 4 channels (at least 4)."""
-    return [max(4, 4 * round(w * scale / 4)) for w in widths]
-
-
-def candidate_widths(config: DistillConfig) -> list[list[int]]:
-    """`widths` scaled by each of `width_scales`, smallest first."""
-    found = {tuple(scaled_widths(config.widths, scale)) for scale in config.width_scales}
-    return [list(w) for w in sorted(found, key=sum)]
+def candidate_specs(config: DistillConfig, *, in_channels: int, num_classes: int) -> list[dict]:
+    """The student `config` describes at each of its `width_scales`, smallest first, each size once."""
+    base = {"arch": config.arch, "in_channels": in_channels, "num_classes": num_classes}
+    if config.arch == STUDENT_CNN:
+        base |= {"widths": config.widths, "pooled_blocks": config.pooled_blocks}
+    else:  # pixels repeated: its int8 copy's first quantizer then sees the same values in every runtime
+        base |= {"upscale": "nearest"}
+    specs = [models.scaled(base, scale) for scale in sorted(config.width_scales)]
+    return [spec for i, spec in enumerate(specs) if spec not in specs[:i]]
 
 
 SECTIONS = ("distill", "kd", "ship")
+SEARCH_RECORD = ("width_mult", "widths", "params", "val_accuracy")  # what the record says of each student tried
 
 
 def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
@@ -39,22 +41,13 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     log.info("ensemble: %s, weights %s", combination.rule, [round(w, 3) for w in combination.weights])
     floor = ship.floor(accuracy(ensemble, data.val, device()))
     teaching = load_teaching(layout, data.transfer, combination)
-    base = {
-        "arch": "student_cnn",
-        "in_channels": data.in_channels,
-        "num_classes": data.num_classes,
-        "pooled_blocks": config.pooled_blocks,
-    }
     search = []
-    for widths in candidate_widths(config):
-        kd_model, kd_result = train_student(
-            {**base, "widths": widths}, data, config, kd=kd, teaching=teaching, name="student_kd"
-        )
-        search.append({k: kd_result[k] for k in ("widths", "params", "val_accuracy")})
+    for spec in candidate_specs(config, in_channels=data.in_channels, num_classes=data.num_classes):
+        kd_model, kd_result = train_student(spec, data, config, kd=kd, teaching=teaching, name="student_kd")
+        search.append({k: v for k, v in (spec | kd_result).items() if k in SEARCH_RECORD})
         if kd_result["val_accuracy"] >= floor:
             break
-    log.info("student widths %s chosen (floor %.4f val accuracy): %s", widths, floor, search)
-    spec = {**base, "widths": widths}
+    log.info("student of %d params chosen (floor %.4f val accuracy): %s", kd_result["params"], floor, search)
     alone_model, alone_result = train_student(spec, data, config, kd=None, teaching=teaching, name="student_alone")
     kd_result |= {"width_search": search, "floor_val_accuracy": floor}
     with atomic_dir(layout.student) as out:
@@ -62,7 +55,11 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
         for name, model, result in (("student_alone", alone_model, alone_result), ("student_kd", kd_model, kd_result)):
             checkpoint.save(model, spec, out / layout.checkpoint(name).name)
             write_json(out / layout.record(name).name, result)
-    return {"widths": widths, "student_alone": alone_result["val_accuracy"], "student_kd": kd_result["val_accuracy"]}
+    return {
+        "widths": kd_result["widths"],
+        "student_alone": alone_result["val_accuracy"],
+        "student_kd": kd_result["val_accuracy"],
+    }
 
 
 if __name__ == "__main__":

@@ -8,15 +8,17 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from torch import nn
+
 from distillery import checkpoint, models, onnx_export
 from distillery.data import Dataset, load_dataset
 from distillery.files import atomic_dir, write_json
-from distillery.models import StudentCNN
+from distillery.models import conv_layers, widths
 from distillery.pruning import (
-    conv_layers,
     kept_channels,
     make_pruner,
     prune_gradually,
+    pruned_spec,
     ratios_from_scan,
     sensitivity_scan,
 )
@@ -30,7 +32,7 @@ log = logging.getLogger("distillery")
 SENSITIVITY_GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
-def onnx_latency_ms(model: StudentCNN, data: Dataset, *, batch: int, threads: int) -> float:
+def onnx_latency_ms(model: nn.Module, data: Dataset, *, batch: int, threads: int) -> float:
     """The model's onnxruntime latency on this machine, as the report measures it."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
@@ -40,10 +42,10 @@ def onnx_latency_ms(model: StudentCNN, data: Dataset, *, batch: int, threads: in
         )
 
 
-def latency_check(target_ms: float, data: Dataset, *, batch: int, threads: int) -> Callable[[StudentCNN], bool]:
-    def fast_enough(model: StudentCNN) -> bool:
+def latency_check(target_ms: float, data: Dataset, *, batch: int, threads: int) -> Callable[[nn.Module], bool]:
+    def fast_enough(model: nn.Module) -> bool:
         ms = onnx_latency_ms(model, data, batch=batch, threads=threads)
-        log.info("widths %s: %.4f ms at batch %d (target %.4f)", model.widths(), ms, batch, target_ms)
+        log.info("widths %s: %.4f ms at batch %d (target %.4f)", widths(model), ms, batch, target_ms)
         return ms <= target_ms
 
     return fast_enough
@@ -131,10 +133,10 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
         device=device(),
         fast_enough=fast_enough,
     )
-    spec = {**spec, "widths": model.widths()}
+    spec = pruned_spec(spec, model)
     result |= {
         "params": models.count_params(model),
-        "widths": spec["widths"],
+        "widths": widths(model),
         "removed_share": {name: 1 - layer.out_channels / channels[name] for name, layer in conv_layers(model).items()},
         "val_accuracy": accuracy(model.eval(), data.val, device()),
         "trained_on": trained_on(data, images),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from distillery import onnx_export, stats
+from distillery import checkpoint, onnx_export, stats
 from distillery.data import Dataset, load_dataset
 from distillery.evaluation import PerImage, evaluate
 from distillery.files import atomic_dir, file_digest, read_json, write_json
@@ -51,6 +51,12 @@ def param_counts(layout: Layout) -> dict[str, int]:
     return {
         name: count_params(load_model(layout, "pruned" if name == "int8" else name)) for name in layout.run_models()
     }
+
+
+def student_architecture(layout: Layout) -> dict:
+    """The distilled student's architecture, at the size the distill stage chose."""
+    spec = checkpoint.read_spec(layout.checkpoint("student_kd"))
+    return {k: spec[k] for k in ("arch", "width_mult", "widths") if k in spec}
 
 
 def footprint(path: Path, data: Dataset, *, params: int | None, budget_s: float, threads: int) -> dict:
@@ -213,6 +219,7 @@ def run(params: PipelineParams, layout: Layout) -> dict:
             "n_test": info["n_test"],
             "n_unlabeled": info["n_unlabeled"],
         },
+        "student": student_architecture(layout),
         "git_commit": git_commit(layout.root),
         "onnxruntime": {"version": ort.__version__, "threads": threads},
         "params": params.to_yaml_dict(),

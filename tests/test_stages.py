@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from sklearn.metrics import log_loss
@@ -13,7 +14,7 @@ from sklearn.metrics import log_loss
 from distillery import calibration, checkpoint, corruptions, onnx_export, teacher_outputs
 from distillery.data import load_dataset, normalise
 from distillery.errors import DistilleryError
-from distillery.models import StudentCNN, build, count_params
+from distillery.models import StudentCNN, build, count_params, widths
 from project.config import ExportConfig, PublishConfig, ShipConfig, TeachersConfig
 from project.layout import PIPELINE_MODELS, Layout
 from project.students import load_teaching, train_student
@@ -150,7 +151,7 @@ def test_distill_writes_baseline_and_kd_student(staged):
 def test_pruning_physically_shrinks_the_student(staged):
     before, _ = checkpoint.load(staged.student / "student_kd.safetensors")
     after, spec = checkpoint.load(staged.pruned / "pruned.safetensors")
-    assert isinstance(after, StudentCNN) and spec["widths"] == after.widths() == [16, 32]
+    assert isinstance(after, StudentCNN) and spec["widths"] == widths(after) == [16, 32]
     assert spec["pooled_blocks"] == 1 and [type(m) for m in after.features][:4] == [
         torch.nn.Sequential,
         torch.nn.MaxPool2d,
@@ -211,16 +212,20 @@ def test_every_exported_file_is_verified_against_its_torch_model(staged):
         assert record["images"] == result["images"] == len(load_dataset(staged.raw).test) and not record["failures"]
         if name != "int8":  # fp32: the same classes and outputs to within float rounding
             assert record["top1_agreement"] >= 0.999 and record["max_error_steps"] <= 0.01, name
-    int8 = files["int8"]
+    int8, fused = files["int8"], files["int8"]["fused_kernels"]  # the graph as written; as onnxruntime runs it
     assert int8["top1_agreement"] >= 0.99 and int8["decisive_flips"] == 0
     assert int8["mean_error_steps"] <= int8["rule"]["max_mean_error_steps"]
     assert int8["decisive_images"] > 0.8 * int8["images"]  # trained enough: most test images are clear calls
+    assert fused["rule"]["min_top1_agreement"] == 0 and fused["images"] == int8["images"]  # recorded, not a gate
     test = np.load(staged.splits) == 2
     x = np.load(staged.images)[test] / 255.0  # the normalisation, computed apart from distillery.data
-    sess = onnx_export.session(staged.export / "int8.onnx")
-    scores = sess.run(None, {"images": x.astype(np.float32)})[0]
-    accuracy = (scores.argmax(axis=1) == np.load(staged.labels)[test]).mean()
-    assert accuracy == pytest.approx(int8["test_accuracy_onnxruntime"], abs=1e-9)
+    for record, optimized in ((int8, False), (fused, True)):
+        sess = onnx_export.session(staged.export / "int8.onnx", optimized=optimized)
+        level = sess.get_session_options().graph_optimization_level
+        assert (level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL) != optimized
+        scores = sess.run(None, {"images": x.astype(np.float32)})[0]
+        accuracy = (scores.argmax(axis=1) == np.load(staged.labels)[test]).mean()
+        assert accuracy == pytest.approx(record["test_accuracy_onnxruntime"], abs=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -256,6 +261,7 @@ def test_metrics_json_has_every_required_field(staged):
     checks = json.loads(staged.verification.read_text())["files"]
     assert len(metrics["teachers"]) == len(TINY["teachers"]["models"])
     entries = {"teacher_" + t["name"]: t for t in metrics["teachers"]} | {m: metrics[m] for m in PIPELINE_MODELS}
+    checks["int8"] = checks["int8"]["fused_kernels"]  # the report runs int8 as users do: onnxruntime's own kernels
     for name, entry in entries.items():  # the report's accuracy is the one the export stage measured apart
         assert entry["accuracy"] == pytest.approx(checks[name]["test_accuracy_onnxruntime"], abs=1e-9), name
         assert entry["bytes"] == staged.onnx(name).stat().st_size and entry["params"] > 0
@@ -272,6 +278,8 @@ def test_metrics_json_has_every_required_field(staged):
         "params",
     ):
         assert key in metrics
+    assert metrics["student"] == {"arch": "student_cnn", "widths": TINY["distill"]["widths"]}
+    assert f"Student: `student_cnn`, widths {TINY['distill']['widths']} before pruning." in staged.report.read_text()
     assert metrics["dataset"]["name"] == "digits" and len(metrics["dataset"]["md5"]) == len("0" * 32 + ".dir")
     assert metrics["compression_ratio_vs_ensemble"] > 100
     assert metrics["onnxruntime"]["threads"] == ShipConfig().latency_threads == 1  # every latency, one count
