@@ -48,18 +48,21 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     return model
 
 
-def quantizer() -> X86InductorQuantizer:
-    """The X86 quantizer with `onnx_int8_config`, average pooling left in float. Quantized, a pooled value keeps its
-    input's scale, so the mean of 4 values falls on a rounding tie a quarter of the time; PyTorch and onnxruntime
-    sum in different orders and broke such ties differently, and a MobileNet's squeeze-and-excitation blocks carried
-    the differences to its outputs (1.1 logit steps on average, op by op in onnxruntime; 0.06 with float pooling)."""
-    return X86InductorQuantizer().set_global(onnx_int8_config()).set_module_type_qconfig(nn.AdaptiveAvgPool2d, None)
+def x86_quantizer() -> X86InductorQuantizer:
+    """The X86 quantizer with `onnx_int8_config`, average pooling left in float. Quantized, an average keeps its
+    input's scale, so the mean of 4 values falls on a rounding tie a quarter of the time; PyTorch and onnxruntime sum
+    in different orders and broke such ties differently, and a MobileNet's squeeze-and-excitation blocks carried the
+    differences to its outputs."""
+    quantizer = X86InductorQuantizer().set_global(onnx_int8_config())
+    for pooling in (nn.AdaptiveAvgPool2d, nn.AvgPool2d):
+        quantizer.set_module_type_qconfig(pooling, None)
+    return quantizer
 
 
 def prepare_qat(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
-    """Export the float model, its batch norms folded, and insert fake-quantize nodes (`quantizer`)."""
+    """Export the float model, its batch norms folded, and insert fake-quantize nodes (`x86_quantizer`)."""
     exported = torch.export.export(fold_batch_norms(model), (example,), dynamic_shapes=({0: BATCH},)).module()
-    return prepare_qat_pt2e(exported, quantizer())
+    return prepare_qat_pt2e(exported, x86_quantizer())
 
 
 def to_train(model: torch.fx.GraphModule) -> None:

@@ -157,3 +157,17 @@ def test_int8_files_pool_in_float(run, request):
     pools = [n for n in graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool", "AveragePool")]
     consumers = {n.op_type for n in graph.node for pool in pools if set(pool.output) & set(n.input)}
     assert pools and "QuantizeLinear" not in consumers, consumers
+
+
+def test_the_students_bench_tabulates_a_run_s_report_and_export_check(mobilenet_run):
+    from bench import students as bench
+
+    params = bench.student_params(tiny_params(), "torchvision:mobilenet_v2@0.35")
+    assert (params.distill.arch, params.distill.width_scales) == ("torchvision:mobilenet_v2", [0.35])
+    run = bench.measured(mobilenet_run, {"distill": 2.0, "report": 1.0})
+    metrics = json.loads(mobilenet_run.metrics.read_text())
+    assert run["student"] == metrics["student"] and run["models"]["int8"]["accuracy"] == metrics["int8"]["accuracy"]
+    assert run["int8_check"]["as_written"]["top1_agreement"] >= 0.99 and "fused_kernels" in run["int8_check"]
+    table = bench.markdown({"git_commit": "abc", "cpu": {"model": "a CPU", "cores": 2}, "runs": {"mobilenet": run}})
+    row = next(line for line in table.splitlines() if line.startswith("| mobilenet |"))
+    assert f"{metrics['int8']['accuracy']:.1%}" in row and row.endswith("| 3 |")
