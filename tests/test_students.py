@@ -49,7 +49,7 @@ def test_each_torchvision_student_prunes_rebuilds_quantizes_and_exports(name, st
     checkpoint.save(prepared, rebuilt_spec, tmp_path / "int8.safetensors")  # as the quantize stage saves it
     reloaded = convert(load_prepared(tmp_path / "int8.safetensors", images[:2])[0])
     int8 = convert(prepared)
-    assert torch.equal(reloaded(images), int8(images))
+    torch.testing.assert_close(reloaded(images), int8(images), rtol=1e-4, atol=1e-4)  # kernels may sum otherwise
     onnx_export.export(int8, images[:2], tmp_path / "int8.onnx")
     session = onnx_export.session(tmp_path / "int8.onnx", optimized=False)  # as the export stage checks it
     found = export.verify(int8, session, data.test, export.rules(ExportConfig())[1])
@@ -152,11 +152,20 @@ def test_torchvision_batch_norms_update_at_pytorch_s_default_rate(model):
 
 @pytest.mark.parametrize("run", ["staged", "mobilenet_run"])
 def test_int8_files_pool_in_float(run, request):
-    """A quantized average keeps its input's scale and falls on rounding ties that runtimes break differently."""
+    """Quantized, an average keeps its input's scale and falls on rounding ties that runtimes break differently.
+    In float, a pooled value is quantized only as the input of a quantized op, on that op's own scale."""
     graph = onnx.load(str(request.getfixturevalue(run).onnx("int8"))).graph
+    scale = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in graph.initializer}
+    producer = {output: node for node in graph.node for output in node.output}
     pools = [n for n in graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool", "AveragePool")]
-    consumers = {n.op_type for n in graph.node for pool in pools if set(pool.output) & set(n.input)}
-    assert pools and "QuantizeLinear" not in consumers, consumers
+    assert pools
+    for pool in pools:
+        source = producer[pool.input[0]]  # quantized pooling reads a DequantizeLinear and requantizes at its scale
+        requantized = [n for n in graph.node if n.op_type == "QuantizeLinear" and pool.output[0] in n.input]
+        shared = source.op_type == "DequantizeLinear" and any(
+            scale[q.input[1]] == scale[source.input[1]] for q in requantized
+        )
+        assert not shared, pool.name
 
 
 def test_the_students_bench_tabulates_a_run_s_report_and_export_check(mobilenet_run):
