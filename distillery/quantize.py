@@ -6,6 +6,7 @@ travels as a plain state dict in safetensors.
 
 import copy
 import dataclasses
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -103,6 +104,10 @@ def load_prepared(path, example: torch.Tensor) -> tuple[torch.fx.GraphModule, di
 
     spec = checkpoint.read_spec(path)
     prepared = prepare_qat(models.build(spec), example)
-    prepared.load_state_dict(load_file(str(path)))
+    state = OrderedDict(load_file(str(path)))
+    # The module versions a state_dict() carries: without them torchao's observers take the state for version 1 and
+    # reset their eps to float32's, so weight scales under the X86 config's 2**-12 were not clamped on reload.
+    state._metadata = prepared.state_dict()._metadata
+    prepared.load_state_dict(state)
     to_eval(prepared)
     return prepared, spec

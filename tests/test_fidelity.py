@@ -4,12 +4,14 @@ an fp32 one."""
 import numpy as np
 import onnx
 import pytest
+import torch
 
-from distillery import onnx_export
+from distillery import checkpoint, models, onnx_export
 from distillery.data import load_dataset
 from distillery.errors import DistilleryError
 from distillery.fidelity import FidelityRule, compare_logits
-from distillery.quantize import convert, load_prepared
+from distillery.models import conv_layers
+from distillery.quantize import convert, load_prepared, prepare_qat
 from project.artifacts import load_model
 from tasks.export import fused_kernel_failures, rules, verify
 from tests import export_bugs
@@ -110,3 +112,20 @@ def test_fused_int8_kernels_may_not_lose_more_accuracy_than_allowed():
     assert fused_kernel_failures(0.95, 0.93, max_drop_pp=1.0) == [
         "onnxruntime's fused int8 kernels lose 2.00 points of test accuracy (> 1.0)"
     ]
+
+
+def test_a_saved_qat_model_reloads_to_the_int8_model_it_was(tmp_path):
+    """The export stage rebuilds the QAT model from its file: the same int8 weights and scales, down to the X86
+    config's smallest weight scale (2**-12), which a reload without module versions reset to float32's eps."""
+    spec = {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [8, 16], "pooled_blocks": 1}
+    model, images = models.build(spec).eval(), torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first_conv = next(iter(conv_layers(model).values()))
+        first_conv.weight[0] *= 1e-3  # a channel whose weight scale falls under 2**-12
+    prepared = prepare_qat(model, images[:2])
+    prepared(images)
+    checkpoint.save(prepared, spec, tmp_path / "int8.safetensors")
+    reloaded = convert(load_prepared(tmp_path / "int8.safetensors", images[:2])[0]).state_dict()
+    int8 = convert(prepared).state_dict()
+    assert reloaded.keys() == int8.keys() and all(torch.equal(reloaded[k], int8[k]) for k in int8)
+    assert any(2**-12 in scale for name, scale in int8.items() if name.startswith("_scale"))

@@ -47,9 +47,10 @@ def test_each_torchvision_student_prunes_rebuilds_quantizes_and_exports(name, st
     prepared = prepare_qat(model, images[:2])
     prepared(data.val.head(len(data.val)))  # the observers see data, as in QAT
     checkpoint.save(prepared, rebuilt_spec, tmp_path / "int8.safetensors")  # as the quantize stage saves it
-    reloaded = convert(load_prepared(tmp_path / "int8.safetensors", images[:2])[0])
+    reloaded = convert(load_prepared(tmp_path / "int8.safetensors", images[:2])[0]).state_dict()
     int8 = convert(prepared)
-    torch.testing.assert_close(reloaded(images), int8(images), rtol=1e-4, atol=1e-4)  # kernels may sum otherwise
+    assert reloaded.keys() == int8.state_dict().keys()
+    assert all(torch.equal(reloaded[k], v) for k, v in int8.state_dict().items())  # the same int8 weights and scales
     onnx_export.export(int8, images[:2], tmp_path / "int8.onnx")
     session = onnx_export.session(tmp_path / "int8.onnx", optimized=False)  # as the export stage checks it
     found = export.verify(int8, session, data.test, export.rules(ExportConfig())[1])
