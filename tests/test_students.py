@@ -65,6 +65,18 @@ def test_a_width_scale_is_a_torchvision_student_s_width_multiplier():
     assert params == sorted(params) and params[0] < params[-1] / 3
 
 
+def test_a_mobilenet_student_scales_images_up_in_onnx_as_in_pytorch_at_any_ratio(tmp_path):
+    """28 to 32 pixels a side (MNIST's): torch's "nearest" exported to a Resize that picked other pixels."""
+    config = DistillConfig(arch="torchvision:mobilenet_v3_small", width_scales=[0.5])
+    (spec,) = distill.candidate_specs(config, in_channels=1, num_classes=10)
+    model, images = models.build(spec).eval(), torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    onnx_export.export(model, images[:2], tmp_path / "student.onnx")
+    session = onnx_export.session(tmp_path / "student.onnx")
+    scores, expected = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0], model(images)
+    step = (expected.max() - expected.min()).item() / 255  # a logit step, as the export check measures it
+    assert abs(scores - expected.detach().numpy()).max() < 0.01 * step
+
+
 def test_student_cnn_sizes_that_round_alike_are_tried_once():
     config = DistillConfig(widths=[8, 16], width_scales=[1.0, 0.5, 0.45])
     specs = distill.candidate_specs(config, in_channels=1, num_classes=10)
@@ -105,9 +117,7 @@ STUDENT = {"arch": "torchvision:mobilenet_v3_small", "width_scales": [0.5]}
 def test_a_run_distils_prunes_quantizes_exports_and_reports_a_mobilenet_student(mobilenet_run):
     layout = mobilenet_run
     student, spec = checkpoint.load(layout.checkpoint("student_kd"))
-    assert spec["arch"] == STUDENT["arch"] and spec["width_mult"] == 0.5 and spec["upscale"] == "nearest"
-    resizes = [n for n in onnx.load(str(layout.onnx("int8"))).graph.node if n.op_type == "Resize"]
-    assert resizes and all(a.s == b"nearest" for n in resizes for a in n.attribute if a.name == "mode")
+    assert spec["arch"] == STUDENT["arch"] and spec["width_mult"] == 0.5 and spec["upscale"] == "nearest-exact"
     pruned, pruned_spec_ = checkpoint.load(layout.checkpoint("pruned"))
     assert pruned_spec_["layers"] == models.layer_sizes(pruned)
     alone, alone_spec = checkpoint.load(layout.checkpoint("pruned_alone"))
