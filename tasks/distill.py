@@ -23,8 +23,9 @@ def candidate_specs(config: DistillConfig, *, in_channels: int, num_classes: int
     base = {"arch": config.arch, "in_channels": in_channels, "num_classes": num_classes}
     if config.arch == STUDENT_CNN:
         base |= {"widths": config.widths, "pooled_blocks": config.pooled_blocks}
-    else:  # pixels repeated: its int8 copy's first quantizer then sees the same values in every runtime. PyTorch's
-        base |= {"upscale": "nearest-exact"}  # "nearest" exports to an ONNX Resize that picks other pixels at 28 to 32
+    else:  # pixels repeated, so its int8 copy's first quantizer sees the same values in every runtime; PyTorch's
+        # "nearest" (unlike "nearest-exact") exports to an ONNX Resize that picks other pixels at 28 to 32
+        base |= {"upscale": "nearest-exact"}
     specs = [models.scaled(base, scale) for scale in sorted(config.width_scales)]
     return [spec for i, spec in enumerate(specs) if spec not in specs[:i]]
 
