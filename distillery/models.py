@@ -94,8 +94,8 @@ def resnet18(in_channels: int, num_classes: int) -> nn.Module:
 
 MIN_SIDE = 32  # images smaller than this a side are scaled up for a torchvision model (its stem downsamples 4-32x)
 # Every torchvision model trained here updates its batch norms' running statistics at PyTorch's default rate. Some
-# builders use far less (MobileNetV3 and EfficientNet 0.01, MNASNet 0.0003), tuned for long ImageNet runs: on small
-# data their statistics lag the weights, and a model accurate in training mode is not in evaluation mode.
+# builders use far less (MobileNetV3 and EfficientNet-B5 to B7 0.01, MNASNet 0.0003), tuned for long ImageNet runs:
+# on small data their statistics lag the weights, and a model accurate in training mode is not in evaluation mode.
 BATCH_NORM_MOMENTUM = 0.1
 
 

@@ -13,7 +13,7 @@ from distillery.fidelity import FidelityRule, compare_logits
 from distillery.models import conv_layers
 from distillery.quantize import convert, load_prepared, prepare_qat
 from project.artifacts import load_model
-from tasks.export import fused_kernel_failures, rules, verify
+from tasks.export import fused_kernel_failures, rules, verify, verify_int8
 from tests import export_bugs
 from tests.conftest import tiny_params
 
@@ -112,6 +112,22 @@ def test_fused_int8_kernels_may_not_lose_more_accuracy_than_allowed():
     assert fused_kernel_failures(0.95, 0.93, max_drop_pp=1.0) == [
         "onnxruntime's fused int8 kernels lose 2.00 points of test accuracy (> 1.0)"
     ]
+
+
+def test_fused_kernels_that_lose_accuracy_fail_the_int8_check(staged, int8_model, tmp_path, monkeypatch):
+    """The wiring of the gate: the session users run (optimized) is held to the accuracy drop, the graph as
+    written to the int8 rule. Here only the optimized session gets a broken graph (weight scales doubled)."""
+    model, test = int8_model
+    broken = tmp_path / "broken.onnx"
+    onnx.save(export_bugs.BUGS["weight layout transposed"](onnx.load(str(staged.onnx("int8")))), str(broken))
+    real_session = onnx_export.session
+    monkeypatch.setattr(
+        onnx_export, "session", lambda path, threads=0, *, optimized=True: real_session(broken if optimized else path)
+    )
+    found = verify_int8(model, staged.onnx("int8"), test, tiny_params().export)
+    drop = found["test_accuracy_onnxruntime"] - found["fused_kernels"]["test_accuracy_onnxruntime"]
+    assert found["top1_agreement"] >= 0.99 and drop > tiny_params().export.max_fused_int8_accuracy_drop_pp / 100
+    assert any("fused int8 kernels lose" in failure for failure in found["failures"]), found["failures"]
 
 
 def test_a_saved_qat_model_reloads_to_the_int8_model_it_was(tmp_path):
