@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from bench import save_results
-from bench.gpu import cpu_flags
 from distillery import calibration, combine, stats
 from distillery.data import load_dataset
+from distillery.machine import cpu_flags
 from distillery.training import logits
 from project.artifacts import load_model
 from project.layout import TEACHER, Layout

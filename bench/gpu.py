@@ -11,8 +11,6 @@ GPU machines have), and fits in a few minutes on one H100/H200.
 
 import argparse
 import json
-import os
-import platform
 import time
 from functools import partial
 from pathlib import Path
@@ -24,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from distillery import models, onnx_export
 from distillery.data import Split, load_dataset
+from distillery.machine import cpu_flags
 from distillery.training import TrainSettings, fit, pick_device, seeded
 from project.layout import DEPLOYABLE, Layout
 
@@ -96,21 +95,6 @@ def cpu_latency(layout: Layout, threads: int) -> dict:
     results["int8_speedup"] = {b: results["pruned"][b] / results["int8"][b] for b in ("b1", "b256")}
     print(f"onnxruntime CPU ({threads} threads): {results}", flush=True)
     return results
-
-
-def cpu_flags() -> dict:
-    """The first processor's model name and the int8 instruction sets among its flags."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    first = (line.split(":", 1) for line in text.split("\n\n", 1)[0].splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in first}
-    flags = set(fields.get("flags", "").split())
-    return {
-        "model": fields.get("model name") or platform.processor(),
-        "cores": os.cpu_count(),
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx_vnni": "avx_vnni" in flags,
-        "amx": "amx_int8" in flags,
-    }
 
 
 def main() -> None:

@@ -29,10 +29,10 @@ import onnxruntime as ort
 import torch
 
 from bench import baselines, save_results
-from bench.gpu import cpu_flags
 from distillery import checkpoint, models, onnx_export, stats
 from distillery.data import load_dataset
 from distillery.files import read_json
+from distillery.machine import cpu_flags
 from distillery.models import Ensemble
 from distillery.teacher_outputs import TeacherOutputs
 from distillery.training import Objective

@@ -11,10 +11,10 @@ import collections
 from pathlib import Path
 
 from bench import RESULTS, save_results
-from bench.gpu import cpu_flags
 from distillery import onnx_export
 from distillery.data import load_dataset
 from distillery.files import read_json
+from distillery.machine import cpu_flags
 from project.artifacts import verified_onnx
 from project.config import PipelineParams, load_params
 from project.layout import DEPLOYABLE, Layout

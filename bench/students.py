@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from bench import save_results
-from bench.gpu import cpu_flags
 from bench.transfer_set import run_stages
+from distillery.machine import cpu_flags
 from project.config import PipelineParams, load_params
 from project.layout import Layout
 from tasks import stages_through

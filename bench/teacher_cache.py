@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench import save_results
-from bench.gpu import cpu_flags
+from distillery.machine import cpu_flags
 from project.artifacts import read_record
 from project.config import load_params
 from project.layout import Layout

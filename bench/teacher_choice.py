@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from bench import save_results
-from bench.gpu import cpu_flags
 from distillery import calibration, checkpoint, corruptions
 from distillery.data import Split, load_dataset
+from distillery.machine import cpu_flags
 from distillery.training import logits
 from project.config import PipelineParams
 from project.layout import Layout

@@ -23,9 +23,9 @@ from sklearn.model_selection import train_test_split
 
 from bench import save_results
 from bench.combine import figures
-from bench.gpu import cpu_flags
 from distillery import stats
 from distillery.data import Dataset, load_dataset
+from distillery.machine import cpu_flags
 from distillery.training import logits
 from project.artifacts import load_model, read_record
 from project.config import PipelineParams, load_params

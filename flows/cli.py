@@ -1,12 +1,18 @@
 """`distillery run` runs the pipeline as a Prefect flow; `distillery publish` and `distillery models`
-manage the published model versions in the S3 store."""
+manage the published model versions in the S3 store; `distillery predict` classifies image files."""
 
 import argparse
 from pathlib import Path
 
-from flows import flow_commands, store_commands
+from flows import flow_commands, predict_command, store_commands
 from project.layout import Layout
 from project.local_stack import use_local_stack
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,12 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--version", help="version label (default: UTC time + dataset md5 prefix)")
     publish.set_defaults(handler=store_commands.publish)
 
-    models = commands.add_parser("models", parents=[common], help="list, show or download published model versions")
+    models = commands.add_parser(
+        "models", parents=[common], help="list published model versions, show one's model card, or download one"
+    )
     models.add_argument("action", choices=["list", "show", "download"])
     models.add_argument("name", nargs="?", default="distillery-student", help="model name")
     models.add_argument("version", nargs="?", help="version (default: latest)")
     models.add_argument("--dest", type=Path, help="download folder")
     models.set_defaults(handler=store_commands.models)
+
+    predict = commands.add_parser("predict", parents=[common], help="classify image files with a packaged model")
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders of them")
+    predict.add_argument(
+        "--model", help="a .onnx file, or NAME[@VERSION] from the S3 store (default: the run in --root)"
+    )
+    predict.add_argument("--top-k", type=positive, default=1, help="the most probable classes to list per image")
+    predict.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    predict.add_argument("--batch-size", type=positive, default=256, help="images per run of the model")
+    predict.set_defaults(handler=predict_command.predict)
     return parser
 
 

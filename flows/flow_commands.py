@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> None:
         compress(params=params, root=str(layout.root), runner=runner)
     print("\n" + markdown_table(read_json(layout.metrics)))
     print(f"\nReport: {layout.report}")
+    if layout.packaged_model.exists():
+        print(f"Shipped model: {layout.packaged_model} (card: {layout.model_card}; try `distillery predict IMAGES`)")
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -48,6 +48,10 @@ def publish_artifacts(layout: Layout) -> None:
         description="What the ensemble gave, what the student kept: intervals, robustness, calibration, agreement",
     )
     create_markdown_artifact(layout.report.read_text(), key="distillery-report", description="Distillery report")
+    if layout.model_card.exists():
+        create_markdown_artifact(
+            layout.model_card.read_text(), key="distillery-model-card", description="The shipped model's card"
+        )
     create_link_artifact(
         layout.data_docs_index.as_uri(),
         link_text="Data Docs",

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from distillery.errors import DistilleryError
-from project.layout import Layout
+from project.layout import MODEL_CARD, Layout
 from project.store import ArtifactStore, S3Settings
 from project.user_errors import user_errors
 
@@ -39,7 +39,10 @@ def models(args: argparse.Namespace) -> None:
             manifest = store.manifest_or_none(args.name, version)
             if manifest is None:
                 raise DistilleryError(f"{args.name} version {version} is not published.")
-            print(describe_manifest(manifest))
+            if any(entry["path"] == MODEL_CARD for entry in manifest["files"]):
+                print(store.read_verified(args.name, version, MODEL_CARD).decode())
+            else:  # published before model cards
+                print(describe_manifest(manifest))
         else:
             dest = args.dest or Path("downloads") / args.name / version
             store.download(args.name, version, dest)

@@ -15,6 +15,7 @@ TEACHER = "teacher_"  # a teacher's model name is this prefix and its file stem,
 # After the teachers, in this order. pruned_alone: the pruned student's architecture trained from scratch
 # without a teacher, the baseline for what distillation gave at the shipped size.
 PIPELINE_MODELS = ("ensemble", "student_alone", "student_kd", "pruned_alone", "pruned", "int8")
+PACKAGED_MODEL, MODEL_CARD = "model.onnx", "MODEL_CARD.md"  # what ships, named alike in a run and in the store
 DEPLOYABLE = ("pruned", "int8")  # the fp32 and the int8 student: the faster one that meets the floor ships
 
 
@@ -56,6 +57,10 @@ class Layout:
     accuracy_plot = under_root("data", "reports", "accuracy_vs_size.png")
     curves_plot = under_root("data", "reports", "training_curves.png")
     kept_plot = under_root("data", "reports", "what_the_student_kept.png")
+    package = under_root("data", "package")  # what ships: the self-describing model and its card
+    packaged_model = under_root("data", "package", PACKAGED_MODEL)
+    model_card = under_root("data", "package", MODEL_CARD)
+    package_record = under_root("data", "package", "package.json")
     published = under_root("data", "published.json")
     lock_file = under_root(".distillery", "run.lock")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distillery.errors import DistilleryError
-from distillery.files import atomic_dir, file_digest
+from distillery.files import atomic_dir, atomic_file, file_digest
 from project.config import SAFE_NAME
 
 NAME = re.compile(SAFE_NAME)
@@ -209,6 +209,34 @@ class ArtifactStore:
 
     def latest(self, name: str) -> str:
         return self.get_json(f"models/{check_name('model name', name)}/latest.json")["version"]
+
+    def entry(self, name: str, version: str, path: str) -> dict:
+        """The manifest's record (path, size, sha256) of one file of a published version."""
+        manifest = self.manifest_or_none(name, version)
+        if manifest is None:
+            raise DistilleryError(f"{name} version {version} is not published on {self.settings.where()}.")
+        found = [e for e in manifest["files"] if e["path"] == path]
+        if not found:
+            raise DistilleryError(f"{name} version {version} has no {path} (published before it was made).")
+        return found[0]
+
+    def read_verified(self, name: str, version: str, path: str) -> bytes:
+        """One file of a published version, checked against its manifest sha256."""
+        entry = self.entry(name, version, path)
+        body = self.call("get_object", Key=f"{version_prefix(name, version)}/{check_relative(path)}")["Body"].read()
+        if hashlib.sha256(body).hexdigest() != entry["sha256"]:
+            raise DistilleryError(f"{path} of {name} {version} does not match its manifest sha256.")
+        return body
+
+    def download_file(self, name: str, version: str, path: str, dest: Path) -> str:
+        """One file of a published version into `dest` (written whole or not at all), checked against its
+        manifest sha256, which it returns."""
+        entry = self.entry(name, version, path)
+        with atomic_file(dest) as tmp:
+            self.call("download_file", Key=f"{version_prefix(name, version)}/{check_relative(path)}", Filename=str(tmp))
+            if file_digest(tmp) != entry["sha256"]:
+                raise DistilleryError(f"{path} of {name} {version} does not match its manifest sha256.")
+        return entry["sha256"]
 
     def download(self, name: str, version: str, dest: Path) -> dict:
         """Fetch every file of a version into `dest`, verifying each against the manifest's sha256."""

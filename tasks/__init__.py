@@ -39,7 +39,18 @@ class Stage:
 
 STAGES = tuple(
     Stage(name)
-    for name in ("ingest", "validate", "train_teachers", "distill", "prune", "quantize", "export", "report", "publish")
+    for name in (
+        "ingest",
+        "validate",
+        "train_teachers",
+        "distill",
+        "prune",
+        "quantize",
+        "export",
+        "report",
+        "package",
+        "publish",
+    )
 )
 
 

@@ -21,12 +21,12 @@ from sklearn.model_selection import train_test_split
 
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir, inside, write_json
+from distillery.images import IMAGE_SUFFIXES, read_image
 from distillery.raw_format import SPLIT_NAMES, UNLABELED, UNLABELED_SPLIT
 from project.config import IngestConfig
 from project.layout import Layout
 
 log = logging.getLogger("distillery")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 DECODE_BATCH = 256  # image files decoded per chunk
 FACTS_BYTES = 32 * 2**20  # the most float32 pixels the facts of one step see: an .npz is read this many rows at a time
 
@@ -198,35 +198,6 @@ def npz(path: Path) -> Source:
             yield from npz_images(shard)
 
     return Source(y, [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)], chunks, str(path))
-
-
-def eight_bit(img):
-    """A PIL image with 8 bits per channel. 16-bit gray (the I;16 modes, as 16-bit PNG and TIFF files open) is
-    scaled from 0..65535 to 0..255: PIL's own conversion clips it, turning most pixels white. 32-bit pixels
-    (modes I and F) carry no scale (0..1? 0..255? 0..65535?), so they are refused rather than guessed."""
-    from PIL import Image
-
-    if img.mode in ("I", "F"):
-        kind = "floats" if img.mode == "F" else "integers"
-        raise ValueError(f"its pixels are 32-bit {kind}, whose scale the file does not say; save it with 8 or 16 bits")
-    if img.mode.startswith("I;16"):
-        return Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).astype(np.uint8))
-    return img
-
-
-def read_image(file: Path, color: str, size: tuple[int, int] | None) -> np.ndarray:
-    """One PNG/JPEG/TIFF file as C x H x W pixels, converted to `color` and resized to `size` if set."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(file) as img:
-            img = eight_bit(img).convert("L" if color == "gray" else "RGB")
-            if size:
-                img = img.resize((size[1], size[0]))
-            pixels = np.asarray(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
-        raise DistilleryError(f"Cannot read image {file}: {e}. Remove or replace it.") from e
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
 class ImageFiles:

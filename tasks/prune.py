@@ -35,7 +35,7 @@ SENSITIVITY_GRID = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 def onnx_latency_ms(model: nn.Module, data: Dataset, *, batch: int, threads: int) -> float:
     """The model's onnxruntime latency on this machine, as the report measures it."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
+        path = Path(tmp) / "candidate.onnx"
         onnx_export.export(copy.deepcopy(model).cpu().eval(), data.val.head(2), path)
         return onnx_export.latency_ms(
             onnx_export.session(path, threads), data.val.head(batch).numpy(), batch=batch, budget_s=0.5

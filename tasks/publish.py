@@ -1,24 +1,27 @@
 """Publish: upload a finished run (models, report, Data Docs) with a manifest to the S3 store.
 
-Only a complete run is published: every expected file must exist and the export must have
-passed verification. The manifest records lineage: dataset md5, git commit, params, metrics,
-package versions.
+Only a complete run is published: every expected file must exist, the export must have passed
+verification and the shipped model must have been packaged. The packaged model is published as
+model.onnx with the name and version among its properties, beside its MODEL_CARD.md. The manifest
+records lineage: dataset md5, git commit, params, metrics, package versions.
 """
 
 import logging
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
+from distillery import model_package
 from distillery.errors import DistilleryError
 from distillery.files import atomic_file, file_digest, read_json, write_json
 from project.artifacts import verified_onnx
 from project.config import PublishConfig
 from project.layout import Layout
+from project.model_card import model_card
 from project.store import ArtifactStore, S3Settings, check_name, manifest_key
 
 log = logging.getLogger("distillery")
-SHIPPED_MODEL = "model.onnx"  # the deployable model's path in every published version, whichever model it is
 PACKAGES = (
     "torch",
     "torchvision",
@@ -48,11 +51,21 @@ def run_files(layout: Layout) -> dict[str, Path]:
     files.update(
         {f"data_docs/{p.relative_to(layout.data_docs)}": p for p in sorted(layout.data_docs.rglob("*")) if p.is_file()}
     )
-    shipped_onnx = layout.onnx(shipped["model"])
-    if f"models/{shipped_onnx.name}" not in files:
-        raise DistilleryError(f"{shipped_onnx} is missing; rerun the export stage.")
-    files[SHIPPED_MODEL] = files[f"models/{shipped_onnx.name}"]
+    record = read_json(layout.package_record) if layout.package_record.exists() else {}
+    if not record.get("packaged") or record.get("model") != shipped["model"]:
+        raise DistilleryError(f"The shipped {shipped['model']} model is not packaged; rerun the package stage.")
+    if file_digest(layout.packaged_model) != record["sha256"]:
+        raise DistilleryError(f"{layout.packaged_model} changed since it was packaged; rerun the package stage.")
     return files
+
+
+def stamped(layout: Layout, metrics: dict, *, name: str, version: str, folder: Path) -> dict[str, Path]:
+    """The packaged model with `name` and `version` among its properties, and its model card, written in `folder`:
+    the shipped model's files in the published version, by their paths there."""
+    model, card = folder / layout.packaged_model.name, folder / layout.model_card.name
+    model_package.stamp(layout.packaged_model, model, name=name, version=version)
+    card.write_text(model_card(model_package.read(model), metrics, name=name))
+    return {model.name: model, card.name: card}
 
 
 def lineage(metrics: dict) -> dict:
@@ -86,7 +99,9 @@ def upload(name: str, layout: Layout, settings: S3Settings | None = None, versio
     run_id = file_digest(layout.metrics)  # a rerun of an interrupted upload finishes the version it started
     version = check_name("version", version or store.unfinished_version(name, run_id) or new_version(metrics))
     started = time.monotonic()
-    manifest = store.publish(name, version, files, lineage(metrics), run_id)
+    with tempfile.TemporaryDirectory() as folder:
+        files |= stamped(layout, metrics, name=name, version=version, folder=Path(folder))
+        manifest = store.publish(name, version, files, lineage(metrics), run_id)
     log.info(
         "published %s %s: %d files, %.1f MB in %.1f s to %s",
         name,

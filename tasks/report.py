@@ -13,6 +13,7 @@ from distillery import checkpoint, onnx_export, stats
 from distillery.data import Dataset, load_dataset
 from distillery.evaluation import PerImage, evaluate
 from distillery.files import atomic_dir, file_digest, read_json, write_json
+from distillery.machine import cpu_flags
 from distillery.models import count_params
 from project.artifacts import load_model, read_record, verified_onnx
 from project.config import WHOLE_FILE, PipelineParams, ShipConfig
@@ -222,13 +223,14 @@ def run(params: PipelineParams, layout: Layout) -> dict:
         "student": student_architecture(layout),
         "git_commit": git_commit(layout.root),
         "onnxruntime": {"version": ort.__version__, "threads": threads},
+        "cpu": cpu_flags(),  # the machine every latency was measured on
         "params": params.to_yaml_dict(),
     }
     metrics["ensemble"]["combination"] = read_json(layout.ensemble_combination)
     val = {m: measured[m]["val_accuracy"] for m in ("ensemble", *DEPLOYABLE)}
     latencies = ship_latencies(paths, data, params.ship, budget_s=params.report.latency_budget_s)
     metrics["shipped"] = choose_shipped(val, latencies, params.ship)
-    if metrics["shipped"]["model"]:  # published with the model it calibrates (a later issue builds it in the graph)
+    if metrics["shipped"]["model"]:  # the package stage builds it into the shipped graph
         metrics["shipped_temperature"] = measured[metrics["shipped"]["model"]]["temperature"]
     metrics.update(summary(metrics))
     metrics["comparisons"] = comparisons(metrics, per_image)

@@ -58,7 +58,7 @@ def run_stages(layout) -> None:
     """Every stage but publish once on the tiny params, as plain functions (no orchestration)."""
     from tasks import stages_through
 
-    for stage in stages_through("report"):
+    for stage in stages_through("package"):
         stage.call(tiny_params(), layout)
 
 

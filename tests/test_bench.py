@@ -222,3 +222,17 @@ def test_combine_benchmark_fits_each_rule_on_validation_and_measures_it_on_test(
     assert all(0 < r["accuracy"] <= 1 and r["nll"] > 0 for r in rows.values())
     table = bench_combine.markdown({"git_commit": "x", "cpu": {"model": "cpu", "cores": 2}, "runs": [run]})
     assert "| fitted_weights |" in table and "| 0_wide_cnn |" in table
+
+
+def test_predict_benchmark_times_the_command_and_the_model_on_the_same_images(staged, tmp_path):
+    from bench import predict as bench_predict
+
+    results = bench_predict.measure(staged, 70, 1, work=tmp_path)
+    assert results["images"] == 70 and len(list((tmp_path / "images").glob("*.png"))) == 70
+    assert results["model"] == json.loads(staged.metrics.read_text())["shipped"]["model"]
+    assert results["converted"] == 0 and results["image_shape"] == [8, 8, 1]
+    assert all(rate > 0 for rate in results["images_per_s"].values()) and len(results["images_per_s"]) == 4
+    table = bench_predict.markdown(
+        results | {"git_commit": "x", "cpu": {"model": "cpu", "cores": 2}, "onnxruntime": "1"}
+    )
+    assert table.count("\n| ") == 4 + 1

@@ -15,6 +15,7 @@ from PIL import Image
 
 from distillery.data import load_dataset
 from distillery.errors import DistilleryError
+from distillery.images import read_image
 from project.config import IngestConfig
 from project.layout import Layout
 from tasks import ingest
@@ -145,8 +146,8 @@ def test_image_files_decode_in_worker_processes_in_file_order(tmp_path):
     images, labels, _ = stored(layout)
     files = sorted((root / "class_1").iterdir(), key=lambda f: f.name)
     first = np.flatnonzero(labels == 1)[0]
-    assert np.array_equal(images[first], ingest.read_image(files[0], "gray", None))
-    assert all(np.array_equal(images[first + i], ingest.read_image(f, "gray", None)) for i, f in enumerate(files))
+    assert np.array_equal(images[first], read_image(files[0], "gray", None))
+    assert all(np.array_equal(images[first + i], read_image(f, "gray", None)) for i, f in enumerate(files))
 
 
 def test_an_unreadable_file_in_a_worker_is_named_without_its_traceback(tmp_path):
@@ -208,14 +209,14 @@ def test_every_8_bit_pil_mode_reads_as_gray_and_rgb(tmp_path, mode, suffix):
     file = saved(tmp_path / f"g.{suffix}", Image.fromarray(GRADIENT).convert(mode))
     tolerance = 4 if suffix == "jpg" else 0  # JPEG is lossy
     for color, channels in (("gray", 1), ("rgb", 3)):
-        pixels = ingest.read_image(file, color, None)
+        pixels = read_image(file, color, None)
         assert pixels.shape == (channels, 16, 16) and pixels.dtype == np.uint8
         assert np.abs(pixels.astype(int) - GRADIENT).max() <= tolerance, (mode, color)
 
 
 def test_1_bit_images_read_as_black_and_white(tmp_path):
     file = saved(tmp_path / "b.png", Image.fromarray(GRADIENT).point(lambda v: 255 if v >= 128 else 0).convert("1"))
-    assert np.array_equal(ingest.read_image(file, "gray", None)[0], np.where(GRADIENT >= 128, 255, 0))
+    assert np.array_equal(read_image(file, "gray", None)[0], np.where(GRADIENT >= 128, 255, 0))
 
 
 @pytest.mark.parametrize("suffix", ["png", "tif"])
@@ -225,8 +226,8 @@ def test_16_bit_images_scale_to_8_bits_instead_of_clipping_to_white(tmp_path, su
     sixteen = GRADIENT.astype(np.uint16) * 257  # 0..65535
     file = saved(tmp_path / f"g16.{suffix}", Image.fromarray(sixteen))
     assert Image.open(file).mode.startswith("I")
-    assert np.array_equal(ingest.read_image(file, "gray", None)[0], GRADIENT)
-    assert np.array_equal(ingest.read_image(file, "rgb", None), np.repeat(GRADIENT[None], 3, axis=0))
+    assert np.array_equal(read_image(file, "gray", None)[0], GRADIENT)
+    assert np.array_equal(read_image(file, "rgb", None), np.repeat(GRADIENT[None], 3, axis=0))
 
 
 def test_a_folder_of_16_bit_images_ingests_its_pixels(tmp_path):
@@ -255,14 +256,14 @@ def test_a_folder_of_16_bit_images_ingests_its_pixels(tmp_path):
 def test_pixels_without_a_known_scale_are_refused_naming_the_file(tmp_path, image, says):
     file = saved(tmp_path / "odd.tif", image)
     with pytest.raises(DistilleryError, match=f"Cannot read image {file}: .*{says}"):
-        ingest.read_image(file, "gray", None)
+        read_image(file, "gray", None)
 
 
 def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch):
     file = saved(tmp_path / "bomb.png", Image.fromarray(GRADIENT))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 256 pixels is over twice the limit, as a bomb is
     with pytest.raises(DistilleryError, match=f"Cannot read image {file}: .*decompression bomb"):
-        ingest.read_image(file, "gray", None)
+        read_image(file, "gray", None)
 
 
 @pytest.mark.parametrize(

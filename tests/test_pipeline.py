@@ -105,7 +105,7 @@ def test_flow_run_leaves_dvc_up_to_date(published_run, s3_env, tmp_path):
     changed = tiny_params().model_copy(
         update={"export": tiny_params().export.model_copy(update={"decisive_margin_steps": 6.0})}
     )
-    assert compress(params=changed, root=str(project))["ran"] == ["export", "report", "publish"]
+    assert compress(params=changed, root=str(project))["ran"] == ["export", "report", "package", "publish"]
     assert yaml.safe_load((project / "params.yaml").read_text())["export"]["decisive_margin_steps"] == 6.0
     assert_artifacts_published()
 
@@ -121,6 +121,7 @@ def assert_artifacts_published():
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     keys = {"distillery-metrics", "distillery-ensemble-and-student", "distillery-report", "distillery-model"}
+    keys.add("distillery-model-card")
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))
     assert {a.key for a in found} == keys
@@ -131,6 +132,7 @@ def assert_artifacts_published():
     kept = json.loads(next(a for a in found if a.key == "distillery-ensemble-and-student").data)
     assert [row["model"] for row in kept][-6:] == list(PIPELINE_MODELS)
     assert all("→" in row["ECE % raw → scaled"] for row in kept)
+    assert next(a for a in found if a.key == "distillery-model-card").data.startswith("# Distillery model")
 
 
 def prefect_records() -> list[str]:

@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 
+import onnx
 import psutil
 import pytest
 
+from distillery import model_package
 from distillery.errors import DistilleryError
 from distillery.files import file_digest
 from project.config import PublishConfig
@@ -33,8 +35,15 @@ def test_publish_round_trip(staged, s3_env, tmp_path):
         assert file_digest(tmp_path / "v1" / entry["path"]) == entry["sha256"]
     entries = {e["path"]: e for e in manifest["files"]}
     assert entries["models/int8.onnx"]["sha256"] == file_digest(staged.export / "int8.onnx")
-    shipped = manifest["lineage"]["metrics"]["shipped"]["model"]  # the deployable model under a fixed name
-    assert entries["model.onnx"]["sha256"] == file_digest(staged.export / f"{shipped}.onnx")
+    published_model = onnx.load(str(tmp_path / "v1" / "model.onnx"))  # the packaged model, named and versioned
+    assert published_model.graph == onnx.load(str(staged.packaged_model)).graph
+    props = model_package.read(tmp_path / "v1" / "model.onnx").props
+    assert props["model_name"] == "digits-student" and props["model_version"] == "v1"
+    assert props.items() - {("model_name", "digits-student"), ("model_version", "v1")} == (
+        model_package.read(staged.packaged_model).props.items()
+    )
+    card = (tmp_path / "v1" / "MODEL_CARD.md").read_text()
+    assert card.startswith("# digits-student v1\n") and "--model digits-student@v1" in card
     lineage = manifest["lineage"]
     assert lineage["dataset"]["md5"] == json.loads(staged.metrics.read_text())["dataset"]["md5"]
     assert lineage["params"]["ingest"]["source"] == "digits" and lineage["packages"]["torch"]
@@ -167,6 +176,22 @@ def test_a_rerun_finishes_the_version_an_interrupted_publish_started(staged, s3_
     assert {key.split("/")[2] for key in s3.keys(f"models/{name}/") if key.count("/") > 2} == {"v1"}  # no orphans
     assert not [key for key in s3.keys(f"models/{name}/") if key.endswith("unfinished.json")]
     assert publish.upload(name, staged)["version"] == "v-new"  # a finished run: a new version
+
+
+def test_models_show_prints_the_versions_model_card(staged, s3_env):
+    publish.upload("card-test", staged, version="v1")
+    command = [sys.executable, "-m", "flows.cli", "models", "show", "card-test"]
+    result = subprocess.run(command, cwd=ROOT, env=venv_env(), capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("# card-test v1\n") and "## Limits" in result.stdout
+
+
+def test_a_run_whose_packaged_model_changed_is_not_published(staged, s3_env, tmp_path):
+    layout = Layout(tmp_path)
+    shutil.copytree(staged.data, layout.data)
+    layout.packaged_model.write_bytes(layout.packaged_model.read_bytes() + b" ")
+    with pytest.raises(DistilleryError, match="changed since it was packaged"):
+        publish.upload("changed", layout)
+    assert not list(store().keys("models/changed/"))
 
 
 def test_download_of_a_missing_object_is_one_paragraph(staged, s3_env, tmp_path):

@@ -21,9 +21,10 @@ DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def dvc_sections(stage: dict) -> tuple[str, ...]:
-    """dvc.yaml's params of a stage as section names; `params.yaml:` (every key) is WHOLE_FILE."""
+    """dvc.yaml's params of a stage (none if absent) as section names; `params.yaml:` (all keys) is WHOLE_FILE."""
     return tuple(
-        WHOLE_FILE if isinstance(item, dict) and list(item) == ["params.yaml"] else item for item in stage["params"]
+        WHOLE_FILE if isinstance(item, dict) and list(item) == ["params.yaml"] else item
+        for item in stage.get("params", [])
     )
 
 

@@ -1,0 +1,150 @@
+"""The packaged model: a plain onnxruntime session on uint8 images gives the reported accuracy; its metadata says
+what it is; it computes what the file it wraps computes, or the stage fails and writes nothing; its model card's
+example runs as written."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from distillery import model_package
+from distillery.errors import DistilleryError
+from distillery.files import file_digest, read_json
+from project.layout import Layout
+from project.model_card import example
+from tasks import package
+from tests.conftest import ROOT
+
+
+def test_a_plain_onnxruntime_session_on_uint8_test_images_gives_the_reported_accuracy(staged):
+    """No project code: the raw arrays ingest stored, the packaged file, onnxruntime."""
+    raw = staged.root / "data" / "raw"
+    images, labels, splits = (np.load(raw / f"{name}.npy") for name in ("images", "labels", "splits"))
+    test = splits == 2
+    session = ort.InferenceSession(str(staged.root / "data" / "package" / "model.onnx"))
+    probabilities, label = session.run(None, {"images": images[test].transpose(0, 2, 3, 1)})
+    metrics = json.loads((staged.root / "data" / "reports" / "metrics.json").read_text())
+    assert images.dtype == np.uint8 and test.sum() == metrics["dataset"]["n_test"]
+    assert float((label == labels[test]).mean()) == metrics[metrics["shipped"]["model"]]["accuracy"]
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5) and (probabilities.argmax(axis=1) == label).all()
+
+
+def test_the_packaged_model_describes_itself(staged):
+    metrics, info = read_json(staged.metrics), read_json(staged.dataset_info)
+    packaged = model_package.read(staged.packaged_model)
+    shipped = metrics["shipped"]["model"]
+    assert packaged.classes == info["classes"] == [str(i) for i in range(10)]
+    assert packaged.input == model_package.InputSpec(height=8, width=8, channels=1, color="gray", resample="bicubic")
+    props = packaged.props
+    assert float(props["temperature"]) == pytest.approx(metrics["shipped_temperature"], rel=1e-12)
+    assert props["wrapped_model"] == shipped and props["dataset_md5"] == metrics["dataset"]["md5"]
+    assert props["wrapped_sha256"] == file_digest(staged.onnx(shipped)) and props["dataset"] == "digits"
+    assert props.get("git_commit") == metrics["git_commit"]  # None outside git: left out
+    headline = json.loads(props["metrics"])
+    assert headline["test_accuracy"] == metrics[shipped]["accuracy"]
+    assert headline["test_images"] == metrics["dataset"]["n_test"] == info["n_test"]
+    assert headline["ece"] == metrics[shipped]["calibrated"]["ece"]
+    session = ort.InferenceSession(str(staged.packaged_model))
+    assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == [
+        ("images", "tensor(uint8)", ["batch", 8, 8, 1])
+    ]
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "label"]
+
+
+def test_its_probabilities_are_the_wrapped_models_logits_scaled_by_the_temperature(staged):
+    metrics = read_json(staged.metrics)
+    shipped, temperature = metrics["shipped"]["model"], metrics["shipped_temperature"]
+    assert temperature != 1.0  # else the scaling would go unseen
+    raw = np.load(staged.images)[:50]
+    probabilities, label = ort.InferenceSession(str(staged.packaged_model)).run(
+        None, {"images": raw.transpose(0, 2, 3, 1)}
+    )
+    logits = ort.InferenceSession(str(staged.onnx(shipped))).run(None, {"images": raw.astype(np.float32) / 255})[0]
+    scaled = np.exp(logits / temperature) / np.exp(logits / temperature).sum(axis=1, keepdims=True)
+    assert np.abs(probabilities - scaled).max() < 1e-5 and (label == logits.argmax(axis=1)).all()
+    assert read_json(staged.package_record)["verification"]["differing_labels"] == 0
+
+
+def staged_copy(staged: Layout, tmp_path) -> Layout:
+    """A copy of the shared run that a test may change."""
+    layout = Layout(tmp_path)
+    shutil.copytree(staged.data, layout.data)
+    return layout
+
+
+def test_a_package_that_computes_something_else_fails_and_leaves_the_last_package(staged, tmp_path, monkeypatch):
+    layout = staged_copy(staged, tmp_path)
+    before = layout.packaged_model.read_bytes()
+    wrap = model_package.wrap
+
+    def scales_pixels_wrongly(model, **kwargs):  # a wrapper bug: pixels / 128 instead of / 255
+        wrapped = wrap(model, **kwargs)
+        for tensor in wrapped.graph.initializer:
+            if tensor.name == "pixel_max":
+                tensor.CopyFrom(onnx.numpy_helper.from_array(np.array(128.0, np.float32), "pixel_max"))
+        return wrapped
+
+    monkeypatch.setattr(model_package, "wrap", scales_pixels_wrongly)
+    with pytest.raises(DistilleryError, match=r"images get another class than .*\.onnx gives them"):
+        package.run(layout)
+    assert layout.packaged_model.read_bytes() == before
+
+
+def test_a_package_whose_accuracy_is_not_the_reported_one_fails(staged, tmp_path):
+    layout = staged_copy(staged, tmp_path)
+    metrics = read_json(layout.metrics)
+    metrics[metrics["shipped"]["model"]]["accuracy"] -= 0.01  # the report and the file disagree
+    layout.metrics.write_text(json.dumps(metrics))
+    with pytest.raises(DistilleryError, match="test accuracy .* is not the reported"):
+        package.run(layout)
+
+
+def test_a_run_that_ships_nothing_packages_nothing_and_says_why(staged, tmp_path):
+    layout = staged_copy(staged, tmp_path)
+    metrics = read_json(layout.metrics)
+    metrics["shipped"] |= {"model": None, "reason": "no model reaches the floor"}
+    layout.metrics.write_text(json.dumps(metrics))
+    assert package.run(layout) == {"packaged": False, "reason": "no model reaches the floor"}
+    assert sorted(p.name for p in layout.package.iterdir()) == ["package.json"]
+
+
+def test_a_model_without_distillerys_metadata_is_named(staged):
+    with pytest.raises(DistilleryError, match=r"int8\.onnx is an ONNX model without Distillery's metadata"):
+        model_package.read(staged.onnx("int8"))
+
+
+def test_the_model_cards_example_runs_as_written(staged, tmp_path):
+    card = staged.model_card.read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.DOTALL).group(1)
+    shutil.copy(staged.packaged_model, tmp_path / "model.onnx")
+    raw = np.load(staged.images)
+    Image.fromarray(raw[7, 0]).resize((32, 32)).save(tmp_path / "image.png")  # any size: the example resizes
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    predicted, probability = result.stdout.split()
+    resized = np.asarray(Image.open(tmp_path / "image.png").resize((8, 8), Image.Resampling.BICUBIC))
+    label = ort.InferenceSession(str(staged.packaged_model)).run(None, {"images": resized[None, :, :, None]})[1]
+    assert predicted == str(label[0]) and 0 < float(probability) <= 1
+
+
+def test_the_readme_shows_the_cards_example_for_the_default_data():
+    spec = model_package.InputSpec(height=28, width=28, channels=1, color="gray", resample="bicubic")
+    packaged = model_package.PackagedModel(path=Path("model.onnx"), classes=[], input=spec, props={})
+    assert example(packaged) in (ROOT / "README.md").read_text()
+
+
+def test_the_model_card_states_the_runs_figures(staged):
+    card, metrics = staged.model_card.read_text(), read_json(staged.metrics)
+    shipped = metrics[metrics["shipped"]["model"]]
+    assert card.startswith("# Distillery model (a local run, not published)")
+    low, high = shipped["accuracy_interval"]
+    assert f"{shipped['accuracy'] * 100:.2f} [{low * 100:.2f}, {high * 100:.2f}]" in card
+    assert f"{shipped['bytes']:,}" in card and metrics["cpu"]["model"] in card
+    assert "## Limits" in card and metrics["dataset"]["md5"] in card

@@ -1,0 +1,173 @@
+"""`distillery predict` end to end: image files classified as the packaged model classifies their pixels, from the
+current run, a local file or the real S3 store (downloaded once, verified, cached); converted images said so once;
+bad inputs as one paragraph and exit code 2, with nothing on stdout."""
+
+import csv
+import io
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from distillery.files import file_digest
+from project.layout import Layout
+from project.store import ArtifactStore, S3Settings
+from tasks import publish
+from tests.conftest import ROOT, venv_env
+
+
+def first_test_images(layout: Layout, count: int) -> np.ndarray:
+    """The first `count` test images as ingest stored them (uint8 N x H x W, gray)."""
+    return np.load(layout.images)[np.load(layout.splits) == 2][:count, 0]
+
+
+def write_pngs(pixels: np.ndarray, folder: Path) -> list[Path]:
+    """One PNG per image, half of them in a sub-folder (folders are searched to any depth)."""
+    files = []
+    for i, image in enumerate(pixels):
+        path = folder / ("nested" if i % 2 else "") / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        files.append(path)
+    return files
+
+
+def predict(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "flows.cli", "predict", *args]
+    return subprocess.run(command, cwd=ROOT, env=env or venv_env(), capture_output=True, text=True, timeout=300)
+
+
+def model_labels(model: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the packaged model gives gray images (N x H x W): probabilities and labels."""
+    return ort.InferenceSession(str(model)).run(None, {"images": pixels[..., None]})
+
+
+def test_predict_classifies_a_folder_as_the_model_classifies_its_pixels(staged, tmp_path):
+    pixels = first_test_images(staged, 80)  # enough to be decoded by worker processes
+    files = write_pngs(pixels, tmp_path / "images")
+    probabilities, labels = model_labels(staged.packaged_model, pixels)
+
+    result = predict(str(tmp_path / "images"), "--root", str(staged.root), "--format", "json", "--top-k", "3")
+    assert result.returncode == 0, result.stderr
+    found = {Path(item["image"]): item["predictions"] for item in json.loads(result.stdout)}
+    assert set(found) == set(files) and "note:" not in result.stderr  # the images were already 8x8 gray
+    for file, label, p in zip(files, labels, probabilities, strict=True):
+        top = found[file]
+        assert [t["index"] for t in top][0] == label and top[0]["class"] == str(label)
+        assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+        assert top[0]["probability"] == pytest.approx(float(p.max()), abs=1e-6) and len(top) == 3
+
+    result = predict(str(files[0]), str(files[1]), "--model", str(staged.packaged_model), "--format", "csv")
+    assert list(csv.DictReader(io.StringIO(result.stdout))) == [
+        {"image": str(f), "class": str(label), "probability": f"{p.max():.4f}"}
+        for f, label, p in zip(files[:2], labels[:2], probabilities[:2], strict=True)
+    ]
+    table = predict(str(files[0]), "--root", str(staged.root)).stdout.splitlines()
+    assert table[0].split() == ["image", "class", "probability"] and table[1].split()[:2] == [
+        str(files[0]),
+        str(labels[0]),
+    ]
+
+
+def test_predict_converts_colour_and_size_as_the_metadata_asks_and_says_so_once(staged, tmp_path):
+    pixels = first_test_images(staged, 6)
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    for i, image in enumerate(pixels):  # 24x24 RGB copies of the 8x8 gray images
+        Image.fromarray(image).resize((24, 24)).convert("RGB").save(folder / f"{i}.png")
+    converted = np.stack(
+        [
+            np.asarray(Image.open(folder / f"{i}.png").convert("L").resize((8, 8), Image.Resampling.BICUBIC))
+            for i in range(len(pixels))
+        ]
+    )
+    _, labels = model_labels(staged.packaged_model, converted)
+    result = predict(str(folder), "--root", str(staged.root), "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    assert [row["class"] for row in csv.DictReader(io.StringIO(result.stdout))] == [str(label) for label in labels]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: 6 of 6 images converted to gray and/or resized to 8x8 (bicubic), as model.onnx's metadata asks"
+    ]
+
+
+def test_a_large_folder_gets_a_progress_bar_on_a_terminal(staged, tmp_path):
+    files = write_pngs(np.resize(first_test_images(staged, 10), (1000, 8, 8)), tmp_path / "images")
+    command = [sys.executable, "-m", "flows.cli", "predict", str(tmp_path / "images"), "--root", str(staged.root)]
+    terminal, stderr = pty.openpty()
+    result = subprocess.run(command, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=stderr, timeout=300)
+    os.close(stderr)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # the terminal's other end is closed: all was read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(terminal)
+    assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == len(files) + 1
+    assert b"1000/1000" in shown and b"image/s" in shown
+    quiet = predict(str(tmp_path / "images"), "--root", str(staged.root))  # stderr not a terminal: no bar
+    assert "1000/1000" not in quiet.stderr
+
+
+def one_paragraph(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_an_unreadable_image_is_named_and_nothing_is_printed(staged, tmp_path):
+    write_pngs(first_test_images(staged, 70), tmp_path / "images")
+    (tmp_path / "images" / "nested" / "broken.png").write_text("not a picture")
+    message = one_paragraph(predict(str(tmp_path / "images"), "--root", str(staged.root)))
+    assert f"Cannot read image {tmp_path / 'images' / 'nested' / 'broken.png'}" in message
+
+
+def test_a_model_without_distillerys_metadata_is_refused(staged, tmp_path):
+    files = write_pngs(first_test_images(staged, 1), tmp_path)
+    message = one_paragraph(predict(str(files[0]), "--model", str(staged.onnx("int8"))))
+    assert "int8.onnx is an ONNX model without Distillery's metadata" in message
+
+
+def test_a_missing_run_or_path_is_named(staged, tmp_path):
+    files = write_pngs(first_test_images(staged, 1), tmp_path)
+    assert "has no packaged model" in one_paragraph(predict(str(files[0]), "--root", str(tmp_path)))
+    message = one_paragraph(predict(str(tmp_path / "nowhere.png"), "--root", str(staged.root)))
+    assert "nowhere.png does not exist" in message
+
+
+def test_predict_fetches_a_published_version_once_verified_and_then_runs_from_the_cache(staged, s3_env, tmp_path):
+    receipt = publish.upload("predict-test", staged, version="v1")
+    files = write_pngs(first_test_images(staged, 4), tmp_path / "images")
+    cache = tmp_path / "cache"
+    env = venv_env() | {"DISTILLERY_CACHE": str(cache), "AWS_MAX_ATTEMPTS": "1"}
+    first = predict(str(tmp_path / "images"), "--model", "predict-test", "--format", "json", env=env)  # the latest
+    assert first.returncode == 0, first.stderr
+    cached = cache / "models" / "predict-test" / "v1" / "model.onnx"
+    entry = ArtifactStore(S3Settings.from_env()).entry("predict-test", receipt["version"], "model.onnx")
+    assert file_digest(cached) == entry["sha256"]
+    _, labels = model_labels(cached, first_test_images(staged, 4))
+    assert [item["predictions"][0]["index"] for item in json.loads(first.stdout)] == [
+        int(labels[files.index(f)]) for f in sorted(files)
+    ]
+
+    offline = env | {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}  # nothing listens there
+    again = predict(str(tmp_path / "images"), "--model", "predict-test@v1", "--format", "json", env=offline)
+    assert again.returncode == 0 and again.stdout == first.stdout  # a named version, cached: no store needed
+    message = one_paragraph(predict(str(tmp_path / "images"), "--model", "predict-test", env=offline))
+    assert "http://127.0.0.1:9" in message  # the latest version must be asked for: the store is named
+
+    cached.write_bytes(b"tampered")  # a cached copy that changed is fetched again, and verified
+    assert predict(str(tmp_path / "images"), "--model", "predict-test@v1", "--format", "json", env=env).stdout == (
+        first.stdout
+    )
+    assert file_digest(cached) == entry["sha256"]
