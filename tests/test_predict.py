@@ -3,12 +3,15 @@ current run, a local file or the real S3 store (downloaded once, verified, cache
 bad inputs as one paragraph and exit code 2, with nothing on stdout."""
 
 import csv
+import fcntl
 import io
 import json
 import os
 import pty
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +105,7 @@ def test_a_large_folder_gets_a_progress_bar_on_a_terminal(staged, tmp_path):
     files = write_pngs(np.resize(first_test_images(staged, 10), (1000, 8, 8)), tmp_path / "images")
     command = [sys.executable, "-m", "flows.cli", "predict", str(tmp_path / "images"), "--root", str(staged.root)]
     terminal, stderr = pty.openpty()
+    fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns: a bar needs width
     result = subprocess.run(command, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=stderr, timeout=300)
     os.close(stderr)
     shown = b""
