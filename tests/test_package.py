@@ -107,6 +107,18 @@ def test_a_package_whose_accuracy_is_not_the_reported_one_fails(staged, tmp_path
         package.run(layout)
 
 
+@pytest.mark.parametrize("model", ["pruned", "int8"])
+def test_either_deployable_model_packages_to_the_same_classes(model, staged, tmp_path):
+    """Whichever the report ships: the int8 file too, whose fused kernels now take pixels the graph scaled."""
+    layout = staged_copy(staged, tmp_path)
+    metrics = read_json(layout.metrics)
+    metrics["shipped"]["model"], metrics["shipped_temperature"] = model, metrics[model]["temperature"]
+    layout.metrics.write_text(json.dumps(metrics))
+    assert package.run(layout) == {"packaged": True, "model": model, "test_accuracy": metrics[model]["accuracy"]}
+    record = read_json(layout.package_record)["verification"]
+    assert record["differing_labels"] == 0 and record["max_probability_error"] < 1e-5
+
+
 def test_a_run_that_ships_nothing_packages_nothing_and_says_why(staged, tmp_path):
     layout = staged_copy(staged, tmp_path)
     metrics = read_json(layout.metrics)
