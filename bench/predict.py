@@ -7,8 +7,8 @@ The run's packaged model (`data/package/model.onnx`; the package stage is run fi
 `--images` PNG files written from its test images (repeated as often as it takes) into bench/work/predict/. Timed:
 the whole command (`distillery predict --format csv`, process start and output included), and its work in this
 process (`project.predict.classify`: decoding and classifying); then the packaged model alone in onnxruntime on the
-decoded uint8 images, and the file it wraps on float32 ones (batches of 256; the session `predict` opens, with
-onnxruntime's default threads). The best of `--repeats` runs each. Writes bench/results/predict.json and predict.md.
+decoded uint8 images, and the file it wraps on float32 ones, already converted (batches of 256; sessions opened as
+`predict` opens its own). The best of `--repeats` runs each. Writes bench/results/predict.json and predict.md.
 """
 
 import argparse
@@ -26,8 +26,8 @@ from bench import save_results
 from distillery import model_package
 from distillery.data import load_dataset
 from distillery.machine import cpu_flags
+from project import predict
 from project.layout import Layout
-from project.predict import classify
 from tasks import package
 from tasks.report import git_commit
 
@@ -61,7 +61,7 @@ def best_seconds(work, repeats: int) -> float:
 
 def session_images_per_s(path: Path, images: np.ndarray, repeats: int) -> float:
     """Images per second through one onnxruntime session (as `predict` opens it), batch by batch."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = predict.session(path)
     name = session.get_inputs()[0].name
 
     def run_all():
@@ -80,8 +80,8 @@ def measure(layout: Layout, count: int, repeats: int, work: Path = WORK) -> dict
     command = [sys.executable, "-m", "flows.cli", "predict", str(work / "images"), "--model", str(model.path)]
     command += ["--format", "csv"]
     cli_s = best_seconds(lambda: subprocess.run(command, cwd=ROOT, check=True, capture_output=True), repeats)
-    predictions = classify(model, files, batch_size=BATCH)
-    in_process_s = best_seconds(lambda: classify(model, files, batch_size=BATCH), repeats)
+    predictions = predict.classify(model, files, batch_size=BATCH)
+    in_process_s = best_seconds(lambda: predict.classify(model, files, batch_size=BATCH), repeats)
     pixels = np.stack([np.asarray(Image.open(f)).reshape(model.input.height, model.input.width, -1) for f in files])
     wrapped = layout.onnx(model.props["wrapped_model"])
     floats = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) / 255

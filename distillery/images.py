@@ -31,9 +31,9 @@ def eight_bit(img):
     return img
 
 
-def decode(file: Path, color: str, size: tuple[int, int] | None) -> tuple[np.ndarray, bool]:
-    """One PNG/JPEG/TIFF file as H x W x C pixels, converted to `color` and resized to `size` (height, width) if
-    set; and whether the file needed either to become that."""
+def decode(file: Path, color: str, size: tuple[int, int] | None, resample: str = RESAMPLE) -> tuple[np.ndarray, bool]:
+    """One PNG/JPEG/TIFF file as H x W x C pixels, converted to `color` and resized to `size` (height, width) with
+    PIL's `resample` filter if set; and whether the file needed either to become that."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -42,7 +42,7 @@ def decode(file: Path, color: str, size: tuple[int, int] | None) -> tuple[np.nda
             converted = img.mode != COLOR_MODES[color]
             img = img.convert(COLOR_MODES[color])
             if size and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling[RESAMPLE.upper()])
+                img = img.resize((size[1], size[0]), Image.Resampling[resample.upper()])
                 converted = True
             pixels = np.asarray(img)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:

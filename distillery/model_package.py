@@ -19,7 +19,14 @@ INPUT, PROBABILITIES, LABEL = "images", "probabilities", "label"
 FORMAT = "distillery-classifier/1"  # the `format` property: a model packaged by Distillery, and how
 PREFIX = "model/"  # the wrapped model's own names, kept apart from the wrapper's
 JSON_PROPS = ("classes", "input", "metrics")  # the properties whose values are JSON, the rest plain text
-UNREADABLE = (ort_errors.NoSuchFile, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail)
+UNREADABLE = (  # what onnxruntime raises for a file that is not a model it can load (an empty file: InvalidArgument)
+    ort_errors.NoSuchFile,
+    ort_errors.InvalidProtobuf,
+    ort_errors.InvalidGraph,
+    ort_errors.InvalidArgument,
+    ort_errors.NotImplemented,
+    ort_errors.Fail,
+)
 
 
 @dataclass(frozen=True)
@@ -55,11 +62,11 @@ class PackagedModel:
     props: dict[str, str]
 
 
-def wrap(model: onnx.ModelProto, *, temperature: float, color: str, resample: str) -> onnx.ModelProto:
-    """`model` (float32 N x C x H x W pixels in 0..1 in, logits out) behind a uint8 N x H x W x C input and two
-    outputs: softmax(logits / `temperature`) and argmax(logits)."""
+def wrap(model: onnx.ModelProto, *, temperature: float, spec: InputSpec) -> onnx.ModelProto:
+    """`model` (float32 N x C x H x W pixels in 0..1 in, logits out) behind a uint8 N x H x W x C input of `spec`'s
+    size and two outputs: softmax(logits / `temperature`) and argmax(logits)."""
     source, scores = model.graph.input[0], model.graph.output[0]
-    channels, height, width = (d.dim_value for d in source.type.tensor_type.shape.dim[1:])
+    channels, height, width = spec.channels, spec.height, spec.width
     classes = scores.type.tensor_type.shape.dim[1].dim_value
     inner = onnx.compose.add_prefix(model, PREFIX)
     nodes = [
@@ -90,7 +97,8 @@ def wrap(model: onnx.ModelProto, *, temperature: float, color: str, resample: st
     )
     wrapped.producer_name = "distillery"
     wrapped.doc_string = (
-        f"An image classifier: uint8 {INPUT} [N, {height}, {width}, {channels}] ({color}, resized {resample}) in; "
+        f"An image classifier: uint8 {INPUT} [N, {height}, {width}, {channels}] ({spec.color}, resized "
+        f"{spec.resample}) in; "
         f"{PROBABILITIES} [N, {classes}] (calibrated) and {LABEL} [N] (an index into the `classes` property) out."
     )
     onnx.checker.check_model(wrapped, full_check=True)

@@ -3,6 +3,7 @@ came from, and a short onnxruntime example that runs as written (in the spirit o
 
 import statistics
 
+from distillery.images import COLOR_MODES
 from distillery.model_package import INPUT, LABEL, PROBABILITIES, PackagedModel
 from project.report_markdown import interval, percent, table
 
@@ -12,7 +13,7 @@ MAX_LISTED_CLASSES = 20
 def example(packaged: PackagedModel) -> str:
     """Python that classifies image.png with onnxruntime, numpy and Pillow alone."""
     spec = packaged.input
-    mode = {"gray": "L", "rgb": "RGB"}[spec.color]
+    mode = COLOR_MODES[spec.color]
     return f"""```python
 import json
 
@@ -39,10 +40,11 @@ def usage(packaged: PackagedModel, name: str | None) -> list[str]:
         "decoder gives them; the graph scales them itself. Out: "
         f"`{PROBABILITIES}` (N x {len(packaged.classes)}, calibrated) and `{LABEL}` (N, an index into the "
         "`classes` property). An image of another size or colour is converted and resized "
-        f"({spec.resample}) first, as the pipeline did with its training images.",
+        f"({spec.resample}) first, as Distillery's ingest converts a folder of images. The example expects 8-bit "
+        "images (Distillery scales 16-bit ones to 8 bits first).",
         "",
     ]
-    if spec.color in ("gray", "rgb"):
+    if spec.color in COLOR_MODES:
         lines += ["With onnxruntime, numpy and Pillow only:", "", example(packaged), ""]
     target = f"{name}@{packaged.props['model_version']}" if name else "data/package/model.onnx"
     lines += ["Or with Distillery, on files or folders:", "", f"    distillery predict --model {target} IMAGES...", ""]
@@ -61,11 +63,17 @@ def measured(packaged: PackagedModel, metrics: dict) -> list[str]:
     model, ensemble, cpu = metrics[shipped], metrics["ensemble"], metrics.get("cpu", {})
     raw, scaled = model["calibration"], model["calibrated"]
     rows = [
-        {"measure": "test accuracy % (95% interval)", "value": f"{percent(model['accuracy'])} "},
+        {
+            "measure": "test accuracy % (95% interval)",
+            "value": f"{percent(model['accuracy'])} {interval(model['accuracy_interval'])}",
+        },
         {"measure": "validation accuracy %", "value": percent(model["val_accuracy"])},
         {"measure": "the teacher ensemble's test accuracy %", "value": percent(ensemble["accuracy"])},
         {"measure": "agreement with the ensemble %", "value": percent(model["agreement_with_ensemble"])},
-        {"measure": "accuracy % under corruptions (95% interval)", "value": percent(model["corrupted"]["accuracy"])},
+        {
+            "measure": "accuracy % under corruptions (95% interval)",
+            "value": f"{percent(model['corrupted']['accuracy'])} {interval(model['corrupted']['accuracy_interval'])}",
+        },
         {"measure": "NLL raw → with the temperature", "value": f"{raw['nll']:.4f} → {scaled['nll']:.4f}"},
         {"measure": "ECE % raw → with the temperature", "value": f"{percent(raw['ece'])} → {percent(scaled['ece'])}"},
         {"measure": "size (bytes)", "value": f"{model['bytes']:,} ({model['params']:,} parameters)"},
@@ -74,8 +82,6 @@ def measured(packaged: PackagedModel, metrics: dict) -> list[str]:
             "value": f"{model['latency_ms']['b1']:.3f} / {model['latency_ms']['b256']:.2f}",
         },
     ]
-    rows[0]["value"] += interval(model["accuracy_interval"])
-    rows[4]["value"] += " " + interval(model["corrupted"]["accuracy_interval"])
     return [
         "## Metrics",
         "",
@@ -101,7 +107,8 @@ def limits(packaged: PackagedModel, metrics: dict) -> list[str]:
         f"{packaged.input.color}). On other kinds of images its accuracy was not measured, and an image of another "
         "size is resized, which may lose what tells the classes apart.",
         f"- With {metrics['dataset']['n_test']:,} test images its test accuracy is known to within "
-        f"{percent(low)}–{percent(high)}% (95%); smaller differences from other models are noise.",
+        f"{percent(low)}–{percent(high)}% (95%). To compare it with another model, compare both on the same "
+        "images (the report's paired comparisons).",
         f"- Its weakest corruption is {kind}: {percent(accuracy)}% accurate on average over the severities.",
         "- The probabilities were calibrated and checked on clean images only; under corruption or on unfamiliar "
         "images its confidence was not checked.",
@@ -130,6 +137,20 @@ def lineage(packaged: PackagedModel, metrics: dict) -> list[str]:
     ]
 
 
+def calibration_statement(model: dict) -> str:
+    """What the temperature did on the test images, in a sentence."""
+    raw, scaled = model["calibration"], model["calibrated"]
+    if scaled["nll"] < raw["nll"] and scaled["ece"] < raw["ece"]:
+        return (
+            "Its probabilities are calibrated: the temperature fitted on validation lowered both NLL and ECE on test."
+        )
+    return (
+        "Its probabilities are scaled by the temperature fitted on validation, which on the test images took NLL "
+        f"from {raw['nll']:.4f} to {scaled['nll']:.4f} and ECE from {percent(raw['ece'])}% to "
+        f"{percent(scaled['ece'])}%."
+    )
+
+
 def model_card(packaged: PackagedModel, metrics: dict, *, name: str | None = None) -> str:
     """The card of `packaged` (its metadata and its run's metrics.json); `name` once it is published."""
     classes = packaged.classes
@@ -144,7 +165,7 @@ def model_card(packaged: PackagedModel, metrics: dict, *, name: str | None = Non
             f"{packaged.input.width} {packaged.input.color} images, distilled by Distillery from an ensemble of "
             f"{len(metrics['teachers'])} teachers into a small "
             + ("int8" if wrapped == "int8" else "fp32")
-            + f" model of {metrics[wrapped]['bytes']:,} bytes. It gives calibrated class probabilities.",
+            + f" model of {metrics[wrapped]['bytes']:,} bytes. {calibration_statement(metrics[wrapped])}",
             "",
             *usage(packaged, name),
             *measured(packaged, metrics),

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from distillery import images, model_package
 from distillery.errors import DistilleryError
 from distillery.files import file_digest
-from project.layout import PACKAGED_MODEL, Layout
+from project.layout import MODEL_CARD, PACKAGED_MODEL, Layout
 from project.store import ArtifactStore, S3Settings, check_name
 
 PROGRESS_FROM = 1000  # images: from this many, a progress bar (on a terminal)
@@ -28,11 +28,15 @@ DECODE_BATCH = 64  # images a worker decodes at a time, handed back as one array
 class Predictions:
     files: list[Path]
     probabilities: np.ndarray  # N x classes
+    labels: np.ndarray  # N: the model's class (argmax of its logits)
     converted: int  # images that were converted or resized to the model's input
 
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `k` most probable classes of each image, best first, and their probabilities."""
-        order = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        """The `k` most probable classes of each image, the model's class first (two classes whose logits differ
+        may get the same float32 probability), and their probabilities."""
+        ranked = np.argsort(-self.probabilities, axis=1, kind="stable")
+        others = ranked[ranked != self.labels[:, None]].reshape(len(ranked), -1)
+        order = np.concatenate([self.labels[:, None], others], axis=1)[:, :k]
         return order, np.take_along_axis(self.probabilities, order, axis=1)
 
 
@@ -66,6 +70,7 @@ def published_model(name: str, version: str | None, cache: Path) -> Path:
         )
     store = ArtifactStore(settings)
     version = version or store.latest(name)
+    store.entry(name, version, MODEL_CARD)  # published with a packaged model: one without a card has a bare one
     dest = cache / "models" / name / version / PACKAGED_MODEL
     if not cached_copy(dest):
         digest = store.download_file(name, version, PACKAGED_MODEL, dest)
@@ -93,34 +98,35 @@ def resolve_model(spec: str | None, root: Path) -> Path:
 
 @dataclass(frozen=True)
 class Batch:
-    """Image files to decode together as the model takes them: `color` pixels at `size` (height, width)."""
+    """Image files to decode together as the model takes them."""
 
     files: list[Path]
-    color: str
-    size: tuple[int, int]
+    spec: model_package.InputSpec
 
 
 def decode(batch: Batch) -> tuple[np.ndarray, int] | DistilleryError:
     """The batch's images as one N x H x W x C array and how many were converted; or the error of the first that
     cannot be read (raised by the main process: a worker's exception would carry the worker's traceback)."""
+    spec = batch.spec
     try:
-        decoded = [images.decode(f, batch.color, batch.size) for f in batch.files]
+        decoded = [images.decode(f, spec.color, (spec.height, spec.width), spec.resample) for f in batch.files]
     except DistilleryError as e:
         return e
     return np.stack([pixels for pixels, _ in decoded]), sum(converted for _, converted in decoded)
 
 
 @contextmanager
-def decoded_batches(files: list[Path], spec: model_package.InputSpec) -> Iterator[Iterator[tuple[np.ndarray, int]]]:
-    """The files' pixels, DECODE_BATCH images at a time, in order, with how many of each batch were converted; for
-    many files, decoded by worker processes, forked here: enter this before opening an onnxruntime session, whose
-    threads a fork would copy."""
+def decoded_batches(
+    files: list[Path], spec: model_package.InputSpec, size: int
+) -> Iterator[Iterator[tuple[np.ndarray, int]]]:
+    """The files' pixels, `size` images at a time, in order, with how many of each batch were converted; for many
+    files on more than one CPU, decoded by worker processes, forked here: enter this before opening an onnxruntime
+    session or starting a thread, which a fork would copy."""
     if spec.color not in images.COLOR_MODES:
         raise DistilleryError(
             f"The model takes {spec.color} images, which image files do not give; feed it arrays with onnxruntime."
         )
-    size = (spec.height, spec.width)
-    batches = [Batch(files[i : i + DECODE_BATCH], spec.color, size) for i in range(0, len(files), DECODE_BATCH)]
+    batches = [Batch(files[i : i + size], spec) for i in range(0, len(files), size)]
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if len(files) < PARALLEL_FROM or workers == 1:
         yield raised(map(decode, batches))
@@ -136,25 +142,37 @@ def raised(results: Iterator) -> Iterator[tuple[np.ndarray, int]]:
         yield result
 
 
+def session(path: Path) -> ort.InferenceSession:
+    """The CPU session that classifies: its idle threads do not spin, which took the CPU from decoding between
+    batches (10,000 28x28 images took 2.0 s instead of 1.2)."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def classify(model: model_package.PackagedModel, files: list[Path], *, batch_size: int) -> Predictions:
-    """Every file's class probabilities, `batch_size` images per run of the model, with a progress bar for many."""
+    """Every file's class probabilities and class, `batch_size` images per run of the model (decoded
+    DECODE_BATCH at a time, or fewer), with a progress bar for many."""
     from tqdm import tqdm
 
-    found, pending, converted = [], [], 0
-    progress = tqdm(total=len(files), unit="image", disable=None if len(files) >= PROGRESS_FROM else True)
-    with decoded_batches(files, model.input) as batches, progress as bar:
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # its idle threads would take the
-        # CPU from decoding between batches: 10,000 28x28 images took 2.0 s instead of 1.2
-        session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
-        for pixels, changed in batches:
-            pending.append(pixels)
-            converted += changed
-            classified = sum(map(len, found))
-            if sum(map(len, pending)) >= batch_size or classified + sum(map(len, pending)) == len(files):
-                batch = np.concatenate(pending)
-                found.append(session.run([model_package.PROBABILITIES], {model_package.INPUT: batch})[0])
-                bar.update(len(batch))
-                pending = []
-    probabilities = np.concatenate(found) if found else np.zeros((0, len(model.classes)), np.float32)
-    return Predictions(files=files, probabilities=probabilities, converted=converted)
+    probabilities, labels, pending, converted = [], [], [], 0
+    with decoded_batches(files, model.input, min(DECODE_BATCH, batch_size)) as batches:
+        classifier = session(model.path)
+        show = None if len(files) >= PROGRESS_FROM else True  # None: on a terminal
+        with tqdm(total=len(files), unit="image", disable=show) as bar:
+            for pixels, changed in batches:
+                pending.append(pixels)
+                converted += changed
+                waiting = np.concatenate(pending)
+                done = sum(map(len, labels)) + len(waiting) == len(files)
+                while len(waiting) >= batch_size or (done and len(waiting)):
+                    batch, waiting = waiting[:batch_size], waiting[batch_size:]
+                    outputs = [model_package.PROBABILITIES, model_package.LABEL]
+                    p, label = classifier.run(outputs, {model_package.INPUT: batch})
+                    probabilities.append(p)
+                    labels.append(label)
+                    bar.update(len(batch))
+                pending = [waiting]
+    if not labels:
+        return Predictions(files, np.zeros((0, len(model.classes)), np.float32), np.zeros(0, np.int64), converted)
+    return Predictions(files, np.concatenate(probabilities), np.concatenate(labels), converted)

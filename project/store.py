@@ -217,7 +217,10 @@ class ArtifactStore:
             raise DistilleryError(f"{name} version {version} is not published on {self.settings.where()}.")
         found = [e for e in manifest["files"] if e["path"] == path]
         if not found:
-            raise DistilleryError(f"{name} version {version} has no {path} (published before it was made).")
+            raise DistilleryError(
+                f"{name} version {version} on {self.settings.where()} has no {path}: it was published before "
+                "Distillery made one. Publish a run again (`distillery publish`), or use `distillery models download`."
+            )
         return found[0]
 
     def read_verified(self, name: str, version: str, path: str) -> bytes:

@@ -108,13 +108,9 @@ def run(layout: Layout) -> dict:
             return record
         source = verified_onnx(layout)[shipped]
         info = read_json(layout.dataset_info)
-        model = model_package.wrap(
-            onnx.load(str(source)),
-            temperature=metrics["shipped_temperature"],
-            color=images.color_of(info["shape"][0]),
-            resample=images.RESAMPLE,
-        )
-        model_package.set_props(model, props(metrics, info, input_spec(info), model=shipped, source=source))
+        spec = input_spec(info)
+        model = model_package.wrap(onnx.load(str(source)), temperature=metrics["shipped_temperature"], spec=spec)
+        model_package.set_props(model, props(metrics, info, spec, model=shipped, source=source))
         packaged = out / layout.packaged_model.name
         onnx.save(model, str(packaged))
         check = verify(packaged, source, load_dataset(layout.raw).test, metrics["shipped_temperature"])
@@ -127,7 +123,13 @@ def run(layout: Layout) -> dict:
                 f"test images: {'; '.join(check['failures'])}. Nothing was written."
             )
         (out / layout.model_card.name).write_text(model_card(model_package.read(packaged), metrics))
-        record = {"packaged": True, "model": shipped, "sha256": file_digest(packaged), "verification": check}
+        record = {
+            "packaged": True,
+            "model": shipped,
+            "sha256": file_digest(packaged),
+            "metrics_sha256": file_digest(layout.metrics),  # the report it was packaged from
+            "verification": check,
+        }
         write_json(out / layout.package_record.name, record)
     log.info("packaged %s: %s verified on %d raw test images", shipped, layout.packaged_model, check["images"])
     return {"packaged": True, "model": shipped, "test_accuracy": check["test_accuracy"]}

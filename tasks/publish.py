@@ -44,19 +44,32 @@ def run_files(layout: Layout) -> dict[str, Path]:
     if not shipped["model"]:
         raise DistilleryError(f"Nothing is published: {shipped['reason']}.")
     try:
-        files = {f"models/{p.name}": p for p in verified_onnx(layout).values()}
+        exported = verified_onnx(layout)
     except DistilleryError as e:
         raise DistilleryError(f"Nothing is published: {e}") from e
+    files = {f"models/{p.name}": p for p in exported.values()}
+    shipped_onnx = exported[shipped["model"]]
     files.update({f"reports/{p.name}": p for p in sorted(layout.reports.iterdir()) if p.is_file()})
     files.update(
         {f"data_docs/{p.relative_to(layout.data_docs)}": p for p in sorted(layout.data_docs.rglob("*")) if p.is_file()}
     )
+    check_package(layout, shipped["model"], shipped_onnx)
+    return files
+
+
+def check_package(layout: Layout, model: str, source: Path) -> None:
+    """The run's packaged model is the shipped `model`, unchanged, made from this run's report and `source` file."""
     record = read_json(layout.package_record) if layout.package_record.exists() else {}
-    if not record.get("packaged") or record.get("model") != shipped["model"]:
-        raise DistilleryError(f"The shipped {shipped['model']} model is not packaged; rerun the package stage.")
+    if not record.get("packaged") or record.get("model") != model:
+        raise DistilleryError(f"The shipped {model} model is not packaged; rerun the package stage.")
     if file_digest(layout.packaged_model) != record["sha256"]:
         raise DistilleryError(f"{layout.packaged_model} changed since it was packaged; rerun the package stage.")
-    return files
+    wrapped = model_package.read(layout.packaged_model).props["wrapped_sha256"]
+    if record.get("metrics_sha256") != file_digest(layout.metrics) or wrapped != file_digest(source):
+        raise DistilleryError(
+            f"{layout.packaged_model} was packaged from another report or export than this run's; rerun the "
+            "package stage."
+        )
 
 
 def stamped(layout: Layout, metrics: dict, *, name: str, version: str, folder: Path) -> dict[str, Path]:

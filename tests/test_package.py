@@ -98,6 +98,16 @@ def test_a_package_that_computes_something_else_fails_and_leaves_the_last_packag
     assert layout.packaged_model.read_bytes() == before
 
 
+def test_a_package_with_another_temperature_fails(staged, tmp_path, monkeypatch):
+    layout = staged_copy(staged, tmp_path)
+    wrap = model_package.wrap
+    monkeypatch.setattr(
+        model_package, "wrap", lambda model, *, temperature, spec: wrap(model, temperature=2 * temperature, spec=spec)
+    )
+    with pytest.raises(DistilleryError, match=r"its probabilities differ from softmax\(logits / T\) by up to"):
+        package.run(layout)
+
+
 def test_a_package_whose_accuracy_is_not_the_reported_one_fails(staged, tmp_path):
     layout = staged_copy(staged, tmp_path)
     metrics = read_json(layout.metrics)

@@ -15,12 +15,14 @@ import termios
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from PIL import Image
 
 from distillery.files import file_digest
 from project.layout import Layout
+from project.predict import Predictions
 from project.store import ArtifactStore, S3Settings
 from tasks import publish
 from tests.conftest import ROOT, venv_env
@@ -122,6 +124,38 @@ def test_a_large_folder_gets_a_progress_bar_on_a_terminal(staged, tmp_path):
     assert b"1000/1000" in shown and b"image/s" in shown
     quiet = predict(str(tmp_path / "images"), "--root", str(staged.root))  # stderr not a terminal: no bar
     assert "1000/1000" not in quiet.stderr
+
+
+def test_predict_resizes_with_the_filter_the_metadata_names_and_runs_the_batch_size_asked(staged, tmp_path):
+    model = onnx.load(str(staged.packaged_model))
+    props = {p.key: p.value for p in model.metadata_props}
+    spec = json.loads(props["input"]) | {"resample": "nearest"}
+    onnx.helper.set_model_props(model, props | {"input": json.dumps(spec)})
+    onnx.save(model, str(tmp_path / "nearest.onnx"))
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i, image in enumerate(first_test_images(staged, 70)):  # 13x13: bicubic and nearest give other pixels
+        Image.fromarray(image).resize((13, 13), Image.Resampling.BICUBIC).save(folder / f"{i:02d}.png")
+    shrunk = np.stack(
+        [np.asarray(Image.open(folder / f"{i:02d}.png").resize((8, 8), Image.Resampling.NEAREST)) for i in range(70)]
+    )
+    probabilities, _ = model_labels(tmp_path / "nearest.onnx", shrunk)
+    result = predict(str(folder), "--model", str(tmp_path / "nearest.onnx"), "--format", "json", "--batch-size", "5")
+    assert result.returncode == 0, result.stderr
+    found = [item["predictions"][0]["probability"] for item in json.loads(result.stdout)]
+    assert found == pytest.approx(probabilities.max(axis=1).tolist(), abs=1e-6)
+
+
+def test_the_top_classes_start_with_the_models_class_when_probabilities_tie():
+    tied = Predictions([Path("a.png")], np.array([[0.5, 0.5, 0.0]], np.float32), np.array([1]), converted=0)
+    order, probabilities = tied.top(2)
+    assert order.tolist() == [[1, 0]] and probabilities.tolist() == [[0.5, 0.5]]
+
+
+def test_a_damaged_model_file_is_one_paragraph(staged, tmp_path):
+    files = write_pngs(first_test_images(staged, 1), tmp_path)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert "onnxruntime cannot load" in one_paragraph(predict(str(files[0]), "--model", str(tmp_path / "empty.onnx")))
 
 
 def one_paragraph(result: subprocess.CompletedProcess) -> str:

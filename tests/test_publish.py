@@ -194,6 +194,17 @@ def test_a_run_whose_packaged_model_changed_is_not_published(staged, s3_env, tmp
     assert not list(store().keys("models/changed/"))
 
 
+def test_a_package_made_from_another_report_is_not_published(staged, s3_env, tmp_path):
+    layout = Layout(tmp_path)
+    shutil.copytree(staged.data, layout.data)
+    metrics = json.loads(layout.metrics.read_text())
+    metrics["shipped_temperature"] *= 2  # the report changed after packaging
+    layout.metrics.write_text(json.dumps(metrics))
+    with pytest.raises(DistilleryError, match="packaged from another report or export"):
+        publish.upload("stale", layout)
+    assert not list(store().keys("models/stale/"))
+
+
 def test_download_of_a_missing_object_is_one_paragraph(staged, s3_env, tmp_path):
     publish.upload("gone", staged, version="v1")
     store().call("delete_object", Key="models/gone/v1/models/int8.onnx")
