@@ -32,7 +32,7 @@ up: $(STAMP)  ## local stack on 127.0.0.1: SeaweedFS S3 + Prefect server and UI
 down: $(STAMP)
 	$(BIN)/python -m infra.stack down
 
-test: lint  ## test files spread over up to 4 processes (pytest-xdist): each pinned to its own share of the CPUs: 11.3 min for 330 tests at 54110f5 (fresh clone, .ci/run) on a 2-core AMD EPYC VM
+test: lint  ## test files spread over up to 4 processes (pytest-xdist): each pinned to its own share of the CPUs: 17.1 min for 360 tests at f09b588 (fresh clone, .ci/run; 20.5 min with the install) on a 2-core AMD EPYC VM
 	$(BIN)/pytest -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)  ## lint rules and the formatter's layout (`ruff format .` applies it); `make test` runs this first

@@ -38,16 +38,16 @@ def usage(packaged: PackagedModel, name: str | None) -> list[str]:
         "",
         f"`{INPUT}`: uint8 pixels, N x {spec.height} x {spec.width} x {spec.channels} ({spec.color}), as an image "
         "decoder gives them; the graph scales them itself. Out: "
-        f"`{PROBABILITIES}` (N x {len(packaged.classes)}, calibrated) and `{LABEL}` (N, an index into the "
-        "`classes` property). An image of another size or colour is converted and resized "
+        f"`{PROBABILITIES}` (N x {len(packaged.classes)}, scaled by the temperature) and `{LABEL}` (N, an index into "
+        "the `classes` property). An image of another size or colour is converted and resized "
         f"({spec.resample}) first, as Distillery's ingest converts a folder of images. The example expects 8-bit "
         "images (Distillery scales 16-bit ones to 8 bits first).",
         "",
     ]
     if spec.color in COLOR_MODES:
         lines += ["With onnxruntime, numpy and Pillow only:", "", example(packaged), ""]
-    target = f"{name}@{packaged.props['model_version']}" if name else "data/package/model.onnx"
-    lines += ["Or with Distillery, on files or folders:", "", f"    distillery predict --model {target} IMAGES...", ""]
+    model = f" --model {name}@{packaged.props['model_version']}" if name else ""  # predict's default: the run's
+    lines += ["Or with Distillery, on files or folders:", "", f"    distillery predict{model} IMAGES...", ""]
     return lines
 
 
@@ -110,7 +110,7 @@ def limits(packaged: PackagedModel, metrics: dict) -> list[str]:
         f"{percent(low)}–{percent(high)}% (95%). To compare it with another model, compare both on the same "
         "images (the report's paired comparisons).",
         f"- Its weakest corruption is {kind}: {percent(accuracy)}% accurate on average over the severities.",
-        "- The probabilities were calibrated and checked on clean images only; under corruption or on unfamiliar "
+        "- The temperature was fitted and checked on clean images only; under corruption or on unfamiliar "
         "images its confidence was not checked.",
         "- It always answers with one of its classes; it cannot say that an image belongs to none.",
         "",
