@@ -4,7 +4,6 @@ import argparse
 import json
 from pathlib import Path
 
-from distillery.errors import DistilleryError
 from project.layout import MODEL_CARD, Layout
 from project.store import ArtifactStore, S3Settings
 from project.user_errors import user_errors
@@ -36,9 +35,7 @@ def models(args: argparse.Namespace) -> None:
             return
         version = args.version or store.latest(args.name)
         if args.action == "show":
-            manifest = store.manifest_or_none(args.name, version)
-            if manifest is None:
-                raise DistilleryError(f"{args.name} version {version} is not published.")
+            manifest = store.manifest(args.name, version)
             if any(entry["path"] == MODEL_CARD for entry in manifest["files"]):
                 print(store.read_verified(args.name, version, MODEL_CARD).decode())
             else:  # published before model cards

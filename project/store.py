@@ -210,12 +210,16 @@ class ArtifactStore:
     def latest(self, name: str) -> str:
         return self.get_json(f"models/{check_name('model name', name)}/latest.json")["version"]
 
-    def entry(self, name: str, version: str, path: str) -> dict:
-        """The manifest's record (path, size, sha256) of one file of a published version."""
+    def manifest(self, name: str, version: str) -> dict:
+        """The manifest of a published version; a DistilleryError where there is none."""
         manifest = self.manifest_or_none(name, version)
         if manifest is None:
             raise DistilleryError(f"{name} version {version} is not published on {self.settings.where()}.")
-        found = [e for e in manifest["files"] if e["path"] == path]
+        return manifest
+
+    def entry(self, name: str, version: str, path: str) -> dict:
+        """The manifest's record (path, size, sha256) of one file of a published version."""
+        found = [e for e in self.manifest(name, version)["files"] if e["path"] == path]
         if not found:
             raise DistilleryError(
                 f"{name} version {version} on {self.settings.where()} has no {path}: it was published before "
@@ -231,28 +235,29 @@ class ArtifactStore:
             raise DistilleryError(f"{path} of {name} {version} does not match its manifest sha256.")
         return body
 
+    def fetch_verified(self, name: str, version: str, entry: dict, target: Path) -> None:
+        """Download the file of a version's manifest `entry` to `target` and check it against the entry's sha256."""
+        key = f"{version_prefix(name, version)}/{check_relative(entry['path'])}"
+        self.call("download_file", Key=key, Filename=str(target))
+        if file_digest(target) != entry["sha256"]:
+            raise DistilleryError(f"{entry['path']} of {name} {version} does not match its manifest sha256.")
+
     def download_file(self, name: str, version: str, path: str, dest: Path) -> str:
         """One file of a published version into `dest` (written whole or not at all), checked against its
         manifest sha256, which it returns."""
         entry = self.entry(name, version, path)
         with atomic_file(dest) as tmp:
-            self.call("download_file", Key=f"{version_prefix(name, version)}/{check_relative(path)}", Filename=str(tmp))
-            if file_digest(tmp) != entry["sha256"]:
-                raise DistilleryError(f"{path} of {name} {version} does not match its manifest sha256.")
+            self.fetch_verified(name, version, entry, tmp)
         return entry["sha256"]
 
     def download(self, name: str, version: str, dest: Path) -> dict:
         """Fetch every file of a version into `dest`, verifying each against the manifest's sha256."""
-        manifest = self.manifest_or_none(name, version)
-        if manifest is None:
-            raise DistilleryError(f"{name} version {version} is not published on {self.settings.where()}.")
+        manifest = self.manifest(name, version)
         with atomic_dir(dest) as out:
             for entry in manifest["files"]:
                 target = out / check_relative(entry["path"])
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.call("download_file", Key=f"{version_prefix(name, version)}/{entry['path']}", Filename=str(target))
-                if file_digest(target) != entry["sha256"]:
-                    raise DistilleryError(f"{entry['path']} of {name} {version} does not match its manifest sha256.")
+                self.fetch_verified(name, version, entry, target)
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         return manifest
 

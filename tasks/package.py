@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from distillery import images, model_package, onnx_export
+from distillery import calibration, images, model_package, onnx_export
 from distillery.data import Split, load_dataset, normalise
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir, file_digest, read_json, write_json
@@ -76,8 +76,7 @@ def verify(packaged: Path, source: Path, test: Split, temperature: float) -> dic
         pixels = test.images[rows]  # uint8 N x C x H x W, as ingest stored them
         probabilities, labels = outer.run(None, {model_package.INPUT: pixels.numpy().transpose(0, 2, 3, 1)})
         logits = inner.run(None, {inner.get_inputs()[0].name: normalise(pixels).numpy()})[0].astype(np.float64)
-        expected = np.exp(logits / temperature - (logits / temperature).max(axis=1, keepdims=True))
-        expected /= expected.sum(axis=1, keepdims=True)
+        expected = np.exp(calibration.scaled(calibration.log_probabilities(logits, probabilities=False), temperature))
         differing += int((labels != logits.argmax(axis=1)).sum())
         worst = max(worst, float(np.abs(probabilities - expected).max()))
         hits += int((labels == test.y[start : start + BATCH].numpy()).sum())
