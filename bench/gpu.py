@@ -112,7 +112,7 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="onnxruntime CPU threads (1: the report's default, ship.latency_threads)",
+        help="onnxruntime CPU threads (1: the report's default, measure.latency_threads)",
     )
     args = parser.parse_args()
     layout = Layout(args.run)

@@ -77,7 +77,7 @@ def measure(layout: Layout, count: int, repeats: int, work: Path = WORK) -> dict
         package.run(layout)
     files = write_images(layout, count, work / "images")
     model = model_package.read(layout.packaged_model)
-    command = [sys.executable, "-m", "flows.cli", "predict", str(work / "images"), "--model", str(model.path)]
+    command = [sys.executable, "-m", "cli", "predict", str(work / "images"), "--model", str(model.path)]
     command += ["--format", "csv"]
     cli_s = best_seconds(lambda: subprocess.run(command, cwd=ROOT, check=True, capture_output=True), repeats)
     predictions = predict.classify(model, files, batch_size=BATCH)

@@ -40,6 +40,7 @@ from project.artifacts import load_model, read_record
 from project.config import PipelineParams, load_params
 from project.layout import PIPELINE_MODELS, TEACHER, Layout
 from project.settings import device, kd_settings, train_settings
+from project.ship_decision import ShipDecision
 from project.students import load_teaching, train_student
 from tasks import report, stages_through, train_teachers
 
@@ -173,9 +174,9 @@ def seed_map(dask_address: str | None, dask_workers: int | None) -> Iterator[Cal
 
 
 def pipeline_models(layout: Layout) -> dict[str, dict]:
-    metrics = read_json(layout.metrics)
+    metrics, decision = read_json(layout.metrics), ShipDecision.read(layout.ship_decision)
     found = {m: {"onnx": layout.onnx(m), "params": metrics[m]["params"]} for m in PIPELINE_MODELS}
-    found["shipped"] = {**found[report.headline_model(metrics)], "name": metrics["shipped"]["model"]}
+    found["shipped"] = {**found[decision.headline_model], "name": decision.model}
     return found
 
 
@@ -204,7 +205,7 @@ def evaluated(layout: Layout) -> dict[str, dict]:
     metrics = read_json(layout.metrics)
     entries = {m: metrics[m] for m in PIPELINE_MODELS}
     entries["best_teacher"] = next(t for t in metrics["teachers"] if t["name"] == metrics["best_teacher"])
-    entries["shipped"] = metrics[report.headline_model(metrics)]
+    entries["shipped"] = metrics[ShipDecision.read(layout.ship_decision).headline_model]
     keep = ("calibration", "temperature", "calibrated", "corrupted", "agreement_with_ensemble", "train_test_gap_pp")
     found = {m: {k: entries[m][k] for k in keep} for m in EVALUATED}
     found["teachers"] = {
@@ -240,7 +241,7 @@ def flow_wall_time(params: PipelineParams, work: Path) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DISTILLERY_BUCKET")}
     env["DISTILLERY_STACK_DIR"] = str(clone / "no-stack")  # nothing is published from a benchmark
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "flows.cli", "run", "--root", str(clone)], cwd=ROOT, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "cli", "run", "--root", str(clone)], cwd=ROOT, env=env, check=True)
     return time.perf_counter() - started
 
 
@@ -516,7 +517,7 @@ def main() -> None:
         direct_s = sum(v for k, v in runs[0]["stage_seconds"].items() if k != "baselines (bench only)")
         orchestration = {"flow_s": flow_s, "direct_s": direct_s, "overhead_share": (flow_s - direct_s) / flow_s}
 
-    threads = onnx_export.cpu_threads(params.ship.latency_threads)
+    threads = onnx_export.cpu_threads(params.measure.latency_threads)
     hits = []
     for run in runs:  # one process, one thread setting, every model of every seed
         layout = run.pop("layout")

@@ -1,4 +1,4 @@
-"""Is the ship choice stable? The report stage's timing and decision, repeated on the fixed models of one
+"""Is the ship choice stable? The ship stage's timing and decision, repeated on the fixed models of one
 finished run: every repeat should ship the same model.
 
     python -m bench.ship_choice --run . [--repeats 20]
@@ -17,8 +17,9 @@ from distillery.files import read_json
 from distillery.machine import cpu_flags
 from project.artifacts import verified_onnx
 from project.config import PipelineParams, load_params
-from project.layout import DEPLOYABLE, Layout
-from tasks import report
+from project.layout import Layout
+from project.ship_decision import ShipDecision
+from tasks import report, ship
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,12 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def repeat_choice(layout: Layout, params: PipelineParams, repeats: int) -> dict:
     """The ship decision `repeats` times over on the run's models, each with fresh timing rounds."""
     metrics = read_json(layout.metrics)
-    val = {m: metrics[m]["val_accuracy"] for m in ("ensemble", *DEPLOYABLE)}
+    val = ShipDecision.read(layout.ship_decision).val_accuracy
     data, paths = load_dataset(layout.raw), verified_onnx(layout)
     choices = []
     for _ in range(repeats):
-        latencies = report.ship_latencies(paths, data, params.ship, budget_s=params.report.latency_budget_s)
-        choices.append(report.choose_shipped(val, latencies, params.ship))
+        rounds = ship.latency_rounds(paths, data, params.ship, params.measure)
+        model, reason = ship.choose(val, rounds, params.ship)
+        choices.append({"model": model, "best_latency_ms": {m: min(r) for m, r in rounds.items()}, "reason": reason})
     return {
         "run": str(layout.root),
         "git_commit": report.git_commit(ROOT),
@@ -39,9 +41,9 @@ def repeat_choice(layout: Layout, params: PipelineParams, repeats: int) -> dict:
         "ship": params.ship.model_dump(),
         "val_accuracy": val,
         "cpu": cpu_flags(),
-        "onnxruntime_threads": onnx_export.cpu_threads(params.ship.latency_threads),
+        "onnxruntime_threads": onnx_export.cpu_threads(params.measure.latency_threads),
         "counts": dict(collections.Counter(str(c["model"]) for c in choices)),
-        "choices": [{k: c[k] for k in ("model", "best_latency_ms", "reason")} for c in choices],
+        "choices": choices,
     }
 
 

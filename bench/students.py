@@ -19,6 +19,7 @@ from bench.transfer_set import run_stages
 from distillery.machine import cpu_flags
 from project.config import PipelineParams, load_params
 from project.layout import Layout
+from project.ship_decision import ShipDecision
 from tasks import stages_through
 from tasks.report import git_commit
 
@@ -43,7 +44,7 @@ def measured(layout: Layout, seconds: dict) -> dict:
             name: {k: metrics[name][k] for k in ("accuracy", "accuracy_interval", "params", "bytes", "latency_ms")}
             for name in MODELS
         },
-        "shipped": metrics["shipped"]["model"],
+        "shipped": ShipDecision.read(layout.ship_decision).model,
         "int8_check": {
             "as_written": {k: int8[k] for k in ("top1_agreement", "mean_error_steps", "max_error_steps")},
             "fused_kernels": {k: int8["fused_kernels"][k] for k in ("top1_agreement", "mean_error_steps")},

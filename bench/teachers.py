@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import flow
 
 from bench import save_results
-from flows.flow_commands import prefect_environment
+from cli.flow import prefect_environment
 from flows.runners import RunnerConfig, teacher_map
 from project.artifacts import read_record
 from project.config import PipelineParams

@@ -31,7 +31,8 @@ from project.artifacts import load_model, read_record
 from project.config import PipelineParams, load_params
 from project.layout import Layout
 from project.settings import device
-from tasks import Stage, stages_through
+from project.stage import Stage
+from tasks import stages_through
 from tasks.ingest import mnist5k
 from tasks.report import git_commit
 

@@ -20,8 +20,9 @@ from flows.runners import RunnerConfig, teacher_map
 from project import report_markdown
 from project.config import PipelineParams, read_params_file
 from project.layout import Layout
+from project.ship_decision import ShipDecision
 from project.store import S3Settings
-from tasks import STAGES
+from tasks import stages
 
 DEFAULT_PARAMS = PipelineParams()
 DEFAULT_RUNNER = RunnerConfig()
@@ -38,7 +39,7 @@ def sync_params_file(params: PipelineParams, layout: Layout) -> None:
 def publish_artifacts(layout: Layout) -> None:
     metrics = read_json(layout.metrics)
     create_table_artifact(
-        report_markdown.table_rows(metrics),
+        report_markdown.table_rows(metrics, ShipDecision.read(layout.ship_decision).model),
         key="distillery-metrics",
         description="Accuracy, size and latency of every model",
     )
@@ -84,7 +85,7 @@ def unpublished(layout: Layout) -> bool:
 
 
 @flow(name="distillery", log_prints=True)
-def compress(
+def distillery_flow(
     params: PipelineParams = DEFAULT_PARAMS,
     root: str = ".",
     update_data: bool = True,
@@ -110,7 +111,7 @@ def run_stages(params: PipelineParams, layout: Layout, update_data: bool, runner
     try:
         if tracker and update_data and params.ingest.source in ("folder", "npz"):
             update_source(tracker, layout.root / params.ingest.path)
-        for stage in STAGES:
+        for stage in stages():
             name = stage.name
             if tracker and tracker.is_fresh(name) and not (name == "publish" and unpublished(layout)):
                 logger.info("stage %s is up to date (dvc status); skipped", name)

@@ -324,8 +324,18 @@ class ExportConfig(Section):
     )
 
 
-class ReportConfig(Section):
-    latency_budget_s: PositiveFloat = Field(1.0, description="Timing budget per model and batch size")
+class MeasureConfig(Section):
+    """How latencies are measured, wherever they are: the ship choice, the report, prune.target_latency_ms."""
+
+    latency_threads: NonNegativeInt = Field(
+        1,
+        description="onnxruntime intra-op threads for every latency measured (the ship choice, the report, "
+        "prune.target_latency_ms, the bench); 0: all the CPUs this process may use. On a 2-vCPU VM, 2 threads "
+        "made the students' batch-1 latency swing 2x with the other vCPU's load",
+    )
+    latency_budget_s: PositiveFloat = Field(
+        1.0, description="Seconds of timing per model and batch size in the report (the ship choice shares it out)"
+    )
 
 
 class ShipConfig(Section):
@@ -344,12 +354,6 @@ class ShipConfig(Section):
     )
     latency_rounds: PositiveInt = Field(
         7, description="Interleaved timing rounds of the two students, each a fresh session; the best rounds decide"
-    )
-    latency_threads: NonNegativeInt = Field(
-        1,
-        description="onnxruntime intra-op threads for every latency measured (the ship choice, the report, "
-        "prune.target_latency_ms, the bench); 0: all the CPUs this process may use. On a 2-vCPU VM, 2 threads "
-        "made the students' batch-1 latency swing 2x with the other vCPU's load",
     )
 
     def floor(self, ensemble_val_accuracy: float) -> float:
@@ -378,11 +382,18 @@ class PipelineParams(Section):
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
-    report: ReportConfig = ReportConfig()
     ship: ShipConfig = ShipConfig()
+    measure: MeasureConfig = MeasureConfig()
     publish: PublishConfig = PublishConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def no_old_keys(cls, raw):
+        if isinstance(raw, dict) and (found := old_keys(raw)):
+            raise ValueError("; ".join(found))
+        return raw
 
     def section(self, name: str) -> "Section | PipelineParams":
         """A section by its name in params.yaml; WHOLE_FILE: all of them."""
@@ -398,6 +409,32 @@ def field_name(section: str) -> str:
         if (field.alias or name) == section:
             return name
     raise KeyError(section)
+
+
+def section_name(schema: type) -> str:
+    """The params.yaml section that `schema` validates (`PipelineParams`: WHOLE_FILE)."""
+    if schema is PipelineParams:
+        return WHOLE_FILE
+    for name, field in PipelineParams.model_fields.items():
+        if field.annotation is schema:
+            return field.alias or name
+    raise KeyError(schema)
+
+
+MOVED = {  # keys of earlier releases, refused with their new names
+    "ship.latency_threads": "measure.latency_threads",
+    "report.latency_budget_s": "measure.latency_budget_s",
+}
+
+
+def old_keys(raw: dict) -> list[str]:
+    """Each key of an earlier release that `raw` (params.yaml's mapping) holds, with its new name."""
+    found = []
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            found.append(f"{old} is now {new}")
+    return found
 
 
 def section_schema(section: str) -> type[BaseModel]:
@@ -416,6 +453,8 @@ def read_params_file(path: Path) -> dict:
         raise DistilleryError(f"Params file {path} is not valid YAML{where}: {getattr(e, 'problem', e)}.") from e
     if not isinstance(raw, dict):
         raise DistilleryError(f"Params file {path} must hold a mapping of sections.")
+    if found := old_keys(raw):
+        raise DistilleryError(f"Params file {path} uses keys that have moved: {'; '.join(found)}. Rename them.")
     return raw
 
 

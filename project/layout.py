@@ -17,6 +17,7 @@ TEACHER = "teacher_"  # a teacher's model name is this prefix and its file stem,
 PIPELINE_MODELS = ("ensemble", "student_alone", "student_kd", "pruned_alone", "pruned", "int8")
 PACKAGED_MODEL, MODEL_CARD = "model.onnx", "MODEL_CARD.md"  # what ships, named alike in a run and in the store
 DEPLOYABLE = ("pruned", "int8")  # the fp32 and the int8 student: the faster one that meets the floor ships
+PROBABILITY_OUTPUTS = {"ensemble"}  # its ONNX file outputs class probabilities; every other model's, logits
 
 
 def under_root(*parts: str) -> property:
@@ -41,16 +42,17 @@ class Layout:
     data_docs_index = under_root("data", "validation", "docs", "index.html")
     models = under_root("data", "models")
     teachers = under_root("data", "models", "teachers")
-    teacher_outputs = under_root("data", "models", "teachers", "ensemble_outputs.safetensors")
+    teacher_outputs = under_root("data", "models", "teachers", "teacher_outputs.safetensors")
     user_teachers = under_root("data", "teachers")  # the teachers users bring: a dependency of the teachers stage
     user_unlabeled = under_root("data", "unlabeled")  # the transfer sets users bring: a dependency of ingest
     student = under_root("data", "models", "student")
     ensemble_combination = under_root("data", "models", "student", "ensemble.json")  # kd.combine, as distill fitted it
     pruned = under_root("data", "models", "pruned")
-    qat = under_root("data", "models", "qat")
+    int8 = under_root("data", "models", "int8")
     sensitivity_plot = under_root("data", "models", "pruned", "sensitivity.png")
     export = under_root("data", "export")
     verification = under_root("data", "export", "verification.json")
+    ship_decision = under_root("data", "ship.json")  # which student ships, and why
     reports = under_root("data", "reports")
     metrics = under_root("data", "reports", "metrics.json")
     report = under_root("data", "reports", "report.md")
@@ -100,15 +102,13 @@ class Layout:
             "student_kd": self.student,
             "pruned_alone": self.pruned,
             "pruned": self.pruned,
-            "int8": self.qat,
+            "int8": self.int8,
         }[model]
 
     @staticmethod
     def stem(model: str) -> str:
-        """The file stem of `model`'s checkpoint and record; the int8 model's are its QAT state's (qat.*)."""
-        if model.startswith(TEACHER):
-            return model.removeprefix(TEACHER)
-        return "qat" if model == "int8" else model
+        """The file stem of `model`'s checkpoint and record (the int8 model's checkpoint is its QAT state)."""
+        return model.removeprefix(TEACHER)
 
     def lock(self) -> AbstractContextManager[None]:
         """One run at a time in a project: the flow and every stage command hold this."""

@@ -6,6 +6,7 @@ import statistics
 from distillery.images import COLOR_MODES
 from distillery.model_package import INPUT, LABEL, PROBABILITIES, PackagedModel
 from project.report_markdown import interval, percent, table
+from project.ship_decision import ShipDecision
 
 MAX_LISTED_CLASSES = 20
 
@@ -117,7 +118,7 @@ def limits(packaged: PackagedModel, metrics: dict) -> list[str]:
     ]
 
 
-def lineage(packaged: PackagedModel, metrics: dict) -> list[str]:
+def lineage(packaged: PackagedModel, metrics: dict, decision: ShipDecision) -> list[str]:
     props, student = packaged.props, metrics["student"]
     teachers = ", ".join(f"{t['name']} ({percent(t['accuracy'])}%)" for t in metrics["teachers"])
     return [
@@ -130,7 +131,7 @@ def lineage(packaged: PackagedModel, metrics: dict) -> list[str]:
         f"- Teachers (test accuracy): {teachers}; their ensemble combined by {metrics['params']['kd']['combine']}.",
         f"- Student: {student.get('arch')}, distilled, pruned and "
         + ("quantized to int8 (QAT)" if props["wrapped_model"] == "int8" else "kept in fp32")
-        + f"; {metrics['shipped']['reason']}.",
+        + f"; {decision.reason}.",
         f"- Wraps {props['wrapped_model']}.onnx (sha256 {props['wrapped_sha256']}); code "
         + (f"at git commit {props['git_commit']}." if "git_commit" in props else "outside git (no commit recorded)."),
         "",
@@ -151,8 +152,8 @@ def calibration_statement(model: dict) -> str:
     )
 
 
-def model_card(packaged: PackagedModel, metrics: dict, *, name: str | None = None) -> str:
-    """The card of `packaged` (its metadata and its run's metrics.json); `name` once it is published."""
+def model_card(packaged: PackagedModel, metrics: dict, decision: ShipDecision, *, name: str | None = None) -> str:
+    """The card of `packaged` (its metadata, its run's metrics.json and ship decision); `name` once published."""
     classes = packaged.classes
     listed = ", ".join(classes[:MAX_LISTED_CLASSES]) + (", …" if len(classes) > MAX_LISTED_CLASSES else "")
     title = f"{name} {packaged.props['model_version']}" if name else "Distillery model (a local run, not published)"
@@ -170,6 +171,6 @@ def model_card(packaged: PackagedModel, metrics: dict, *, name: str | None = Non
             *usage(packaged, name),
             *measured(packaged, metrics),
             *limits(packaged, metrics),
-            *lineage(packaged, metrics),
+            *lineage(packaged, metrics, decision),
         ]
     )

@@ -2,6 +2,7 @@
 
 from distillery import calibration, corruptions
 from project.layout import PIPELINE_MODELS, Layout
+from project.ship_decision import ShipDecision
 
 
 def percent(value: float) -> str:
@@ -33,9 +34,8 @@ def models(metrics: dict) -> dict[str, dict]:
     return {f"teacher {t['name']}": t for t in metrics["teachers"]} | {m: metrics[m] for m in PIPELINE_MODELS}
 
 
-def table_rows(metrics: dict) -> list[dict]:
-    """Accuracy, size, latency and the export check of every model."""
-    shipped = metrics["shipped"]["model"]
+def table_rows(metrics: dict, shipped: str | None) -> list[dict]:
+    """Accuracy, size, latency and the export check of every model, the `shipped` one marked."""
     return [
         {
             "model": name + (" (shipped)" if name == shipped else ""),
@@ -51,9 +51,9 @@ def table_rows(metrics: dict) -> list[dict]:
     ]
 
 
-def markdown_table(metrics: dict) -> str:
+def markdown_table(metrics: dict, shipped: str | None) -> str:
     """The table of every model's accuracy, size, latency and export check (`distillery run` prints it)."""
-    return "\n".join(table(table_rows(metrics)))
+    return "\n".join(table(table_rows(metrics, shipped)))
 
 
 def kept_rows(metrics: dict) -> list[dict]:
@@ -156,14 +156,13 @@ def student_line(student: dict) -> str:
     return f"Student: `{student['arch']}`, {size} before pruning."
 
 
-def markdown_report(metrics: dict, layout: Layout) -> str:
+def markdown_report(metrics: dict, decision: ShipDecision, layout: Layout) -> str:
     d = metrics["dataset"]
-    shipped = metrics["shipped"]
     return "\n".join(
         [
             "# Distillery report",
             "",
-            f"**Shipped model: {shipped['model'] or 'none'}** ({shipped['reason']}).",
+            f"**Shipped model: {decision.model or 'none'}** ({decision.reason}).",
             "",
             f"Dataset `{d['name']}` (md5 {d['md5']}): "
             f"{d['n_train']} train / {d['n_val']} val / {d['n_test']} test images"
@@ -174,11 +173,11 @@ def markdown_report(metrics: dict, layout: Layout) -> str:
             "PyTorch model on every test image (the int8 file with PyTorch's int8 model); a step is 1/255 of the "
             "model's output range.",
             "",
-            markdown_table(metrics),
+            markdown_table(metrics, decision.model),
             "",
             combination_line(metrics["ensemble"]["combination"]),
             "",
-            f"Ratios below are for {shipped['model'] or 'the int8 model'}.",
+            f"Ratios below are for {decision.model or 'the int8 model'}.",
             "",
             f"- Compression vs the ensemble: **{ratio(metrics['compression_ratio_vs_ensemble'])}x** fewer bytes; "
             f"vs the best teacher ({metrics['best_teacher']}): {ratio(metrics['compression_ratio_vs_best_teacher'])}x.",

@@ -4,8 +4,6 @@ of params.yaml (as DVC tracks only those), holds the workspace lock and prints t
 import argparse
 import json
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -14,6 +12,7 @@ from distillery.errors import DistilleryError
 from project.config import WHOLE_FILE, PipelineParams, Section, read_params_file, section_schema
 from project.layout import Layout
 from project.local_stack import use_local_stack
+from project.stage import Stage
 from project.user_errors import describe_invalid, user_errors
 
 
@@ -33,10 +32,9 @@ def configure_logging() -> None:
     logging.getLogger("distillery").setLevel(logging.INFO)
 
 
-def main(stage: Callable, sections: tuple[str, ...]) -> None:
-    """Run `stage(*configs, layout)` with its sections of params.yaml; print its result as JSON."""
-    spec = sys.modules[stage.__module__].__spec__  # tasks.<stage>, also when run as __main__
-    parser = argparse.ArgumentParser(prog=f"python -m {spec.name}" if spec else None, description=stage.__doc__)
+def main(stage: Stage) -> None:
+    """Run `stage` with its sections of params.yaml; print its result as JSON."""
+    parser = argparse.ArgumentParser(prog=stage.command, description=stage.run.__doc__)
     parser.add_argument("--params", type=Path, help="params file (default: ROOT/params.yaml)")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root (data/ lives here)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -47,7 +45,7 @@ def main(stage: Callable, sections: tuple[str, ...]) -> None:
     use_local_stack(layout.root)
     with user_errors(args.debug, str(params_file)):
         raw = read_params_file(params_file)
-        configs = [section_config(raw, section) for section in sections]
+        configs = [section_config(raw, section) for section in stage.sections]
         with layout.lock():
-            result = stage(*configs, layout)
+            result = stage.run(*configs, layout)
     print(json.dumps(result, indent=2, default=str))

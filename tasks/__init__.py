@@ -1,62 +1,45 @@
-"""The pipeline's stages, one module each, listed in `STAGES` in the order they run.
+"""The pipeline's stages, one module each, in the order `NAMES` gives.
 
-Each stage module has a typed `run(*configs, layout)`, `SECTIONS` (the params.yaml sections it reads, in
-`run`'s order) and a `python -m tasks.<stage>` command line (what dvc.yaml runs). The Prefect flow, the
-benchmark and the tests run the stages from `STAGES`; tests/test_structure.py checks it against dvc.yaml."""
+Each stage module declares itself once, beside its typed `run(*configs, layout)`:
+`STAGE = Stage(run, reads=(Layout.raw, ...), writes=(Layout.pruned,))`. The params sections it reads are
+the types of `run`'s parameters; its command is `python -m tasks.<name>`. The Prefect flow, `dvc.yaml`
+(generated from these declarations by `distillery dvc-yaml`), the benchmark and the tests all run the
+stages from `stages()`."""
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from functools import cache
 from importlib import import_module
-from types import ModuleType
 
-from project.config import PipelineParams, Section
-from project.layout import Layout
+from project.stage import Stage
 
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-
-    @property
-    def module(self) -> ModuleType:
-        return import_module(f"{__name__}.{self.name}")  # on first use: stages import torch, GX, ...
-
-    @property
-    def run(self) -> Callable[..., dict]:
-        return self.module.run
-
-    @property
-    def sections(self) -> tuple[str, ...]:
-        return self.module.SECTIONS
-
-    def configs(self, params: PipelineParams) -> list[Section]:
-        return [params.section(name) for name in self.sections]
-
-    def call(self, params: PipelineParams, layout: Layout, **options) -> dict:
-        """Run the stage with its sections of `params`."""
-        return self.run(*self.configs(params), layout, **options)
-
-
-STAGES = tuple(
-    Stage(name)
-    for name in (
-        "ingest",
-        "validate",
-        "train_teachers",
-        "distill",
-        "prune",
-        "quantize",
-        "export",
-        "report",
-        "package",
-        "publish",
-    )
+NAMES = (
+    "ingest",
+    "validate",
+    "train_teachers",
+    "distill",
+    "prune",
+    "quantize",
+    "export",
+    "ship",
+    "report",
+    "package",
+    "publish",
 )
+
+
+def stage(name: str) -> Stage:
+    """The stage `name` (importing its module: stages import torch, great-expectations, ...)."""
+    if name not in NAMES:
+        raise ValueError(f"no stage {name!r}; the stages are {', '.join(NAMES)}")
+    return import_module(f"{__name__}.{name}").STAGE
+
+
+@cache
+def stages() -> tuple[Stage, ...]:
+    """Every stage, in the order they run."""
+    return tuple(stage(name) for name in NAMES)
 
 
 def stages_through(last: str) -> tuple[Stage, ...]:
     """The stages from the first through `last`, e.g. a run without publishing."""
-    names = [stage.name for stage in STAGES]
-    if last not in names:
-        raise ValueError(f"no stage {last!r}; the stages are {', '.join(names)}")
-    return STAGES[: names.index(last) + 1]
+    stage(last)  # a clear error for an unknown name
+    return stages()[: NAMES.index(last) + 1]

@@ -13,6 +13,7 @@ from distillery.training import accuracy
 from project.config import DistillConfig, KDConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device
+from project.stage import Stage
 from project.students import fit_ensemble, load_teaching, train_student
 
 log = logging.getLogger("distillery")
@@ -30,7 +31,6 @@ def candidate_specs(config: DistillConfig, *, in_channels: int, num_classes: int
     return [spec for i, spec in enumerate(specs) if spec not in specs[:i]]
 
 
-SECTIONS = ("distill", "kd", "ship")
 SEARCH_RECORD = ("width_mult", "widths", "params", "val_accuracy")  # what the record says of each student tried
 
 
@@ -63,7 +63,9 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     }
 
 
+STAGE = Stage(run, reads=(Layout.raw, Layout.teachers), writes=(Layout.student,))
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

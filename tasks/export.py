@@ -25,11 +25,9 @@ from distillery.training import logits
 from project.artifacts import load_model, onnx_hashes
 from project.config import ExportConfig
 from project.layout import Layout
+from project.stage import Stage
 
 log = logging.getLogger("distillery")
-
-
-SECTIONS = ("export",)
 
 
 def run(config: ExportConfig, layout: Layout) -> dict:
@@ -123,7 +121,11 @@ def verify(model: torch.nn.Module, session, test: Split, rule: FidelityRule) -> 
     }
 
 
+STAGE = Stage(
+    run, reads=(Layout.raw, Layout.teachers, Layout.student, Layout.pruned, Layout.int8), writes=(Layout.export,)
+)
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

@@ -25,6 +25,7 @@ from distillery.images import IMAGE_SUFFIXES, read_image
 from distillery.raw_format import SPLIT_NAMES, UNLABELED, UNLABELED_SPLIT
 from project.config import IngestConfig
 from project.layout import Layout
+from project.stage import ParamPath, Stage
 
 log = logging.getLogger("distillery")
 DECODE_BATCH = 256  # image files decoded per chunk
@@ -423,9 +424,6 @@ def write_images(source: Source, split: np.ndarray, images_file: Path, facts_fil
     return shape
 
 
-SECTIONS = ("ingest",)
-
-
 def run(config: IngestConfig, layout: Layout) -> dict:
     """Write data/raw/ (its files: distillery/raw_format.py): the uint8 images, labels, split ids, one row
     of facts per image and the dataset's info. The transfer set's images, if any, come last."""
@@ -454,7 +452,9 @@ def run(config: IngestConfig, layout: Layout) -> dict:
     return info
 
 
+STAGE = Stage(run, reads=(ParamPath("ingest.path"), Layout.user_unlabeled), writes=(Layout.raw,))
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

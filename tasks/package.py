@@ -21,9 +21,10 @@ from distillery.files import atomic_dir, file_digest, read_json, write_json
 from project.artifacts import verified_onnx
 from project.layout import Layout
 from project.model_card import model_card
+from project.ship_decision import ShipDecision
+from project.stage import Stage
 
 log = logging.getLogger("distillery")
-SECTIONS = ()
 MAX_PROBABILITY_ERROR = 1e-5  # float32 rounding of softmax(logits / T), computed here in float64
 BATCH = 512
 
@@ -44,12 +45,13 @@ def headline(metrics: dict, model: str) -> dict:
     }
 
 
-def props(metrics: dict, info: dict, spec: model_package.InputSpec, *, model: str, source: Path) -> dict:
+def props(metrics: dict, info: dict, spec: model_package.InputSpec, *, decision: ShipDecision, source: Path) -> dict:
     """The packaged model's metadata_props (before publishing gives it a name and version)."""
+    model = decision.model
     return {
         "classes": info["classes"],
         "input": spec.props(),
-        "temperature": metrics["shipped_temperature"],
+        "temperature": decision.temperature,
         "wrapped_model": model,
         "wrapped_sha256": file_digest(source),
         "dataset": metrics["dataset"]["name"],
@@ -98,21 +100,22 @@ def run(layout: Layout) -> dict:
     """Write data/package/: model.onnx (the shipped model, self-describing), MODEL_CARD.md and package.json
     (what was checked); or, when nothing ships, only package.json saying why."""
     metrics = read_json(layout.metrics)
-    shipped = metrics["shipped"]["model"]
+    decision = ShipDecision.read(layout.ship_decision)
+    shipped = decision.model
     with atomic_dir(layout.package) as out:
         if not shipped:
-            record = {"packaged": False, "reason": metrics["shipped"]["reason"]}
+            record = {"packaged": False, "reason": decision.reason}
             write_json(out / layout.package_record.name, record)
             log.warning("nothing packaged: %s", record["reason"])
             return record
         source = verified_onnx(layout)[shipped]
         info = read_json(layout.dataset_info)
         spec = input_spec(info)
-        model = model_package.wrap(onnx.load(str(source)), temperature=metrics["shipped_temperature"], spec=spec)
-        model_package.set_props(model, props(metrics, info, spec, model=shipped, source=source))
+        model = model_package.wrap(onnx.load(str(source)), temperature=decision.temperature, spec=spec)
+        model_package.set_props(model, props(metrics, info, spec, decision=decision, source=source))
         packaged = out / layout.packaged_model.name
         onnx.save(model, str(packaged))
-        check = verify(packaged, source, load_dataset(layout.raw).test, metrics["shipped_temperature"])
+        check = verify(packaged, source, load_dataset(layout.raw).test, decision.temperature)
         reported = metrics[shipped]["accuracy"]
         if check["test_accuracy"] != reported:
             check["failures"].append(f"its test accuracy {check['test_accuracy']} is not the reported {reported}")
@@ -121,12 +124,13 @@ def run(layout: Layout) -> dict:
                 f"The packaged {shipped} model does not compute what {source.name} does on the {check['images']} raw "
                 f"test images: {'; '.join(check['failures'])}. Nothing was written."
             )
-        (out / layout.model_card.name).write_text(model_card(model_package.read(packaged), metrics))
+        (out / layout.model_card.name).write_text(model_card(model_package.read(packaged), metrics, decision))
         record = {
             "packaged": True,
             "model": shipped,
             "sha256": file_digest(packaged),
-            "metrics_sha256": file_digest(layout.metrics),  # the report it was packaged from
+            "metrics_sha256": file_digest(layout.metrics),  # the report and decision it was packaged from
+            "decision_sha256": file_digest(layout.ship_decision),
             "verification": check,
         }
         write_json(out / layout.package_record.name, record)
@@ -134,7 +138,9 @@ def run(layout: Layout) -> dict:
     return {"packaged": True, "model": shipped, "test_accuracy": check["test_accuracy"]}
 
 
+STAGE = Stage(run, reads=(Layout.raw, Layout.export, Layout.metrics, Layout.ship_decision), writes=(Layout.package,))
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

@@ -23,9 +23,10 @@ from distillery.pruning import (
     sensitivity_scan,
 )
 from distillery.training import Objective, accuracy
-from project.config import DistillConfig, KDConfig, PruneConfig, ShipConfig
+from project.config import DistillConfig, KDConfig, MeasureConfig, PruneConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
+from project.stage import Stage
 from project.students import load_teaching, train_student, trained_on, training_images
 
 log = logging.getLogger("distillery")
@@ -77,10 +78,9 @@ def plot_sensitivity(sensitivity: dict, path: Path) -> None:
     plt.close(fig)
 
 
-SECTIONS = ("prune", "distill", "kd", "ship")
-
-
-def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
+def run(
+    config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipConfig, measure: MeasureConfig, layout: Layout
+) -> dict:
     """Write data/models/pruned/: a physically smaller student (new widths in its spec), and its
     architecture trained alone."""
     data = load_dataset(layout.raw)
@@ -108,7 +108,7 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
         }
         log.info("per-layer prune ratios from the sensitivity scan: %s", layer_ratios)
     target = config.target_latency_ms
-    threads = onnx_export.cpu_threads(ship.latency_threads)
+    threads = onnx_export.cpu_threads(measure.latency_threads)
     fast_enough = latency_check(target, data, batch=ship.latency_batch, threads=threads) if target else None
     teaching = load_teaching(layout, data.transfer)
     objective = Objective(teaching, kd_settings(kd))
@@ -166,7 +166,9 @@ def run(config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipCon
     }
 
 
+STAGE = Stage(run, reads=(Layout.raw, Layout.teachers, Layout.student), writes=(Layout.pruned,))
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

@@ -19,6 +19,8 @@ from project.artifacts import verified_onnx
 from project.config import PublishConfig
 from project.layout import Layout
 from project.model_card import model_card
+from project.ship_decision import ShipDecision
+from project.stage import Stage
 from project.store import ArtifactStore, S3Settings, check_name, manifest_key
 
 log = logging.getLogger("distillery")
@@ -40,20 +42,20 @@ def run_files(layout: Layout) -> dict[str, Path]:
     """Every file of a finished run, by its path inside the published version."""
     if not layout.metrics.exists() or not layout.verification.exists():
         raise DistilleryError(f"No finished run in {layout.data}: run the pipeline before publishing.")
-    shipped = read_json(layout.metrics)["shipped"]
-    if not shipped["model"]:
-        raise DistilleryError(f"Nothing is published: {shipped['reason']}.")
+    decision = ShipDecision.read(layout.ship_decision)
+    if not decision.model:
+        raise DistilleryError(f"Nothing is published: {decision.reason}.")
     try:
         exported = verified_onnx(layout)
     except DistilleryError as e:
         raise DistilleryError(f"Nothing is published: {e}") from e
     files = {f"models/{p.name}": p for p in exported.values()}
-    shipped_onnx = exported[shipped["model"]]
+    shipped_onnx = exported[decision.model]
     files.update({f"reports/{p.name}": p for p in sorted(layout.reports.iterdir()) if p.is_file()})
     files.update(
         {f"data_docs/{p.relative_to(layout.data_docs)}": p for p in sorted(layout.data_docs.rglob("*")) if p.is_file()}
     )
-    check_package(layout, shipped["model"], shipped_onnx)
+    check_package(layout, decision.model, shipped_onnx)
     return files
 
 
@@ -65,10 +67,11 @@ def check_package(layout: Layout, model: str, source: Path) -> None:
     if file_digest(layout.packaged_model) != record["sha256"]:
         raise DistilleryError(f"{layout.packaged_model} changed since it was packaged; rerun the package stage.")
     wrapped = model_package.read(layout.packaged_model).props["wrapped_sha256"]
-    if record.get("metrics_sha256") != file_digest(layout.metrics) or wrapped != file_digest(source):
+    made_from = (record.get("metrics_sha256"), record.get("decision_sha256"), wrapped)
+    if made_from != (file_digest(layout.metrics), file_digest(layout.ship_decision), file_digest(source)):
         raise DistilleryError(
-            f"{layout.packaged_model} was packaged from another report or export than this run's; rerun the "
-            "package stage."
+            f"{layout.packaged_model} was packaged from another report, ship decision or export than this run's; "
+            "rerun the package stage."
         )
 
 
@@ -77,11 +80,11 @@ def stamped(layout: Layout, metrics: dict, *, name: str, version: str, folder: P
     the shipped model's files in the published version, by their paths there."""
     model, card = folder / layout.packaged_model.name, folder / layout.model_card.name
     model_package.stamp(layout.packaged_model, model, name=name, version=version)
-    card.write_text(model_card(model_package.read(model), metrics, name=name))
+    card.write_text(model_card(model_package.read(model), metrics, ShipDecision.read(layout.ship_decision), name=name))
     return {model.name: model, card.name: card}
 
 
-def lineage(metrics: dict) -> dict:
+def lineage(metrics: dict, decision: ShipDecision) -> dict:
     versions = {}
     for name in PACKAGES:
         try:
@@ -93,6 +96,7 @@ def lineage(metrics: dict) -> dict:
         "git_commit": metrics["git_commit"],
         "params": metrics["params"],
         "metrics": {k: v for k, v in metrics.items() if k not in ("params", "dataset", "git_commit")},
+        "ship": decision.model_dump(),
         "packages": versions,
     }
 
@@ -114,7 +118,9 @@ def upload(name: str, layout: Layout, settings: S3Settings | None = None, versio
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
         files |= stamped(layout, metrics, name=name, version=version, folder=Path(folder))
-        manifest = store.publish(name, version, files, lineage(metrics), run_id)
+        manifest = store.publish(
+            name, version, files, lineage(metrics, ShipDecision.read(layout.ship_decision)), run_id
+        )
     log.info(
         "published %s %s: %d files, %.1f MB in %.1f s to %s",
         name,
@@ -125,9 +131,6 @@ def upload(name: str, layout: Layout, settings: S3Settings | None = None, versio
         store.settings.where(),
     )
     return {"name": name, "version": version, "files": len(files), "manifest": manifest_key(name, version)}
-
-
-SECTIONS = ("publish",)
 
 
 def run(config: PublishConfig, layout: Layout) -> dict:
@@ -150,7 +153,13 @@ def run(config: PublishConfig, layout: Layout) -> dict:
     return receipt
 
 
+STAGE = Stage(
+    run,
+    reads=(Layout.validation, Layout.export, Layout.ship_decision, Layout.reports, Layout.package),
+    writes=(Layout.published,),
+)
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

@@ -13,16 +13,15 @@ from distillery.training import Objective, accuracy
 from project.config import KDConfig, QuantizeConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
+from project.stage import Stage
 from project.students import load_teaching, trained_on, training_images
 
 log = logging.getLogger("distillery")
 
 
-SECTIONS = ("quantize", "kd")
-
-
 def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
-    """Write data/models/qat/: the fake-quantized student's state (safetensors) and its history."""
+    """Write data/models/int8/: the int8 student as its quantization-aware training state (safetensors) and its
+    history."""
     data = load_dataset(layout.raw)
     model, spec = checkpoint.load(layout.checkpoint("pruned"))
     prepared = prepare_qat(model, data.train.head(2))
@@ -40,13 +39,15 @@ def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
     log.info(
         "QAT done: fake-quant val %.4f, int8 val %.4f", result["val_accuracy_fake_quant"], result["val_accuracy_int8"]
     )
-    with atomic_dir(layout.qat) as out:
+    with atomic_dir(layout.int8) as out:
         checkpoint.save(prepared, {**spec, "quantization": "x86_int8_qat"}, out / layout.checkpoint("int8").name)
         write_json(out / layout.record("int8").name, result)
     return {k: v for k, v in result.items() if k != "history"}
 
 
+STAGE = Stage(run, reads=(Layout.raw, Layout.teachers, Layout.student, Layout.pruned), writes=(Layout.int8,))
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

@@ -16,13 +16,14 @@ from distillery.files import atomic_dir, file_digest, read_json, write_json
 from distillery.machine import cpu_flags
 from distillery.models import count_params
 from project.artifacts import load_model, read_record, verified_onnx
-from project.config import WHOLE_FILE, PipelineParams, ShipConfig
-from project.layout import DEPLOYABLE, PIPELINE_MODELS, TEACHER, Layout
+from project.config import PipelineParams
+from project.layout import PIPELINE_MODELS, PROBABILITY_OUTPUTS, TEACHER, Layout
 from project.report_markdown import markdown_report, models
 from project.report_plots import accuracy_vs_size, save, training_curves, what_the_student_kept
+from project.ship_decision import ShipDecision
+from project.stage import Stage
 
 log = logging.getLogger("distillery")
-PROBABILITY_OUTPUTS = {"ensemble"}  # models.Ensemble outputs class probabilities; every other model, logits
 
 
 def dvc_md5(folder: Path) -> str:
@@ -74,75 +75,11 @@ def footprint(path: Path, data: Dataset, *, params: int | None, budget_s: float,
     }
 
 
-def ship_latencies(
-    paths: dict[str, Path], data: Dataset, ship: ShipConfig, *, budget_s: float
-) -> dict[str, list[float]]:
-    """The deployable models' latencies at `ship.latency_batch`, in interleaved rounds (see choose_shipped)."""
-    return onnx_export.interleaved_latency_ms(
-        {name: paths[name] for name in DEPLOYABLE},
-        data.test.head(256).numpy(),
-        batch=ship.latency_batch,
-        rounds=ship.latency_rounds,
-        budget_s=budget_s / ship.latency_rounds,
-        threads=onnx_export.cpu_threads(ship.latency_threads),
-    )
-
-
-def choose_shipped(val_accuracy: dict[str, float], latency_rounds: dict[str, list[float]], ship: ShipConfig) -> dict:
-    """The deployable model. Of the fp32 and int8 student, those within the accuracy floor of the ensemble on
-    the validation split; of two, the faster one (each model's best of its interleaved timing rounds on this
-    machine, each round a fresh session: noise only adds time) if it is faster by at least
-    `ship.latency_margin` (its best x (1 + margin) <= the other's, and strictly faster), else the one with the
-    higher validation accuracy, and on equal accuracy the int8 one (the smaller file). Timing noise flips the
-    choice only where the speed ratio sits at 1 + margin."""
-    floor = ship.floor(val_accuracy["ensemble"])
-    meeting = [m for m in DEPLOYABLE if val_accuracy[m] >= floor]
-    best = {m: min(latency_rounds[m]) for m in DEPLOYABLE}
-    batch = f"b{ship.latency_batch}"
-    if not meeting:
-        choice, reason = (
-            None,
-            (
-                f"no model reaches the floor ({floor:.4f} val accuracy, ship.max_accuracy_drop_pp "
-                f"{ship.max_accuracy_drop_pp} below the ensemble); nothing ships"
-            ),
-        )
-    elif len(meeting) == 1:
-        choice, reason = meeting[0], f"{meeting[0]} is the only model that meets the floor"
-    else:
-        fast, slow = sorted(meeting, key=best.get)
-        speedup = best[slow] / best[fast]
-        if speedup > 1 and speedup >= 1 + ship.latency_margin:
-            choice, reason = fast, f"both meet the floor; {fast} is {speedup:.2f}x faster at {batch}"
-        else:
-            choice = max(reversed(DEPLOYABLE), key=val_accuracy.get)  # on a tie, int8: max keeps the first
-            reason = (
-                f"both meet the floor and are within {ship.latency_margin:.0%} of each other at {batch} "
-                f"({speedup:.2f}x); {choice} has the higher validation accuracy"
-                + (" (equal: int8, the smaller file)" if val_accuracy["pruned"] == val_accuracy["int8"] else "")
-            )
-    return {
-        "model": choice,
-        "floor_val_accuracy": floor,
-        "latency_batch": ship.latency_batch,
-        "latency_margin": ship.latency_margin,
-        "latency_ms_rounds": latency_rounds,
-        "best_latency_ms": best,
-        "val_accuracy": {m: val_accuracy[m] for m in ("ensemble", *DEPLOYABLE)},
-        "reason": reason,
-    }
-
-
-def headline_model(metrics: dict) -> str:
-    """The model the headline figures describe: the shipped one, or the int8 one when none ships."""
-    return metrics["shipped"]["model"] or "int8"
-
-
-def summary(metrics: dict) -> dict:
-    """Headline ratios of the shipped model (the int8 one when none ships) against the teachers; the
-    best teacher is the one with the best validation accuracy (test accuracy chooses nothing)."""
+def summary(metrics: dict, headline: str) -> dict:
+    """Headline ratios of the `headline` model (the shipped one; the int8 one when none ships) against the
+    teachers; the best teacher is the one with the best validation accuracy (test accuracy chooses nothing)."""
     ensemble = metrics["ensemble"]
-    shipped = metrics[headline_model(metrics)]
+    shipped = metrics[headline]
     best = max(metrics["teachers"], key=lambda t: t["val_accuracy"])
     return {
         "compression_ratio_vs_ensemble": ensemble["bytes"] / shipped["bytes"],
@@ -164,10 +101,11 @@ PAIRS = {
 }
 
 
-def comparisons(metrics: dict, per_image: PerImage) -> dict[str, dict]:
-    """Each of PAIRS on the same test images: the difference in clean accuracy with its paired interval and
-    McNemar's test, and the difference in accuracy under corruption with its paired interval."""
-    names = {"shipped": headline_model(metrics), "best_teacher": TEACHER + metrics["best_teacher"]}
+def comparisons(metrics: dict, per_image: PerImage, headline: str) -> dict[str, dict]:
+    """Each of PAIRS on the same test images (`headline`: the shipped model): the difference in clean accuracy
+    with its paired interval and McNemar's test, and the difference in accuracy under corruption with its paired
+    interval."""
+    names = {"shipped": headline, "best_teacher": TEACHER + metrics["best_teacher"]}
     found = {}
     for key, (a, b) in PAIRS.items():
         a, b = names.get(a, a), names.get(b, b)
@@ -186,21 +124,19 @@ def histories(layout: Layout) -> dict[str, list[dict]]:
     return {name: read_record(layout, name)["history"] for name in layout.run_models() if name != "ensemble"}
 
 
-SECTIONS = (WHOLE_FILE,)  # metrics.json records the whole run's params
-
-
 def run(params: PipelineParams, layout: Layout) -> dict:
-    """Write data/reports/: the metrics, the markdown report and its plots."""
+    """Write data/reports/: the metrics (with the whole run's params), the markdown report and its plots."""
     data = load_dataset(layout.raw)
+    decision = ShipDecision.read(layout.ship_decision)
     counts = param_counts(layout)
     paths = verified_onnx(layout)
     checks = read_json(layout.verification)["files"]
-    threads = onnx_export.cpu_threads(params.ship.latency_threads)
+    threads = onnx_export.cpu_threads(params.measure.latency_threads)
     sessions = {name: onnx_export.session(path) for name, path in paths.items()}
     evaluated, per_image = evaluate(sessions, data, probabilities=PROBABILITY_OUTPUTS, ensemble="ensemble")
     measured = {
         name: evaluated[name]
-        | footprint(path, data, params=counts[name], budget_s=params.report.latency_budget_s, threads=threads)
+        | footprint(path, data, params=counts[name], budget_s=params.measure.latency_budget_s, threads=threads)
         | {"verified": {k: checks[name][k] for k in ("top1_agreement", "max_error_steps")}}
         for name, path in paths.items()
     }
@@ -227,23 +163,17 @@ def run(params: PipelineParams, layout: Layout) -> dict:
         "params": params.to_yaml_dict(),
     }
     metrics["ensemble"]["combination"] = read_json(layout.ensemble_combination)
-    val = {m: measured[m]["val_accuracy"] for m in ("ensemble", *DEPLOYABLE)}
-    latencies = ship_latencies(paths, data, params.ship, budget_s=params.report.latency_budget_s)
-    metrics["shipped"] = choose_shipped(val, latencies, params.ship)
-    if metrics["shipped"]["model"]:  # the package stage builds it into the shipped graph
-        metrics["shipped_temperature"] = measured[metrics["shipped"]["model"]]["temperature"]
-    metrics.update(summary(metrics))
-    metrics["comparisons"] = comparisons(metrics, per_image)
+    metrics.update(summary(metrics, decision.headline_model))
+    metrics["comparisons"] = comparisons(metrics, per_image, decision.headline_model)
     with atomic_dir(layout.reports) as out:
         write_json(out / layout.metrics.name, metrics)
-        (out / layout.report.name).write_text(markdown_report(metrics, layout))
+        (out / layout.report.name).write_text(markdown_report(metrics, decision, layout))
         save(accuracy_vs_size(models(metrics)), out / layout.accuracy_plot.name)
         save(what_the_student_kept(models(metrics)), out / layout.kept_plot.name)
         save(training_curves(histories(layout)), out / layout.curves_plot.name)
     log.info("report written to %s", layout.reports)
-    log.info("shipped: %s", metrics["shipped"]["reason"])
     return {
-        "shipped": metrics["shipped"]["model"],
+        "shipped": decision.model,
         **{
             k: metrics[k]
             for k in ("compression_ratio_vs_ensemble", "speedup_b1_vs_ensemble", "accuracy_drop_pp_vs_ensemble")
@@ -251,7 +181,23 @@ def run(params: PipelineParams, layout: Layout) -> dict:
     }
 
 
+STAGE = Stage(
+    run,
+    reads=(
+        Layout.raw,
+        Layout.teachers,
+        Layout.student,
+        Layout.pruned,
+        Layout.int8,
+        Layout.export,
+        Layout.ship_decision,
+    ),
+    writes=(Layout.report,),
+    metrics=(Layout.metrics,),
+    plots=(Layout.accuracy_plot, Layout.curves_plot, Layout.kept_plot),
+)
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

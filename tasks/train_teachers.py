@@ -30,6 +30,7 @@ from project.artifacts import require_valid, teacher_in
 from project.config import CheckpointTeacher, OnnxTeacher, PixelScaling, TeachersConfig
 from project.layout import TEACHER, Layout
 from project.settings import device, train_settings
+from project.stage import Stage
 
 log = logging.getLogger("distillery")
 PIXEL_RANGES = {"0..1": (1.0, 0.0), "-1..1": (2.0, -1.0), "0..255": (255.0, 0.0)}  # scale, shift of 0..1 pixels
@@ -276,9 +277,6 @@ def training_size(entry: str | CheckpointTeacher | OnnxTeacher) -> int:
     return models.count_params(models.build({"arch": arch, "in_channels": 1, "num_classes": 10}))
 
 
-SECTIONS = ("teachers",)
-
-
 def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[str, float]:
     """Write data/models/teachers/: per teacher its weights (safetensors) or wrapped ONNX file and its record
     (JSON), and the teachers' outputs on fixed views of the training images (`cached_views`).
@@ -316,7 +314,9 @@ def cache_outputs(config: TeachersConfig, layout: Layout, out: Path) -> None:
     )
 
 
+STAGE = Stage(run, reads=(Layout.raw, Layout.validation, Layout.user_teachers), writes=(Layout.teachers,))
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

@@ -14,6 +14,7 @@ from distillery.files import atomic_dir, read_json, write_json
 from distillery.raw_format import SPLIT_NAMES, UNLABELED_SPLIT
 from project.config import ValidateConfig
 from project.layout import Layout
+from project.stage import Stage
 
 log = logging.getLogger("distillery")
 
@@ -132,9 +133,6 @@ def duplicates_by_split(facts: pd.DataFrame) -> str:
     return ", ".join(f"{count} in {where}" for where, count in places.items())
 
 
-SECTIONS = ("validate",)
-
-
 def run(config: ValidateConfig, layout: Layout) -> dict:
     """Check data/raw/ and write data/validation/; raise if any expectation fails."""
     if not layout.facts.exists():
@@ -172,7 +170,9 @@ def run(config: ValidateConfig, layout: Layout) -> dict:
     return summary
 
 
+STAGE = Stage(run, reads=(Layout.raw,), writes=(Layout.validation,))
+
 if __name__ == "__main__":
     from project.stage_cli import main
 
-    main(run, SECTIONS)
+    main(STAGE)

@@ -40,10 +40,10 @@ class Case:
     env: dict = field(default_factory=dict)  # S3 settings that differ from the test server's
 
 
-RUN = ("flows.cli", "run")
+RUN = ("cli", "run")
 INGEST = ("tasks.ingest",)
 VALIDATE = ("tasks.validate",)
-PUBLISH = ("flows.cli", "publish", "--name", MODEL)
+PUBLISH = ("cli", "publish", "--name", MODEL)
 
 
 def params_case(raw: dict | str, *says: str) -> Case:
@@ -154,6 +154,15 @@ CASES = {
     "stage-command-bad-key": Case(
         INGEST, ("ingest.sead",), {"ingest": {"source": "digits", "sead": 1}}, absent=("data",)
     ),
+    "moved-key": params_case(
+        {"ship": {"latency_threads": 2}}, "{root}/params.yaml", "ship.latency_threads is now measure.latency_threads"
+    ),
+    "stage-command-moved-key": Case(
+        ("tasks.ship",),
+        ("report.latency_budget_s is now measure.latency_budget_s", "Rename them"),
+        {"report": {"latency_budget_s": 0.5}},
+        absent=("data",),
+    ),
     # datasets, through the ingest stage: nothing lands in data/raw
     "missing-path": Case(
         INGEST,
@@ -257,7 +266,7 @@ CASES = {
         lambda lo: torch.save({"w": torch.zeros(1)}, lo.pruned / "pruned.safetensors"),
         "{root}/data/models/pruned/pruned.safetensors",
         "not a Distillery safetensors file",
-        absent=("data/models/qat",),
+        absent=("data/models/int8",),
     ),
     "tampered-onnx-before-report": staged_case(
         ("tasks.report",),

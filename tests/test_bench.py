@@ -17,6 +17,7 @@ from distillery.raw_format import SPLITS
 from distillery.training import logits
 from project.artifacts import load_model
 from project.layout import PIPELINE_MODELS, Layout
+from project.ship_decision import ShipDecision
 from tests.conftest import ROOT, TINY, tiny_params, venv_env
 
 
@@ -85,7 +86,7 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     assert (kd["a"], kd["b"]) == ("pruned", "pruned_alone")
     assert kd["difference"] == pytest.approx(models["pruned"]["accuracy"] - models["pruned_alone"]["accuracy"])
     assert kd["per_seed"] == [pytest.approx(kd["difference"])]
-    shipped = metrics[metrics["shipped"]["model"]]
+    shipped = metrics[ShipDecision.read(seed_run.ship_decision).model]
     target = {t["target"]: t["value"] for t in result["targets"]}
     assert target["KD at the shipped size >= the same size alone + 0.5 pt"] == pytest.approx(kd["difference"] * 100)
     assert target["corrupted accuracy: shipped >= the same size alone + 1 pt"] == pytest.approx(
@@ -100,7 +101,7 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     assert (closed == pytest.approx(gained / gap)) if gap > 0 else np.isnan(closed)
     evaluated = result["summary"]["evaluated"]
     assert evaluated["ensemble"]["nll"]["median"] == metrics["ensemble"]["calibration"]["nll"]
-    assert evaluated["shipped"]["ece_scaled"]["median"] == metrics[metrics["shipped"]["model"]]["calibrated"]["ece"]
+    assert evaluated["shipped"]["ece_scaled"]["median"] == shipped["calibrated"]["ece"]
     assert "| masked_pruned |" in (tmp_path / "out" / "latest.md").read_text()
 
 
@@ -229,7 +230,7 @@ def test_predict_benchmark_times_the_command_and_the_model_on_the_same_images(st
 
     results = bench_predict.measure(staged, 70, 1, work=tmp_path)
     assert results["images"] == 70 and len(list((tmp_path / "images").glob("*.png"))) == 70
-    assert results["model"] == json.loads(staged.metrics.read_text())["shipped"]["model"]
+    assert results["model"] == ShipDecision.read(staged.ship_decision).model
     assert results["converted"] == 0 and results["image_shape"] == [8, 8, 1]
     assert all(rate > 0 for rate in results["images_per_s"].values()) and len(results["images_per_s"]) == 4
     table = bench_predict.markdown(

@@ -17,3 +17,9 @@ def test_params_yaml_is_the_complete_default():
 def test_prune_steps_cannot_exceed_epochs():
     with pytest.raises(ValidationError, match="must not exceed"):
         PipelineParams.model_validate({"prune": {"epochs": 2, "steps": 3}})
+
+
+def test_keys_that_moved_are_refused_with_their_new_names():
+    with pytest.raises(ValidationError, match="ship.latency_threads is now measure.latency_threads"):
+        PipelineParams.model_validate({"ship": {"latency_threads": 2}})  # as the flow's parameters come in
+    assert PipelineParams.model_validate({"measure": {"latency_threads": 2}}).measure.latency_threads == 2

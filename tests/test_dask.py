@@ -11,9 +11,9 @@ import torch
 from prefect import flow
 from pydantic import ValidationError
 
+from cli.flow import flow_runner
 from distillery import checkpoint
 from distillery.files import read_json
-from flows.flow_commands import flow_runner
 from flows.runners import RunnerConfig, cluster_kwargs, teacher_map
 from project.layout import Layout
 from tasks import stages_through, train_teachers

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from distillery import checkpoint
-from flows.pipeline import compress
+from flows.pipeline import distillery_flow
 from project.layout import PIPELINE_MODELS, Layout
 from project.store import ArtifactStore, S3Settings
-from tasks import STAGES
+from tasks import NAMES
 from tests.conftest import TINY, copy_project, point_at, tiny_params, venv_env
 
 
@@ -62,7 +62,7 @@ def test_dvc_repro_killed_in_teacher_training_resumes_and_the_next_flow_run_publ
 
     s3_env = request.getfixturevalue("s3_env")  # the store comes up: the next flow run publishes that run
     dvc(project, "remote", "modify", "--local", "store", "endpointurl", s3_env["endpoint"])
-    assert compress(params=tiny_params(), root=str(project))["ran"] == ["publish"]
+    assert distillery_flow(params=tiny_params(), root=str(project))["ran"] == ["publish"]
     assert json.loads(layout.published.read_text())["published"] is True
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
@@ -82,7 +82,7 @@ def published_run(tmp_path_factory, prefect_server, s3_server) -> dict:
         root_logger.addHandler(handler)
         root_logger.setLevel(logging.INFO)
         try:
-            result = compress(params=tiny_params(), root=str(project))
+            result = distillery_flow(params=tiny_params(), root=str(project))
         finally:
             root_logger.removeHandler(handler)
             root_logger.setLevel(level)
@@ -94,18 +94,24 @@ def copy_of(run: dict, dest) -> os.PathLike:
 
 
 def test_flow_run_leaves_dvc_up_to_date(published_run, s3_env, tmp_path):
-    assert published_run["ran"] == [stage.name for stage in STAGES]
+    assert published_run["ran"] == list(NAMES)
     project = copy_of(published_run, tmp_path)
     receipt = json.loads((project / "data/published.json").read_text())
     assert receipt["published"] and receipt["name"] == "distillery-student"
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
     assert "didn't change, skipping" in dvc(project, "repro").stdout
-    assert compress(params=tiny_params(), root=str(project))["ran"] == []  # nothing changed: nothing reruns
+    assert distillery_flow(params=tiny_params(), root=str(project))["ran"] == []  # nothing changed: nothing reruns
 
     changed = tiny_params().model_copy(
         update={"export": tiny_params().export.model_copy(update={"decisive_margin_steps": 6.0})}
     )
-    assert compress(params=changed, root=str(project))["ran"] == ["export", "report", "package", "publish"]
+    assert distillery_flow(params=changed, root=str(project))["ran"] == [
+        "export",
+        "ship",
+        "report",
+        "package",
+        "publish",
+    ]
     assert yaml.safe_load((project / "params.yaml").read_text())["export"]["decisive_margin_steps"] == 6.0
     assert_artifacts_published()
 
@@ -183,7 +189,7 @@ def test_served_deployment_runs_with_custom_parameters(published_run, tmp_path):
     project = copy_of(published_run, tmp_path)
     env = {**venv_env(), "PREFECT_API_URL": PREFECT_API_URL.value()}
     serving = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "serve", "--name", "test-nightly", "--cron", "0 3 * * *"],
+        [sys.executable, "-m", "cli", "serve", "--name", "test-nightly", "--cron", "0 3 * * *"],
         cwd=project,
         env=env,
         start_new_session=True,
@@ -212,7 +218,7 @@ def test_distillery_run_stops_cleanly_on_bad_data(tmp_path):
     missing = tmp_path / "missing.npz"
     project = copy_project(tmp_path / "project", {**TINY, "ingest": {"source": "npz", "path": str(missing)}})
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run"], cwd=project, capture_output=True, text=True, env=venv_env()
+        [sys.executable, "-m", "cli", "run"], cwd=project, capture_output=True, text=True, env=venv_env()
     )
     assert done.returncode == 2
     assert f"error: ingest.path {missing} does not exist" in done.stderr

@@ -45,7 +45,7 @@ def write_pngs(pixels: np.ndarray, folder: Path) -> list[Path]:
 
 
 def predict(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "flows.cli", "predict", *args]
+    command = [sys.executable, "-m", "cli", "predict", *args]
     return subprocess.run(command, cwd=ROOT, env=env or venv_env(), capture_output=True, text=True, timeout=300)
 
 
@@ -105,7 +105,7 @@ def test_predict_converts_colour_and_size_as_the_metadata_asks_and_says_so_once(
 
 def test_a_large_folder_gets_a_progress_bar_on_a_terminal(staged, tmp_path):
     files = write_pngs(np.resize(first_test_images(staged, 10), (1000, 8, 8)), tmp_path / "images")
-    command = [sys.executable, "-m", "flows.cli", "predict", str(tmp_path / "images"), "--root", str(staged.root)]
+    command = [sys.executable, "-m", "cli", "predict", str(tmp_path / "images"), "--root", str(staged.root)]
     terminal, stderr = pty.openpty()
     fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns: a bar needs width
     result = subprocess.run(command, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=stderr, timeout=300)

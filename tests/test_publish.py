@@ -16,6 +16,7 @@ from distillery.errors import DistilleryError
 from distillery.files import file_digest
 from project.config import PublishConfig
 from project.layout import Layout
+from project.ship_decision import ShipDecision
 from project.store import ArtifactStore, S3Settings
 from tasks import publish
 from tests.conftest import ROOT, venv_env
@@ -180,7 +181,7 @@ def test_a_rerun_finishes_the_version_an_interrupted_publish_started(staged, s3_
 
 def test_models_show_prints_the_versions_model_card(staged, s3_env):
     publish.upload("card-test", staged, version="v1")
-    command = [sys.executable, "-m", "flows.cli", "models", "show", "card-test"]
+    command = [sys.executable, "-m", "cli", "models", "show", "card-test"]
     result = subprocess.run(command, cwd=ROOT, env=venv_env(), capture_output=True, text=True, check=True)
     assert result.stdout.startswith("# card-test v1\n") and "## Limits" in result.stdout
 
@@ -194,13 +195,18 @@ def test_a_run_whose_packaged_model_changed_is_not_published(staged, s3_env, tmp
     assert not list(store().keys("models/changed/"))
 
 
-def test_a_package_made_from_another_report_is_not_published(staged, s3_env, tmp_path):
+@pytest.mark.parametrize("changed", ["report", "ship decision"])
+def test_a_package_made_from_another_report_or_decision_is_not_published(changed, staged, s3_env, tmp_path):
     layout = Layout(tmp_path)
     shutil.copytree(staged.data, layout.data)
-    metrics = json.loads(layout.metrics.read_text())
-    metrics["shipped_temperature"] *= 2  # the report changed after packaging
-    layout.metrics.write_text(json.dumps(metrics))
-    with pytest.raises(DistilleryError, match="packaged from another report or export"):
+    if changed == "report":
+        metrics = json.loads(layout.metrics.read_text())
+        metrics["ensemble"]["accuracy"] -= 0.01  # the report changed after packaging
+        layout.metrics.write_text(json.dumps(metrics))
+    else:
+        decision = ShipDecision.read(layout.ship_decision)
+        decision.model_copy(update={"temperature": 2 * decision.temperature}).write(layout.ship_decision)
+    with pytest.raises(DistilleryError, match="packaged from another report, ship decision or export"):
         publish.upload("stale", layout)
     assert not list(store().keys("models/stale/"))
 
@@ -208,7 +214,7 @@ def test_a_package_made_from_another_report_is_not_published(staged, s3_env, tmp
 def test_download_of_a_missing_object_is_one_paragraph(staged, s3_env, tmp_path):
     publish.upload("gone", staged, version="v1")
     store().call("delete_object", Key="models/gone/v1/models/int8.onnx")
-    command = [sys.executable, "-m", "flows.cli", "models", "download", "gone", "v1", "--dest", str(tmp_path / "d")]
+    command = [sys.executable, "-m", "cli", "models", "download", "gone", "v1", "--dest", str(tmp_path / "d")]
     result = subprocess.run(command, cwd=ROOT, env=venv_env(), capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "S3 refused download_file" in result.stderr and s3_env["endpoint"] in result.stderr

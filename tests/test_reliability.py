@@ -17,7 +17,7 @@ import yaml
 
 from distillery.errors import DistilleryError
 from distillery.files import exclusive_lock
-from flows.pipeline import compress
+from flows.pipeline import distillery_flow
 from project.layout import Layout
 from project.store import ArtifactStore, S3Settings
 from tasks import publish
@@ -53,7 +53,7 @@ def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, pr
             "is busy" in stage.stderr and f"pid {os.getpid()}" in stage.stderr and str(layout.lock_file) in stage.stderr
         )
         with pytest.raises(DistilleryError, match="is busy"):
-            compress(params=tiny_params(), root=str(project))
+            distillery_flow(params=tiny_params(), root=str(project))
         assert not layout.raw.exists()
     assert ingest(project).returncode == 0 and layout.images.exists()  # released when the run ends
 

@@ -9,11 +9,11 @@ import numpy as np
 import yaml
 from sklearn.datasets import load_digits
 
-from flows.pipeline import compress
+from flows.pipeline import distillery_flow
 from project.config import PipelineParams
 from project.layout import Layout
 from project.store import ArtifactStore, S3Settings
-from tasks import STAGES
+from tasks import NAMES
 from tasks.report import dvc_md5
 from tests.conftest import TINY, copy_project
 from tests.test_pipeline import dvc
@@ -44,15 +44,15 @@ def test_new_objects_under_the_s3_prefix_retrain_and_none_is_a_no_op(tmp_path, p
     layout = Layout(project)
     store = ArtifactStore(S3Settings.from_env())
 
-    assert compress(params=params, root=str(project))["ran"] == [stage.name for stage in STAGES]
+    assert distillery_flow(params=params, root=str(project))["ran"] == list(NAMES)
     first = store.latest("retrain-student")
     first_md5 = store.manifest_or_none("retrain-student", first)["lineage"]["dataset"]["md5"]
 
-    assert compress(params=params, root=str(project))["ran"] == []  # no new objects: a no-op
+    assert distillery_flow(params=params, root=str(project))["ran"] == []  # no new objects: a no-op
     assert store.versions("retrain-student") == [first]
 
     land_shard("batch-001.npz", x[1400:], y[1400:])
-    assert compress(params=params, root=str(project))["ran"] == [stage.name for stage in STAGES]
+    assert distillery_flow(params=params, root=str(project))["ran"] == list(NAMES)
     second = store.latest("retrain-student")
     assert store.versions("retrain-student") == [first, second]
     dataset = store.manifest_or_none("retrain-student", second)["lineage"]["dataset"]

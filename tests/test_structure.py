@@ -1,6 +1,6 @@
-"""The code's shape holds: `tasks/` holds the stages and nothing else, the stage registry is what
-dvc.yaml runs (names, order, commands, params sections), every output dvc.yaml declares is a path of
-`Layout`, and no module outside its home names a stage output file."""
+"""The code's shape holds: `tasks/` holds the stages and nothing else, each declared once (dvc.yaml is generated
+from the declarations, and the committed file is what they generate), each stage reads only what an earlier stage
+writes or a user brings, the layers import one way, and no module outside its home names a stage output file."""
 
 import ast
 import inspect
@@ -10,49 +10,67 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-import yaml
 
-from project.config import WHOLE_FILE, PipelineParams
+from flows.dvc_yaml import code_deps, dvc_yaml
+from project.config import PipelineParams, Section
 from project.layout import PIPELINE_MODELS, Layout
-from tasks import STAGES
+from project.stage import ParamPath
+from tasks import NAMES, stage, stages, stages_through
 from tests.conftest import ROOT
-
-DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def dvc_sections(stage: dict) -> tuple[str, ...]:
-    """dvc.yaml's params of a stage (none if absent) as section names; `params.yaml:` (all keys) is WHOLE_FILE."""
-    return tuple(
-        WHOLE_FILE if isinstance(item, dict) and list(item) == ["params.yaml"] else item
-        for item in stage.get("params", [])
-    )
 
 
 def test_tasks_holds_the_stages_and_nothing_else():
     modules = {p.stem for p in (ROOT / "tasks").glob("*.py")} - {"__init__"}
     folders = {p.name for p in (ROOT / "tasks").iterdir() if p.is_dir() and p.name != "__pycache__"}
-    assert modules == {stage.name for stage in STAGES} and not folders
+    assert modules == set(NAMES) and not folders
+    assert [s.name for s in stages()] == list(NAMES)
+    assert stage("prune").command == "python -m tasks.prune"
+    with pytest.raises(ValueError, match="no stage 'train'"):
+        stages_through("train")
 
 
-def test_the_stage_registry_is_what_dvc_yaml_runs():
-    assert [stage.name for stage in STAGES] == list(DVC_STAGES)
-    for stage in STAGES:
-        declared = DVC_STAGES[stage.name]
-        assert declared["cmd"] == f"python -m tasks.{stage.name}"
-        assert dvc_sections(declared) == stage.sections, stage.name
-        assert f"tasks/{stage.name}.py" in declared["deps"]
-        missing = [dep for dep in declared["deps"] if dep.endswith(".py") and not (ROOT / dep).exists()]
-        assert not missing, f"{stage.name} depends on code files that do not exist: {missing}"
+def test_the_committed_dvc_yaml_is_what_the_declarations_generate():
+    assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), "dvc.yaml is stale: run `distillery dvc-yaml`"
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda stage: stage.name)
-def test_each_stage_runs_on_its_sections_and_a_layout(stage):
-    params = list(inspect.signature(stage.run).parameters.values())
-    required = [p for p in params if p.default is inspect.Parameter.empty]
-    assert [p.name for p in required][-1] == "layout" and len(required) == len(stage.sections) + 1
-    configs = stage.configs(PipelineParams())
-    annotations = [p.annotation for p in required[:-1]]
-    assert [type(config) for config in configs] == annotations
+@pytest.mark.parametrize("declared", stages(), ids=lambda declared: declared.name)
+def test_each_stage_runs_on_its_sections_and_a_layout(declared):
+    required = [p for p in inspect.signature(declared.run).parameters.values() if p.default is p.empty]
+    assert required[-1].annotation is Layout
+    assert all(issubclass(schema, Section) for schema in declared.schemas)
+    assert [type(config) for config in declared.configs(PipelineParams())] == declared.schemas
+
+
+def test_the_sections_come_from_the_run_signature():
+    assert stage("prune").sections == ("prune", "distill", "kd", "ship", "measure")
+    assert stage("report").sections == ("all",) and stage("package").sections == ()
+
+
+USER_INPUTS = (Layout.user_teachers, Layout.user_unlabeled)  # what users bring, beside the ingest source
+
+
+def test_each_stage_reads_only_what_a_user_brings_or_an_earlier_stage_writes():
+    layout, written = Layout(Path("/run")), set()
+    users = {path.__get__(layout) for path in USER_INPUTS}
+    for declared in stages():
+        for path in declared.reads:
+            if isinstance(path, ParamPath):
+                continue
+            read = path.__get__(layout)
+            assert read in users or any(w == read or w in read.parents or read in w.parents for w in written), (
+                f"{declared.name} reads {read}, which no earlier stage writes"
+            )
+        outputs = set(declared.written_paths(layout))
+        assert not outputs & written, f"{declared.name} writes what an earlier stage wrote"
+        written |= outputs
+
+
+def test_code_deps_follow_imports_inside_functions_and_package_inits():
+    deps = code_deps("tasks/publish.py")
+    assert {"tasks/__init__.py", "project/__init__.py", "distillery/__init__.py"} <= set(deps)
+    assert "distillery/images.py" in deps  # publish imports the model card, which imports it
+    assert "project/stage_cli.py" in deps  # imported inside the `if __name__ == "__main__"` block
+    assert "project/predict.py" not in deps and "flows/dvc_yaml.py" not in deps
 
 
 def layout_paths(layout: Layout) -> set[Path]:
@@ -60,16 +78,8 @@ def layout_paths(layout: Layout) -> set[Path]:
     return {getattr(layout, name) for name in properties} - {layout.root}
 
 
-def test_every_dvc_output_is_a_layout_path():
-    layout = Layout(Path("."))
-    paths = layout_paths(layout)
-    for name, stage in DVC_STAGES.items():
-        for out in [*stage["outs"], *stage.get("metrics", []), *stage.get("plots", [])]:
-            assert Path(out) in paths, f"{name}: {out} is not a Layout path"
-
-
 HOMES = ("project/layout.py", "distillery/raw_format.py")  # where stage output file names are written
-PIPELINE_CODE = ("distillery/", "project/", "tasks/", "flows/")
+PIPELINE_CODE = ("distillery/", "project/", "tasks/", "flows/", "cli/")
 MODEL_FILES = (".safetensors", ".onnx")
 
 
@@ -105,7 +115,7 @@ def file_names_in(source: str, outputs: set[str], pipeline_code: bool) -> list[s
 def test_no_stage_output_file_name_outside_its_home():
     outputs = stage_output_names()
     found = []
-    for relative in tracked_python("distillery/", "project/", "tasks/", "flows/", "bench/", "infra/"):
+    for relative in tracked_python("distillery/", "project/", "tasks/", "flows/", "cli/", "bench/", "infra/"):
         if relative not in HOMES:
             source = (ROOT / relative).read_text()
             found += [f"{relative}:{hit}" for hit in file_names_in(source, outputs, relative.startswith(PIPELINE_CODE))]
@@ -137,16 +147,28 @@ def test_layout_names_every_model_file_from_the_model_name(tmp_path):
         "int8",
     ]
     assert layout.checkpoint("teacher_0_wide_cnn") == layout.teachers / "0_wide_cnn.safetensors"
-    assert layout.record("int8") == layout.qat / "qat.json"
+    assert layout.record("int8") == layout.int8 / "int8.json"
     assert layout.onnx("pruned") == layout.export / "pruned.onnx"
     assert {field.name for field in fields(Layout)} == {"root"}  # every path derives from the root
 
 
-LAYERS = {  # each layer imports only the layers before it: distillery → project → tasks → flows
-    "distillery": ("project", "tasks", "flows", "bench", "prefect", "dvc", "great_expectations", "pydantic", "boto3"),
-    "project": ("tasks", "flows", "bench", "prefect", "dvc"),
-    "tasks": ("flows", "bench", "prefect", "dvc"),
-    "flows": ("bench",),
+LAYERS = {  # each layer imports only the layers before it: distillery → project → tasks → flows → cli
+    "distillery": (
+        "project",
+        "tasks",
+        "flows",
+        "cli",
+        "bench",
+        "prefect",
+        "dvc",
+        "great_expectations",
+        "pydantic",
+        "boto3",
+    ),
+    "project": ("tasks", "flows", "cli", "bench", "prefect", "dvc"),
+    "tasks": ("flows", "cli", "bench", "prefect", "dvc"),
+    "flows": ("cli", "bench"),
+    "cli": ("bench",),
 }
 
 
@@ -168,58 +190,6 @@ def test_each_layer_imports_only_the_layers_below(layer):
         for relative in tracked_python(f"{layer}/")
     }
     assert not {k: v for k, v in above.items() if v}, f"{layer} imports a layer above it"
-
-
-LOCAL = ("distillery", "project", "tasks")  # the code a stage runs (flows/ and bench/ run stages, not in them)
-
-
-def local_imports(relative: str) -> set[str]:
-    """The project's own modules (as files) that a module imports, inside functions too."""
-    found = set()
-    for node in ast.walk(ast.parse((ROOT / relative).read_text())):
-        if isinstance(node, ast.Import):
-            modules = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for module in modules:
-            base = module.replace(".", "/")
-            for path in (f"{base}.py", f"{base}/__init__.py"):
-                if module.split(".")[0] in LOCAL and (ROOT / path).exists():
-                    found.add(path)
-    return found
-
-
-def package_inits(relative: str) -> set[str]:
-    """The __init__.py of each package above a module: importing the module runs them first."""
-    folders = Path(relative).parents
-    return {
-        f"{folder}/__init__.py"
-        for folder in folders
-        if (ROOT / folder / "__init__.py").exists() and folder != Path(".")
-    }
-
-
-def imported_closure(relative: str) -> set[str]:
-    """`relative` and every project module it imports, directly or through others, with their packages."""
-    seen, todo = set(), [relative]
-    while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo += local_imports(module) | package_inits(module)
-    return seen
-
-
-def test_each_stage_depends_on_every_module_it_imports():
-    for stage in STAGES:
-        declared = {dep for dep in DVC_STAGES[stage.name]["deps"] if dep.endswith(".py")}
-        imported = imported_closure(f"tasks/{stage.name}.py")
-        assert declared == imported, (
-            f"dvc.yaml deps of {stage.name}: missing {sorted(imported - declared)}, not imported "
-            f"{sorted(declared - imported)}; the code deps are [{', '.join(sorted(imported))}]"
-        )
 
 
 def test_the_layer_check_sees_imports_inside_functions():

@@ -99,7 +99,7 @@ def mobilenet_run(staged, tmp_path_factory):
     """The tiny run's teachers distilled into a MobileNetV3-small at half width, then pruned, quantized, exported
     and reported."""
     layout = Layout(tmp_path_factory.mktemp("mobilenet"))
-    shutil.copytree(staged.data, layout.data, ignore=shutil.ignore_patterns("student", "pruned", "qat", "export"))
+    shutil.copytree(staged.data, layout.data, ignore=shutil.ignore_patterns("student", "pruned", "int8", "export"))
     shutil.rmtree(layout.reports, ignore_errors=True)
     params = tiny_params().model_copy(
         update={"distill": DistillConfig.model_validate(TINY["distill"] | STUDENT)}, deep=True

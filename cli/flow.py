@@ -1,8 +1,10 @@
-"""`distillery run` and `distillery serve`: the pipeline as a Prefect flow, once or as a scheduled deployment."""
+"""`distillery run` and `distillery serve`: the pipeline as a Prefect flow, once or as a scheduled deployment;
+`distillery dvc-yaml`: the same pipeline as dvc.yaml."""
 
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from distillery.errors import DistilleryError
@@ -74,16 +76,17 @@ def run(args: argparse.Namespace) -> None:
     params = flow_params(args)
     runner = flow_runner(args)
     layout = Layout(args.root.resolve())
-    from flows.pipeline import compress
+    from flows.pipeline import distillery_flow
     from project.report_markdown import markdown_table
+    from project.ship_decision import ShipDecision
 
     for quiet in ("dvc", "great_expectations"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
     if not args.debug:
         hide_user_error_tracebacks()
     with user_errors(args.debug, str(args.params)):
-        compress(params=params, root=str(layout.root), runner=runner)
-    print("\n" + markdown_table(read_json(layout.metrics)))
+        distillery_flow(params=params, root=str(layout.root), runner=runner)
+    print("\n" + markdown_table(read_json(layout.metrics), ShipDecision.read(layout.ship_decision).model))
     print(f"\nReport: {layout.report}")
     if layout.packaged_model.exists():
         print(f"Shipped model: {layout.packaged_model} (card: {layout.model_card}; try `distillery predict IMAGES`)")
@@ -94,9 +97,9 @@ def serve(args: argparse.Namespace) -> None:
     `prefect deployment run distillery/NAME --param ...`, one at a time."""
     params = flow_params(args)
     runner = flow_runner(args)
-    from flows.pipeline import compress
+    from flows.pipeline import distillery_flow
 
-    compress.serve(
+    distillery_flow.serve(
         name=args.name,
         cron=args.cron or None,
         global_limit=1,
@@ -104,3 +107,15 @@ def serve(args: argparse.Namespace) -> None:
         parameters={"params": params.to_yaml_dict(), "root": str(args.root.resolve()), "runner": runner.model_dump()},
         description="Distillery pipeline: ensemble → distilled, pruned, int8 ONNX student",
     )
+
+
+def write_dvc_yaml(args: argparse.Namespace) -> None:
+    """Write dvc.yaml from the stage declarations; with --check, exit 1 where the file differs."""
+    from flows.dvc_yaml import dvc_yaml
+
+    path, text = args.root / "dvc.yaml", dvc_yaml()
+    if not args.check:
+        path.write_text(text)
+        print(f"wrote {path}")
+    elif not path.exists() or path.read_text() != text:
+        sys.exit(f"{path} differs from the stage declarations in tasks/: run `distillery dvc-yaml`")
