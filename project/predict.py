@@ -117,17 +117,16 @@ def decode(batch: Batch) -> tuple[np.ndarray, int] | DistilleryError:
 
 @contextmanager
 def decoded_batches(
-    files: list[Path], spec: model_package.InputSpec, size: int
+    files: list[Path], spec: model_package.InputSpec, size: int, *, workers: int
 ) -> Iterator[Iterator[tuple[np.ndarray, int]]]:
     """The files' pixels, `size` images at a time, in order, with how many of each batch were converted; for many
-    files on more than one CPU, decoded by worker processes, forked here: enter this before opening an onnxruntime
-    session or starting a thread, which a fork would copy."""
+    files and more than one worker, decoded by that many worker processes, forked here: enter this before opening
+    an onnxruntime session or starting a thread, which a fork would copy."""
     if spec.color not in images.COLOR_MODES:
         raise DistilleryError(
             f"The model takes {spec.color} images, which image files do not give; feed it arrays with onnxruntime."
         )
     batches = [Batch(files[i : i + size], spec) for i in range(0, len(files), size)]
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if len(files) < PARALLEL_FROM or workers == 1:
         yield raised(map(decode, batches))
         return
@@ -156,7 +155,8 @@ def classify(model: model_package.PackagedModel, files: list[Path], *, batch_siz
     from tqdm import tqdm
 
     probabilities, labels, pending, converted = [], [], [], 0
-    with decoded_batches(files, model.input, min(DECODE_BATCH, batch_size)) as batches:
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with decoded_batches(files, model.input, min(DECODE_BATCH, batch_size), workers=workers) as batches:
         classifier = session(model.path)
         show = None if len(files) >= PROGRESS_FROM else True  # None: on a terminal
         with tqdm(total=len(files), unit="image", disable=show) as bar:

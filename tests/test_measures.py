@@ -99,11 +99,15 @@ def test_bootstrap_matches_resampling_images_by_hand():
 
 
 def test_pooled_seeds_resample_images_not_copies():
-    """Three seeds that agree on every image are one test set, not three times as many images."""
+    """Three seeds that agree on every image are one test set, not three times as many images; seeds that differ
+    give each image the share of seeds that get it right."""
     hits = np.arange(1000) < 985
     one_seed = stats.accuracy_interval(hits)
     three_alike = stats.accuracy_interval(np.stack([hits, hits, hits]))
     assert three_alike == one_seed
+    seeds = np.stack([hits, np.roll(hits, 7), np.roll(hits, 400)])  # each seed misses other images
+    shares = seeds.sum(axis=0) / 3
+    assert stats.accuracy_interval(seeds) == stats.mean_interval(shares) != stats.accuracy_interval(seeds[0])
 
 
 def test_paired_difference_sees_a_gain_that_unpaired_intervals_miss():
@@ -174,10 +178,10 @@ def test_corrupted_accuracy_is_counted_one_block_at_a_time(staged, monkeypatch):
         return corrupt(images, *args, **kwargs)
 
     monkeypatch.setattr(corruptions, "corrupt", spy)
-    found = evaluation.corrupted_hits(sessions, test, kind="blur", severity=3, ensemble="ensemble")
+    found = evaluation.corrupted_hits(sessions, test, kind="gaussian_noise", severity=3, ensemble="ensemble")
     assert max(seen) <= corruptions.BLOCK and sum(seen) == len(test)
     blocks = [
-        corrupt(test.images[test.rows[start : start + corruptions.BLOCK]], "blur", 3, start=start)
+        corrupt(test.images[test.rows[start : start + corruptions.BLOCK]], "gaussian_noise", 3, start=start)
         for start in range(0, len(test), corruptions.BLOCK)
     ]
     whole = normalise(torch.cat(blocks)).numpy()
@@ -185,6 +189,18 @@ def test_corrupted_accuracy_is_counted_one_block_at_a_time(staged, monkeypatch):
     np.testing.assert_array_equal(found["pruned"][0], predicted["pruned"] == test.y.numpy())
     np.testing.assert_array_equal(found["pruned"][1], predicted["pruned"] == predicted["ensemble"])
     assert found["ensemble"][1].all()
+
+
+def test_each_block_draws_its_own_noise():
+    """The same image in two blocks gets other noise: each block's random draws start at its place in the split,
+    so the suite is the same whatever the block size, and no two blocks repeat one draw."""
+    images = strokes(1, 1, (8, 8))
+    split = Split(images, torch.zeros(2 * corruptions.BLOCK, dtype=torch.long), torch.zeros(2 * corruptions.BLOCK))
+    (first_start, first), (second_start, second) = corruptions.corrupted_blocks(split, "gaussian_noise", 2)
+    assert (first_start, second_start) == (0, corruptions.BLOCK)
+    assert not torch.equal(first, second)
+    block = images[split.rows[: corruptions.BLOCK]]
+    assert torch.equal(second, normalise(corruptions.corrupt(block, "gaussian_noise", 2, start=corruptions.BLOCK)))
 
 
 def test_readme_describes_the_suite_as_built():

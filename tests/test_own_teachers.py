@@ -4,6 +4,7 @@ anything trains."""
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -562,3 +563,16 @@ def test_an_architecture_that_cannot_take_the_images_is_refused_before_anything_
         DistilleryError, match=r"teachers.models\[1\] \(1_torchvision-vit_b_16\): torchvision:vit_b_16 "
     ):
         train_teachers.check_teachers(config, Layout(tmp_path), data)
+
+
+def test_the_advice_for_a_pickle_converts_it(tmp_path):
+    """A torch.save file is refused with a line of code that converts it; that line, run as written, does."""
+    weights = models.build({"arch": "wide_cnn", "in_channels": 1, "num_classes": 10}).state_dict()
+    torch.save(weights, tmp_path / "mine.pt")
+    with pytest.raises(DistilleryError) as refused:
+        checkpoint.read_state_dict(tmp_path / "mine.pt")
+    advice = re.search(r"Convert it where you trust it: (.*?) for a state dict", str(refused.value)).group(1)
+    code = advice.replace("FILE", repr(str(tmp_path / "mine.pt"))).replace("'NAME.safetensors'", "'mine.safetensors'")
+    subprocess.run([sys.executable, "-c", f"import safetensors.torch, torch; {code}"], cwd=tmp_path, check=True)
+    converted = checkpoint.read_state_dict(tmp_path / "mine.safetensors")
+    assert converted.keys() == weights.keys() and all(torch.equal(converted[k], weights[k]) for k in weights)

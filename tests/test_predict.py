@@ -20,9 +20,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from distillery import images, model_package
 from distillery.files import file_digest
 from project.layout import Layout
-from project.predict import Predictions
+from project.predict import PARALLEL_FROM, Predictions, decoded_batches
 from project.store import ArtifactStore, S3Settings
 from tasks import publish
 from tests.conftest import ROOT, venv_env
@@ -82,25 +83,68 @@ def test_predict_classifies_a_folder_as_the_model_classifies_its_pixels(staged, 
 
 
 def test_predict_converts_colour_and_size_as_the_metadata_asks_and_says_so_once(staged, tmp_path):
-    pixels = first_test_images(staged, 6)
+    pixels = first_test_images(staged, 20)
     folder = tmp_path / "rgb"
     folder.mkdir()
-    for i, image in enumerate(pixels):  # 24x24 RGB copies of the 8x8 gray images
-        Image.fromarray(image).resize((24, 24)).convert("RGB").save(folder / f"{i}.png")
-    converted = np.stack(
-        [
-            np.asarray(Image.open(folder / f"{i}.png").convert("L").resize((8, 8), Image.Resampling.BICUBIC))
-            for i in range(len(pixels))
-        ]
-    )
-    _, labels = model_labels(staged.packaged_model, converted)
-    result = predict(str(folder), "--root", str(staged.root), "--format", "csv")
+    for i, image in enumerate(pixels):  # 24x24 colour images: red, green and blue each a different picture
+        big = np.asarray(Image.fromarray(image).resize((24, 24)))
+        rgb = np.stack([big, np.roll(big, 3, axis=1), 255 - big], axis=-1)
+        Image.fromarray(rgb, "RGB").save(folder / f"{i:02d}.png")
+
+    def shrunk(channel: str | None, resample: Image.Resampling) -> np.ndarray:
+        """The images as gray (or one `channel` of them) at 8x8 through `resample`."""
+        found = []
+        for i in range(20):
+            image = Image.open(folder / f"{i:02d}.png")
+            gray = image.convert("L") if channel is None else image.getchannel(channel)
+            found.append(np.asarray(gray.resize((8, 8), resample)))
+        return np.stack(found)
+
+    expected, _ = model_labels(staged.packaged_model, shrunk(None, Image.Resampling.BICUBIC))
+    wrong_ways = [  # what a converter that took one channel, or resized with another filter, would give
+        *(shrunk(channel, Image.Resampling.BICUBIC) for channel in "RGB"),
+        shrunk(None, Image.Resampling.NEAREST),
+    ]
+    result = predict(str(folder), "--root", str(staged.root), "--format", "json")
     assert result.returncode == 0, result.stderr
-    assert [row["class"] for row in csv.DictReader(io.StringIO(result.stdout))] == [str(label) for label in labels]
+    found = np.array([item["predictions"][0]["probability"] for item in json.loads(result.stdout)])
+    assert found == pytest.approx(expected.max(axis=1), abs=1e-6)
+    for wrong in wrong_ways:  # each would have shown
+        assert not np.allclose(model_labels(staged.packaged_model, wrong)[0].max(axis=1), found, atol=1e-6)
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert notes == [
-        "note: 6 of 6 images converted to gray and/or resized to 8x8 (bicubic), as model.onnx's metadata asks"
+        "note: 20 of 20 images converted to gray and/or resized to 8x8 (bicubic), as model.onnx's metadata asks"
     ]
+
+
+RECORDED_PIDS: Path | None = None  # where decode_recording_its_process writes the id of each process it runs in
+
+
+def decode_recording_its_process(*args, **kwargs):
+    with RECORDED_PIDS.open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    return DECODE(*args, **kwargs)
+
+
+DECODE = images.decode
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_many_images_are_decoded_by_worker_processes(workers, staged, tmp_path, monkeypatch):
+    global RECORDED_PIDS
+    RECORDED_PIDS = tmp_path / "pids"
+    monkeypatch.setattr(images, "decode", decode_recording_its_process)  # forked workers inherit it
+    files = write_pngs(first_test_images(staged, PARALLEL_FROM), tmp_path / "images")
+    spec = model_package.read(staged.packaged_model).input
+    with decoded_batches(sorted(files), spec, 16, workers=workers) as batches:
+        decoded = np.concatenate([pixels for pixels, _ in batches])
+    assert decoded[..., 0] == pytest.approx(np.stack([np.asarray(Image.open(f)) for f in sorted(files)]))
+    pids = RECORDED_PIDS.read_text().split()
+    assert len(pids) == len(files)
+    if workers == 1:
+        assert set(pids) == {str(os.getpid())}
+    else:
+        assert str(os.getpid()) not in pids and len(set(pids)) >= 1
 
 
 def test_a_large_folder_gets_a_progress_bar_on_a_terminal(staged, tmp_path):
@@ -131,6 +175,7 @@ def test_predict_resizes_with_the_filter_the_metadata_names_and_runs_the_batch_s
     props = {p.key: p.value for p in model.metadata_props}
     spec = json.loads(props["input"]) | {"resample": "nearest"}
     onnx.helper.set_model_props(model, props | {"input": json.dumps(spec)})
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 5  # a model that takes batches of 5 alone
     onnx.save(model, str(tmp_path / "nearest.onnx"))
     folder = tmp_path / "big"
     folder.mkdir()
@@ -139,11 +184,15 @@ def test_predict_resizes_with_the_filter_the_metadata_names_and_runs_the_batch_s
     shrunk = np.stack(
         [np.asarray(Image.open(folder / f"{i:02d}.png").resize((8, 8), Image.Resampling.NEAREST)) for i in range(70)]
     )
-    probabilities, _ = model_labels(tmp_path / "nearest.onnx", shrunk)
+    probabilities = np.concatenate(
+        [model_labels(tmp_path / "nearest.onnx", shrunk[i : i + 5])[0] for i in range(0, 70, 5)]
+    )
     result = predict(str(folder), "--model", str(tmp_path / "nearest.onnx"), "--format", "json", "--batch-size", "5")
     assert result.returncode == 0, result.stderr
     found = [item["predictions"][0]["probability"] for item in json.loads(result.stdout)]
     assert found == pytest.approx(probabilities.max(axis=1).tolist(), abs=1e-6)
+    other = predict(str(folder), "--model", str(tmp_path / "nearest.onnx"), "--batch-size", "7")
+    assert other.returncode != 0 and "Got: 7 Expected: 5" in other.stderr  # batches of 7: the model refuses them
 
 
 def test_the_top_classes_start_with_the_models_class_when_probabilities_tie():

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from scipy.optimize import minimize_scalar
-from sklearn.metrics import log_loss
+from sklearn.metrics import brier_score_loss, log_loss
 
 from distillery import calibration, checkpoint, corruptions, onnx_export, teacher_outputs
 from distillery.data import load_dataset, normalise
@@ -363,6 +363,40 @@ def test_report_measures_calibration_robustness_agreement_and_intervals(staged):
     text = staged.report.read_text()
     assert "## What the ensemble gave, what the student kept" in text and "| pruned_alone |" in text
     assert (staged.reports / "what_the_student_kept.png").stat().st_size > 1000
+
+
+def ece_by_hand(probabilities: np.ndarray, labels: np.ndarray, bins: int) -> float:
+    confidence, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    edges, total = np.linspace(0, 1, bins + 1), 0.0
+    for i, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        inside = (confidence >= low) & ((confidence < high) if i < bins - 1 else (confidence <= high))
+        if inside.any():
+            total += inside.mean() * abs((predicted[inside] == labels[inside]).mean() - confidence[inside].mean())
+    return total
+
+
+def test_ece_brier_and_the_corrupted_interval_are_the_test_splits(staged):
+    """The pruned student's ECE (15 bins) and Brier score, raw and scaled, and its accuracy under the corruption
+    suite with its interval, computed here apart from the report's code on the test images."""
+    m, data = json.loads(staged.metrics.read_text())["pruned"], load_dataset(staged.raw)
+    sess, labels = onnx_export.session(staged.onnx("pruned")), data.test.y.numpy()
+    logits = onnx_export.logits(sess, data.test).astype(np.float64)
+    for key, temperature in (("calibration", 1.0), ("calibrated", m["temperature"])):
+        p = torch.softmax(torch.from_numpy(logits / temperature), dim=1).numpy()
+        assert m[key]["brier"] == pytest.approx(brier_score_loss(labels, p, labels=range(10), scale_by_half=False))
+        assert m[key]["ece"] == pytest.approx(ece_by_hand(p, labels, bins=15), abs=1e-9)
+    shares = np.zeros(len(labels))
+    for kind in corruptions.KINDS:
+        for severity in corruptions.SEVERITIES:
+            for start, x in corruptions.corrupted_blocks(data.test, kind, severity):
+                shares[start : start + len(x)] += (
+                    onnx_export.outputs(sess, x.numpy()).argmax(axis=1) == labels[start : start + len(x)]
+                )
+    shares /= len(corruptions.KINDS) * len(corruptions.SEVERITIES)
+    assert m["corrupted"]["accuracy"] == pytest.approx(shares.mean())
+    low, high = m["corrupted"]["accuracy_interval"]
+    resampled = [shares[np.random.default_rng(i).integers(0, len(shares), len(shares))].mean() for i in range(2000)]
+    assert [low, high] == pytest.approx(np.percentile(resampled, [2.5, 97.5]).tolist(), abs=0.004)
 
 
 def test_the_tiny_run_holds_the_default_gates(staged):

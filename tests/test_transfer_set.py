@@ -10,6 +10,10 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+import project.students
+import tasks.prune
+import tasks.quantize
+import tasks.train_teachers
 from distillery import checkpoint, teacher_outputs
 from distillery.data import load_dataset
 from distillery.errors import DistilleryError
@@ -164,13 +168,41 @@ def test_unlabeled_images_learn_from_the_soft_targets_alone_and_kd_alpha_keeps_i
     assert kd_loss(scores, targets, all_unlabeled, kd).item() == pytest.approx(0.7 * per_image_soft.mean().item())
 
 
-def test_students_distil_from_the_transfer_set_and_the_baselines_learn_from_the_labels(tmp_path):
+def recording_what_it_trains_on(function, seen: dict, model: str | None = None):
+    """`function` (a training loop that takes the model, then its training images), noting how many images each
+    model trained on."""
+
+    def record(*args, **kwargs):
+        seen[model or kwargs["name"]] = len(args[1])
+        return function(*args, **kwargs)
+
+    return record
+
+
+def test_students_distil_from_the_transfer_set_and_the_baselines_learn_from_the_labels(tmp_path, monkeypatch):
     layout, config = digits_project(tmp_path)
     params = PipelineParams.model_validate({**TINY, "ingest": config.model_dump(mode="json")})
+    seen = {}
+    for module, function, model in (
+        (tasks.train_teachers, "fit", None),
+        (project.students, "fit", None),
+        (tasks.prune, "prune_gradually", "pruned"),
+        (tasks.quantize, "qat_finetune", "int8"),
+    ):
+        monkeypatch.setattr(module, function, recording_what_it_trains_on(getattr(module, function), seen, model))
     for stage in stages_through("report"):
         stage.call(params, layout)
     data = load_dataset(layout.raw)
     n_train, n_unlabeled = len(data.train), len(data.unlabeled)
+    assert seen == {  # what each training loop was given: the teachers and the baselines, the labelled images alone
+        "0_wide_cnn": n_train,
+        "1_small_resnet": n_train,
+        "student_kd": n_train + n_unlabeled,
+        "student_alone": n_train,
+        "pruned": n_train + n_unlabeled,
+        "pruned_alone": n_train,
+        "int8": n_train + n_unlabeled,
+    }
     cached = teacher_outputs.load(layout.teacher_outputs, data.transfer)  # the teachers' outputs on every view
     assert cached.logits.shape[:3] == (TINY_VIEWS + 1, n_train + n_unlabeled, 2)
     teacher = checkpoint.load(layout.checkpoint("teacher_0_wide_cnn"))[0]
