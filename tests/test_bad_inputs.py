@@ -26,6 +26,8 @@ from tests.conftest import ROOT, TINY, venv_env
 from tests.test_ingest import image_folder, write_npz
 from tests.test_validate import clean_data, labels_unchecked
 
+pytestmark = pytest.mark.e2e  # each runs a command or a server
+
 MODEL = "bad-inputs"  # the model name the publish cases try; nothing may ever appear under it
 
 
@@ -376,4 +378,4 @@ def test_debug_shows_the_traceback(name, tmp_path, environment):
 
 
 def test_the_readme_counts_these_cases():
-    assert f"runs {len(CASES)} such cases" in (ROOT / "README.md").read_text()
+    assert f"runs {len(CASES)} such cases" in (ROOT / "docs" / "operations.md").read_text()

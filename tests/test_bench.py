@@ -21,6 +21,7 @@ from project.ship_decision import ShipDecision
 from tests.conftest import ROOT, TINY, tiny_params, venv_env
 
 
+@pytest.mark.e2e
 def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
     bench = subprocess.Popen(

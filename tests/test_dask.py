@@ -36,6 +36,7 @@ def validated_workspace(root) -> Layout:
     return layout
 
 
+@pytest.mark.e2e
 def test_teachers_on_two_dask_workers_match_one_after_another(tmp_path, prefect_server):
     on_dask = validated_workspace(tmp_path / "dask")
     in_turn = validated_workspace(tmp_path / "local")

@@ -203,8 +203,8 @@ def test_each_block_draws_its_own_noise():
     assert torch.equal(second, normalise(corruptions.corrupt(block, "gaussian_noise", 2, start=corruptions.BLOCK)))
 
 
-def test_readme_describes_the_suite_as_built():
-    text = " ".join((ROOT / "README.md").read_text().split())
+def test_the_docs_describe_the_suite_as_built():
+    text = " ".join((ROOT / "docs" / "how-a-run-works.md").read_text().split())
     assert f"under {len(corruptions.KINDS)} deterministic corruptions" in text
     assert f"at {len(corruptions.SEVERITIES)} severities each" in text
     assert f"ECE ({calibration.ECE_BINS} equal-width confidence bins)" in text

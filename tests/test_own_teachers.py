@@ -508,15 +508,19 @@ def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers_w
     )
 
 
-def readme_example() -> tuple[str, dict]:
-    """The README's "Bring your own teachers" example: its script and its params."""
-    block = (ROOT / "README.md").read_text().split("<!-- example: tests/test_own_teachers.py runs this block")[1]
+def docs_example() -> tuple[str, dict]:
+    """The docs' own-teachers example (docs/your-teachers.md): its script and its params."""
+    block = (
+        (ROOT / "docs" / "your-teachers.md")
+        .read_text()
+        .split("<!-- example: tests/test_own_teachers.py runs this block")[1]
+    )
     script = block.split("```python\n")[1].split("```")[0]
     return script, yaml.safe_load(block.split("```yaml\n")[1].split("```")[0])
 
 
-def test_the_readme_example_makes_a_teacher_the_stage_takes(project):
-    script, params = readme_example()
+def test_the_docs_example_makes_a_teacher_the_stage_takes(project):
+    script, params = docs_example()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", script], cwd=project.root, env=env, check=True)
     config = TeachersConfig(**{**params["teachers"], "epochs": 1, "cached_views": 0})
@@ -532,6 +536,7 @@ def test_the_teachers_stage_depends_on_the_teachers_users_bring():
     assert (folder / "README.md").is_file()  # so the dependency exists in a fresh clone
 
 
+@pytest.mark.e2e
 def test_dvc_status_says_the_teachers_must_retrain_when_a_teacher_file_changes(tmp_path):
     entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn"}
     project = copy_project(tmp_path, {**TINY, "teachers": {**TINY["teachers"], "models": [entry], "cached_views": 0}})

@@ -178,10 +178,10 @@ def test_the_model_cards_example_runs_as_written(staged, tmp_path):
     assert predicted == str(label[0]) and float(probability) == pytest.approx(float(probabilities[0, label[0]]))
 
 
-def test_the_readme_shows_the_cards_example_for_the_default_data():
+def test_the_docs_show_the_cards_example_for_the_default_data():
     spec = model_package.InputSpec(height=28, width=28, channels=1, color="gray", resample="bicubic")
     packaged = model_package.PackagedModel(path=Path("model.onnx"), classes=[], input=spec, props={})
-    assert example(packaged) in (ROOT / "README.md").read_text()
+    assert example(packaged) in (ROOT / "docs" / "shipped-model.md").read_text()
 
 
 def test_the_model_card_states_the_runs_figures(staged):

@@ -24,6 +24,8 @@ from project.store import ArtifactStore, S3Settings
 from tasks import NAMES
 from tests.conftest import TINY, copy_project, point_at, tiny_params, venv_env
 
+pytestmark = pytest.mark.e2e  # each runs a command or a server
+
 
 def dvc(project, *args) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -25,13 +25,18 @@ from distillery.files import file_digest
 from project.layout import Layout
 from project.predict import PARALLEL_FROM, Predictions, decoded_batches
 from project.store import ArtifactStore, S3Settings
-from tasks import publish
+from tasks import ingest, publish
 from tests.conftest import ROOT, venv_env
 
 
 def first_test_images(layout: Layout, count: int) -> np.ndarray:
     """The first `count` test images as ingest stored them (uint8 N x H x W, gray)."""
     return np.load(layout.images)[np.load(layout.splits) == 2][:count, 0]
+
+
+def digit_images(count: int) -> np.ndarray:
+    """The first `count` of scikit-learn's 8x8 digits as uint8 gray images (N x H x W), as ingest reads them."""
+    return ingest.digits()[0][:count, 0].astype(np.uint8)
 
 
 def write_pngs(pixels: np.ndarray, folder: Path) -> list[Path]:
@@ -55,12 +60,13 @@ def model_labels(model: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return ort.InferenceSession(str(model)).run(None, {"images": pixels[..., None]})
 
 
-def test_predict_classifies_a_folder_as_the_model_classifies_its_pixels(staged, tmp_path):
-    pixels = first_test_images(staged, 80)  # enough to be decoded by worker processes
+@pytest.mark.e2e  # runs `distillery predict`
+def test_predict_classifies_a_folder_as_the_model_classifies_its_pixels(packaged, tmp_path):
+    pixels = digit_images(80)  # enough to be decoded by worker processes
     files = write_pngs(pixels, tmp_path / "images")
-    probabilities, labels = model_labels(staged.packaged_model, pixels)
+    probabilities, labels = model_labels(packaged.packaged_model, pixels)
 
-    result = predict(str(tmp_path / "images"), "--root", str(staged.root), "--format", "json", "--top-k", "3")
+    result = predict(str(tmp_path / "images"), "--root", str(packaged.root), "--format", "json", "--top-k", "3")
     assert result.returncode == 0, result.stderr
     found = {Path(item["image"]): item["predictions"] for item in json.loads(result.stdout)}
     assert set(found) == set(files) and "note:" not in result.stderr  # the images were already 8x8 gray
@@ -70,20 +76,21 @@ def test_predict_classifies_a_folder_as_the_model_classifies_its_pixels(staged, 
         assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
         assert top[0]["probability"] == pytest.approx(float(p.max()), abs=1e-6) and len(top) == 3
 
-    result = predict(str(files[0]), str(files[1]), "--model", str(staged.packaged_model), "--format", "csv")
+    result = predict(str(files[0]), str(files[1]), "--model", str(packaged.packaged_model), "--format", "csv")
     assert list(csv.DictReader(io.StringIO(result.stdout))) == [
         {"image": str(f), "class": str(label), "probability": f"{p.max():.4f}"}
         for f, label, p in zip(files[:2], labels[:2], probabilities[:2], strict=True)
     ]
-    table = predict(str(files[0]), "--root", str(staged.root)).stdout.splitlines()
+    table = predict(str(files[0]), "--root", str(packaged.root)).stdout.splitlines()
     assert table[0].split() == ["image", "class", "probability"] and table[1].split()[:2] == [
         str(files[0]),
         str(labels[0]),
     ]
 
 
-def test_predict_converts_colour_and_size_as_the_metadata_asks_and_says_so_once(staged, tmp_path):
-    pixels = first_test_images(staged, 20)
+@pytest.mark.e2e  # runs `distillery predict`
+def test_predict_converts_colour_and_size_as_the_metadata_asks_and_says_so_once(packaged, tmp_path):
+    pixels = digit_images(20)
     folder = tmp_path / "rgb"
     folder.mkdir()
     for i, image in enumerate(pixels):  # 24x24 colour images: red, green and blue each a different picture
@@ -100,17 +107,17 @@ def test_predict_converts_colour_and_size_as_the_metadata_asks_and_says_so_once(
             found.append(np.asarray(gray.resize((8, 8), resample)))
         return np.stack(found)
 
-    expected, _ = model_labels(staged.packaged_model, shrunk(None, Image.Resampling.BICUBIC))
+    expected, _ = model_labels(packaged.packaged_model, shrunk(None, Image.Resampling.BICUBIC))
     wrong_ways = [  # what a converter that took one channel, or resized with another filter, would give
         *(shrunk(channel, Image.Resampling.BICUBIC) for channel in "RGB"),
         shrunk(None, Image.Resampling.NEAREST),
     ]
-    result = predict(str(folder), "--root", str(staged.root), "--format", "json")
+    result = predict(str(folder), "--root", str(packaged.root), "--format", "json")
     assert result.returncode == 0, result.stderr
     found = np.array([item["predictions"][0]["probability"] for item in json.loads(result.stdout)])
     assert found == pytest.approx(expected.max(axis=1), abs=1e-6)
     for wrong in wrong_ways:  # each would have shown
-        assert not np.allclose(model_labels(staged.packaged_model, wrong)[0].max(axis=1), found, atol=1e-6)
+        assert not np.allclose(model_labels(packaged.packaged_model, wrong)[0].max(axis=1), found, atol=1e-6)
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert notes == [
         "note: 20 of 20 images converted to gray and/or resized to 8x8 (bicubic), as model.onnx's metadata asks"
@@ -130,12 +137,12 @@ DECODE = images.decode
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_many_images_are_decoded_by_worker_processes(workers, staged, tmp_path, monkeypatch):
+def test_many_images_are_decoded_by_worker_processes(workers, packaged, tmp_path, monkeypatch):
     global RECORDED_PIDS
     RECORDED_PIDS = tmp_path / "pids"
     monkeypatch.setattr(images, "decode", decode_recording_its_process)  # forked workers inherit it
-    files = write_pngs(first_test_images(staged, PARALLEL_FROM), tmp_path / "images")
-    spec = model_package.read(staged.packaged_model).input
+    files = write_pngs(digit_images(PARALLEL_FROM), tmp_path / "images")
+    spec = model_package.read(packaged.packaged_model).input
     with decoded_batches(sorted(files), spec, 16, workers=workers) as batches:
         decoded = np.concatenate([pixels for pixels, _ in batches])
     assert decoded[..., 0] == pytest.approx(np.stack([np.asarray(Image.open(f)) for f in sorted(files)]))
@@ -147,9 +154,10 @@ def test_many_images_are_decoded_by_worker_processes(workers, staged, tmp_path, 
         assert str(os.getpid()) not in pids and len(set(pids)) >= 1
 
 
-def test_a_large_folder_gets_a_progress_bar_on_a_terminal(staged, tmp_path):
-    files = write_pngs(np.resize(first_test_images(staged, 10), (1000, 8, 8)), tmp_path / "images")
-    command = [sys.executable, "-m", "cli", "predict", str(tmp_path / "images"), "--root", str(staged.root)]
+@pytest.mark.e2e  # runs `distillery predict`
+def test_a_large_folder_gets_a_progress_bar_on_a_terminal(packaged, tmp_path):
+    files = write_pngs(np.resize(digit_images(10), (1000, 8, 8)), tmp_path / "images")
+    command = [sys.executable, "-m", "cli", "predict", str(tmp_path / "images"), "--root", str(packaged.root)]
     terminal, stderr = pty.openpty()
     fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns: a bar needs width
     result = subprocess.run(command, cwd=ROOT, env=venv_env(), stdout=subprocess.PIPE, stderr=stderr, timeout=300)
@@ -166,12 +174,13 @@ def test_a_large_folder_gets_a_progress_bar_on_a_terminal(staged, tmp_path):
     os.close(terminal)
     assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == len(files) + 1
     assert b"1000/1000" in shown and b"image/s" in shown
-    quiet = predict(str(tmp_path / "images"), "--root", str(staged.root))  # stderr not a terminal: no bar
+    quiet = predict(str(tmp_path / "images"), "--root", str(packaged.root))  # stderr not a terminal: no bar
     assert "1000/1000" not in quiet.stderr
 
 
-def test_predict_resizes_with_the_filter_the_metadata_names_and_runs_the_batch_size_asked(staged, tmp_path):
-    model = onnx.load(str(staged.packaged_model))
+@pytest.mark.e2e  # runs `distillery predict`
+def test_predict_resizes_with_the_filter_the_metadata_names_and_runs_the_batch_size_asked(packaged, tmp_path):
+    model = onnx.load(str(packaged.packaged_model))
     props = {p.key: p.value for p in model.metadata_props}
     spec = json.loads(props["input"]) | {"resample": "nearest"}
     onnx.helper.set_model_props(model, props | {"input": json.dumps(spec)})
@@ -179,7 +188,7 @@ def test_predict_resizes_with_the_filter_the_metadata_names_and_runs_the_batch_s
     onnx.save(model, str(tmp_path / "nearest.onnx"))
     folder = tmp_path / "big"
     folder.mkdir()
-    for i, image in enumerate(first_test_images(staged, 70)):  # 13x13: bicubic and nearest give other pixels
+    for i, image in enumerate(digit_images(70)):  # 13x13: bicubic and nearest give other pixels
         Image.fromarray(image).resize((13, 13), Image.Resampling.BICUBIC).save(folder / f"{i:02d}.png")
     shrunk = np.stack(
         [np.asarray(Image.open(folder / f"{i:02d}.png").resize((8, 8), Image.Resampling.NEAREST)) for i in range(70)]
@@ -201,8 +210,9 @@ def test_the_top_classes_start_with_the_models_class_when_probabilities_tie():
     assert order.tolist() == [[1, 0]] and probabilities.tolist() == [[0.5, 0.5]]
 
 
-def test_a_damaged_model_file_is_one_paragraph(staged, tmp_path):
-    files = write_pngs(first_test_images(staged, 1), tmp_path)
+@pytest.mark.e2e  # runs `distillery predict`
+def test_a_damaged_model_file_is_one_paragraph(packaged, tmp_path):
+    files = write_pngs(digit_images(1), tmp_path)
     (tmp_path / "empty.onnx").write_bytes(b"")
     assert "onnxruntime cannot load" in one_paragraph(predict(str(files[0]), "--model", str(tmp_path / "empty.onnx")))
 
@@ -212,23 +222,26 @@ def one_paragraph(result: subprocess.CompletedProcess) -> str:
     return result.stderr
 
 
-def test_an_unreadable_image_is_named_and_nothing_is_printed(staged, tmp_path):
-    write_pngs(first_test_images(staged, 70), tmp_path / "images")
+@pytest.mark.e2e  # runs `distillery predict`
+def test_an_unreadable_image_is_named_and_nothing_is_printed(packaged, tmp_path):
+    write_pngs(digit_images(70), tmp_path / "images")
     (tmp_path / "images" / "nested" / "broken.png").write_text("not a picture")
-    message = one_paragraph(predict(str(tmp_path / "images"), "--root", str(staged.root)))
+    message = one_paragraph(predict(str(tmp_path / "images"), "--root", str(packaged.root)))
     assert f"Cannot read image {tmp_path / 'images' / 'nested' / 'broken.png'}" in message
 
 
-def test_a_model_without_distillerys_metadata_is_refused(staged, tmp_path):
-    files = write_pngs(first_test_images(staged, 1), tmp_path)
-    message = one_paragraph(predict(str(files[0]), "--model", str(staged.onnx("int8"))))
-    assert "int8.onnx is an ONNX model without Distillery's metadata" in message
+@pytest.mark.e2e  # runs `distillery predict`
+def test_a_model_without_distillerys_metadata_is_refused(packaged, tmp_path):
+    files = write_pngs(digit_images(1), tmp_path)
+    message = one_paragraph(predict(str(files[0]), "--model", str(packaged.onnx("pruned"))))
+    assert "pruned.onnx is an ONNX model without Distillery's metadata" in message
 
 
-def test_a_missing_run_or_path_is_named(staged, tmp_path):
-    files = write_pngs(first_test_images(staged, 1), tmp_path)
+@pytest.mark.e2e  # runs `distillery predict`
+def test_a_missing_run_or_path_is_named(packaged, tmp_path):
+    files = write_pngs(digit_images(1), tmp_path)
     assert "has no packaged model" in one_paragraph(predict(str(files[0]), "--root", str(tmp_path)))
-    message = one_paragraph(predict(str(tmp_path / "nowhere.png"), "--root", str(staged.root)))
+    message = one_paragraph(predict(str(tmp_path / "nowhere.png"), "--root", str(packaged.root)))
     assert "nowhere.png does not exist" in message
 
 

@@ -48,6 +48,8 @@ def test_publish_round_trip(staged, s3_env, tmp_path):
     lineage = manifest["lineage"]
     assert lineage["dataset"]["md5"] == json.loads(staged.metrics.read_text())["dataset"]["md5"]
     assert lineage["params"]["ingest"]["source"] == "digits" and lineage["packages"]["torch"]
+    assert lineage["ship"] == ShipDecision.read(staged.ship_decision).model_dump()
+    assert lineage["git_commit"] is None and "params" not in lineage["metrics"]
     assert "data_docs/index.html" in {e["path"] for e in manifest["files"]}
 
     publish.upload("digits-student", staged, version="v2")

@@ -6,10 +6,13 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 import requests
 
 from infra.s3_server import free_port
 from tests.conftest import ROOT, venv_env
+
+pytestmark = pytest.mark.e2e  # each runs a command or a server
 
 
 def stack(command: str, env: dict) -> subprocess.CompletedProcess:

@@ -179,6 +179,7 @@ def recording_what_it_trains_on(function, seen: dict, model: str | None = None):
     return record
 
 
+@pytest.mark.stage
 def test_students_distil_from_the_transfer_set_and_the_baselines_learn_from_the_labels(tmp_path, monkeypatch):
     layout, config = digits_project(tmp_path)
     params = PipelineParams.model_validate({**TINY, "ingest": config.model_dump(mode="json")})
