@@ -44,7 +44,7 @@ lint: $(STAMP)  ## lint rules and the formatter's layout (`ruff format .` applie
 	$(BIN)/ruff format --check .
 
 docs: $(STAMP)  ## the documentation site in site/ (offline); --strict: a broken link fails
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .distillery site

@@ -19,8 +19,13 @@ def on_files(files, config):
 
 
 def demoted(text: str) -> str:
-    """A results file under the page's "Benchmark results" heading: each of its headings two levels down."""
-    return re.sub(r"(?m)^(#+) ", r"##\1 ", text)
+    """A results file under the page's "Benchmark results" heading: each of its headings two levels down (lines in
+    fenced code are not headings)."""
+    lines, fenced = [], False
+    for line in text.splitlines():
+        fenced ^= line.startswith("```")
+        lines.append(re.sub(r"^(#+) ", r"##\1 ", line) if not fenced else line)
+    return "\n".join(lines) + "\n"
 
 
 def on_page_markdown(markdown, page, config, files):

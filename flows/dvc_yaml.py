@@ -63,7 +63,7 @@ def declared(path: property | ParamPath) -> str:
 
 
 def params(stage: Stage) -> list:
-    return [{"params.yaml": None} if section == WHOLE_FILE else section for section in stage.sections]
+    return [{"params.yaml": None} if name == WHOLE_FILE else name for name in stage.params]
 
 
 def stage_entry(stage: Stage) -> dict:

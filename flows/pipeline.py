@@ -14,8 +14,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from distillery.errors import DistilleryError
 from distillery.files import read_json
 from flows.dvc_sync import DvcTracker
+from flows.dvc_yaml import dvc_yaml
 from flows.runners import RunnerConfig, teacher_map
 from project import report_markdown
 from project.config import PipelineParams, read_params_file
@@ -102,10 +104,21 @@ def distillery_flow(
         return run_stages(params, layout, update_data, runner)
 
 
+def require_current_dvc_yaml(layout: Layout) -> None:
+    """DVC decides which stages are stale from dvc.yaml: one that differs from the stage declarations would make
+    the flow skip stages whose code or inputs changed."""
+    if (layout.root / "dvc.yaml").read_text() != dvc_yaml():
+        raise DistilleryError(
+            f"{layout.root / 'dvc.yaml'} differs from the stage declarations in tasks/ (edited, or made by another "
+            "version of the code): run `distillery dvc-yaml` to write it anew, then rerun. Nothing was run."
+        )
+
+
 def run_stages(params: PipelineParams, layout: Layout, update_data: bool, runner: RunnerConfig) -> dict:
     logger = get_run_logger()
     tracker = DvcTracker.for_root(layout.root)
     if tracker:
+        require_current_dvc_yaml(layout)
         sync_params_file(params, layout)
     ran = {}
     try:

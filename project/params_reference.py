@@ -8,7 +8,14 @@ from pydantic import BaseModel
 
 from project.config import CheckpointTeacher, OnnxTeacher, PipelineParams, field_name
 
-TYPES = {"integer": "integer", "number": "number", "boolean": "true/false", "string": "text", "null": "null"}
+TYPES = {
+    "integer": "integer",
+    "number": "number",
+    "boolean": "true/false",
+    "string": "text",
+    "object": "mapping",
+    "null": "null",
+}
 BOUNDS = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
 ENTRY_KINDS = {  # the kinds of teachers.models entry that are mappings, each with keys of its own
     "teachers.models[]: {checkpoint: ...}": CheckpointTeacher,
@@ -53,7 +60,8 @@ def range_of(prop: dict) -> str:
     found = []
     for branch in branches(prop):
         found += [f"{sign} {branch[key]}" for key, sign in BOUNDS if key in branch]
-        found += [f"each {sign} {branch['items'][key]}" for key, sign in BOUNDS if key in branch.get("items", {})]
+        items = [branch["items"]] if "items" in branch else branch.get("prefixItems", [])
+        found += sorted({f"each {sign} {item[key]}" for item in items for key, sign in BOUNDS if key in item})
         if "minItems" in branch and branch.get("type") == "array" and "prefixItems" not in branch:
             found.append(f"at least {branch['minItems']}")
         if "pattern" in branch:

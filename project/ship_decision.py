@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from distillery.errors import DistilleryError
 from distillery.files import atomic_file
@@ -21,6 +21,12 @@ class ShipDecision(BaseModel):
     latency_margin: float
     latency_ms_rounds: dict[str, list[float]]  # each deployable student's interleaved timing rounds
     best_latency_ms: dict[str, float]
+
+    @model_validator(mode="after")
+    def a_shipped_model_has_a_temperature(self):
+        if (self.model is None) != (self.temperature is None):
+            raise ValueError("a temperature is given exactly when a model ships")
+        return self
 
     @property
     def headline_model(self) -> str:

@@ -3,8 +3,8 @@
 
 import inspect
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
@@ -28,13 +28,15 @@ class ParamPath:
 @dataclass(frozen=True)
 class Stage:
     """A pipeline stage: its `run` and the run's paths it reads and writes (`Layout` properties). `metrics` and
-    `plots` are written too; DVC shows them with `dvc metrics` and `dvc plots`."""
+    `plots` are written too; DVC shows them with `dvc metrics` and `dvc plots`. `uses` names, for a section `run`
+    takes but reads only a few keys of, those keys: DVC then reruns the stage for them alone."""
 
     run: Callable[..., dict]
     reads: Sequence[property | ParamPath] = ()
     writes: Sequence[property] = ()
     metrics: Sequence[property] = ()
     plots: Sequence[property] = ()
+    uses: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -56,6 +58,14 @@ class Stage:
     def sections(self) -> tuple[str, ...]:
         """The params.yaml sections `run` takes, in order (WHOLE_FILE: all of them)."""
         return tuple(section_name(schema) for schema in self.schemas)
+
+    @property
+    def params(self) -> list[str]:
+        """The params DVC tracks for the stage: each section it takes, or the keys of it that it `uses`."""
+        found = []
+        for name in self.sections:
+            found += [f"{name}.{key}" for key in self.uses[name]] if name in self.uses else [name]
+        return found
 
     def configs(self, params: PipelineParams) -> list[Section]:
         return [params.section(name) for name in self.sections]

@@ -63,7 +63,9 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     }
 
 
-STAGE = Stage(run, reads=(Layout.raw, Layout.teachers), writes=(Layout.student,))
+STAGE = Stage(
+    run, reads=(Layout.raw, Layout.teachers), writes=(Layout.student,), uses={"ship": ("max_accuracy_drop_pp",)}
+)
 
 if __name__ == "__main__":
     from project.stage_cli import main

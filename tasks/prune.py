@@ -166,7 +166,12 @@ def run(
     }
 
 
-STAGE = Stage(run, reads=(Layout.raw, Layout.teachers, Layout.student), writes=(Layout.pruned,))
+STAGE = Stage(
+    run,
+    reads=(Layout.raw, Layout.teachers, Layout.student),
+    writes=(Layout.pruned,),
+    uses={"ship": ("latency_batch",), "measure": ("latency_threads",)},
+)
 
 if __name__ == "__main__":
     from project.stage_cli import main

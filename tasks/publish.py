@@ -6,6 +6,7 @@ model.onnx with the name and version among its properties, beside its MODEL_CARD
 records lineage: dataset md5, git commit, params, metrics, package versions.
 """
 
+import hashlib
 import logging
 import tempfile
 import time
@@ -101,6 +102,11 @@ def lineage(metrics: dict, decision: ShipDecision) -> dict:
     }
 
 
+def run_of(layout: Layout) -> str:
+    """What names a finished run in the store while its upload is unfinished: its report's and decision's sha256."""
+    return hashlib.sha256((file_digest(layout.metrics) + file_digest(layout.ship_decision)).encode()).hexdigest()
+
+
 def new_version(metrics: dict) -> str:
     """UTC time plus the dataset's md5 prefix: sortable, and says which data made it."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{metrics['dataset']['md5'][:8]}"
@@ -113,7 +119,7 @@ def upload(name: str, layout: Layout, settings: S3Settings | None = None, versio
     files = run_files(layout)
     metrics = read_json(layout.metrics)
     store = ArtifactStore(settings or S3Settings.from_env())
-    run_id = file_digest(layout.metrics)  # a rerun of an interrupted upload finishes the version it started
+    run_id = run_of(layout)  # a rerun of an interrupted upload finishes the version it started
     version = check_name("version", version or store.unfinished_version(name, run_id) or new_version(metrics))
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:

@@ -95,7 +95,7 @@ def run(config: ShipConfig, measure: MeasureConfig, layout: Layout) -> dict:
     return {"shipped": decision.model, "reason": decision.reason}
 
 
-STAGE = Stage(run, reads=(Layout.raw, Layout.export), writes=(Layout.ship_decision,))
+STAGE = Stage(run, reads=(Layout.raw, Layout.export), metrics=(Layout.ship_decision,))  # `dvc metrics show` shows it
 
 if __name__ == "__main__":
     from project.stage_cli import main

@@ -57,9 +57,30 @@ def tiny_params():
     return PipelineParams.model_validate(TINY)
 
 
+def recording(config, seen: set[str]):
+    """`config` as an instance of a subclass that adds to `seen` the name of each of its keys read."""
+    schema = type(config)
+
+    class Recording(schema):
+        def __getattribute__(self, name):
+            if name in schema.model_fields:
+                seen.add(name)
+            return super().__getattribute__(name)
+
+    copy = Recording.model_validate(config.model_dump())
+    seen.clear()
+    return copy
+
+
+def files_under(root: Path) -> set[Path]:
+    """The files below `root`, not following links."""
+    return {Path(folder) / name for folder, _, names in os.walk(root) for name in names}
+
+
 def run_isolated(stage, params, layout) -> dict:
     """Run `stage` in a root of its own that holds only the paths it declares it reads (linked to those in
-    `layout`), then move what it wrote into `layout`: a stage that reads anything it does not declare fails."""
+    `layout`), then move what it wrote into `layout`. A stage fails here that reads anything it does not declare,
+    writes anything it does not declare, or reads a key of a section beyond the ones it `uses`."""
     from project.layout import Layout
 
     with tempfile.TemporaryDirectory(dir=layout.root.parent) as scratch:
@@ -68,11 +89,24 @@ def run_isolated(stage, params, layout) -> dict:
             if source.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(source)
-        result = stage.call(params, isolated)
-        for written, final in zip(stage.written_paths(isolated), stage.written_paths(layout), strict=True):
+        used = {name: set() for name in stage.uses}
+        configs = [
+            recording(config, used[name]) if name in used else config
+            for name, config in zip(stage.sections, stage.configs(params), strict=True)
+        ]
+        result = stage.run(*configs, isolated)
+        for name, keys in used.items():
+            assert keys <= set(stage.uses[name]), f"{stage.name} reads {name}.{keys}, beyond what it uses"
+        written = stage.written_paths(isolated)
+        links = set(stage.read_paths(params, isolated))
+        stray = {
+            f for f in files_under(isolated.root) if f not in links and not any(f.is_relative_to(w) for w in written)
+        }
+        assert not stray, f"{stage.name} writes what it does not declare: {sorted(stray)}"
+        for source, final in zip(written, stage.written_paths(layout), strict=True):
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(final) if final.is_dir() else final.unlink(missing_ok=True)
-            os.replace(written, final)
+            os.replace(source, final)
     return result
 
 
@@ -106,25 +140,32 @@ def staged(tmp_path_factory, worker_id):
 
 @pytest.fixture(scope="session")
 def packaged(tmp_path_factory):
-    """A run folder that holds only a packaged model (data/package/model.onnx) of a small untrained CNN for 8x8 gray
-    images, and the plain ONNX file it wraps (data/export/pruned.onnx): for tests of what reads packaged models,
-    with no trained run behind them."""
+    """A run folder that holds only a packaged model (data/package/model.onnx) and the plain ONNX file it wraps
+    (data/export/pruned.onnx): a linear classifier of scikit-learn's 8x8 digits, fitted by least squares (no
+    training loop), for tests of what reads packaged models, with no trained run behind them."""
+    import numpy as np
     import onnx
     import torch
 
-    from distillery import model_package, models, onnx_export
-    from distillery.training import seeded
+    from distillery import model_package, onnx_export
     from project.layout import Layout
+    from tasks.ingest import digits
 
     layout = Layout(tmp_path_factory.mktemp("packaged"))
     layout.package.mkdir(parents=True)
     layout.export.mkdir(parents=True)
-    spec = {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [4, 8]}
-    onnx_export.export(seeded(0, lambda: models.build(spec)).eval(), torch.rand(2, 1, 8, 8), layout.onnx("pruned"))
+    images, labels, classes = digits()
+    pixels = np.c_[images.reshape(len(images), -1) / 255, np.ones(len(images))]  # as the models take them, and a bias
+    weights = np.linalg.lstsq(pixels, np.eye(10)[labels], rcond=None)[0]
+    linear = torch.nn.Linear(64, 10)
+    linear.weight.data, linear.bias.data = torch.tensor(weights[:-1].T).float(), torch.tensor(weights[-1]).float()
+    onnx_export.export(
+        torch.nn.Sequential(torch.nn.Flatten(), linear).eval(), torch.rand(2, 1, 8, 8), layout.onnx("pruned")
+    )
     image = model_package.InputSpec(height=8, width=8, channels=1, color="gray", resample="bicubic")
-    wrapped = model_package.wrap(onnx.load(str(layout.onnx("pruned"))), temperature=1.5, spec=image)
-    props = {"classes": [str(i) for i in range(10)], "input": image.props(), "temperature": 1.5}
-    model_package.set_props(wrapped, props | {"wrapped_model": "pruned"})
+    wrapped = model_package.wrap(onnx.load(str(layout.onnx("pruned"))), temperature=0.2, spec=image)
+    props = {"classes": classes, "input": image.props(), "temperature": 0.2, "wrapped_model": "pruned"}
+    model_package.set_props(wrapped, props)
     onnx.save(wrapped, str(layout.packaged_model))
     return layout
 
@@ -202,7 +243,7 @@ def s3_env(s3_server, monkeypatch):
 
 KINDS = ("unit", "stage", "e2e")  # the markers registered in pyproject.toml: each test has one
 SERVERS = {"project", "prefect_server", "s3_server", "s3_env"}  # fixtures that make a test end to end
-RUNS = {"staged", "misled"}  # fixtures that make it a stage test
+RUNS = {"staged"}  # the fixture (itself, or through another) that makes a test a stage test
 GUESS = {"unit": 0.1, "stage": 3.0, "e2e": 30.0}  # seconds a test of each kind takes, where nothing timed it
 TIMINGS = ROOT / ".pytest-timings" / "durations.json"  # each test's seconds in the last run here that ran it
 FILE_SECONDS = ROOT / "tests" / "file_seconds.json"  # each file's seconds in a full run: a fresh clone's order

@@ -40,8 +40,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture
-def project(staged, tmp_path) -> Layout:
-    """A project with the tiny run's validated data and an empty data/teachers/."""
+def validated(staged, tmp_path) -> Layout:
+    """A project folder with the tiny run's validated data and an empty data/teachers/."""
     layout = Layout(tmp_path)
     for folder in (layout.raw, layout.validation):
         shutil.copytree(staged.root / folder.relative_to(layout.root), folder)
@@ -165,34 +165,34 @@ def test_a_torchvision_teacher_takes_small_gray_images_and_exports(tmp_path):
     [("small_resnet", False), ("torchvision:shufflenet_v2_x0_5", False), ("torchvision:shufflenet_v2_x0_5", True)],
 )
 def test_a_checkpoint_teacher_is_the_model_it_was_saved_from_or_fine_tunes_it(
-    project, arch, as_a_run_saves_it, tmp_path
+    validated, arch, as_a_run_saves_it, tmp_path
 ):
-    source = torch_weights(project, "mine.safetensors", arch, as_a_run_saves_it=as_a_run_saves_it)
-    assert next(iter(safe_open(project.user_teachers / "mine.safetensors", "pt").keys())).startswith("net.") == (
+    source = torch_weights(validated, "mine.safetensors", arch, as_a_run_saves_it=as_a_run_saves_it)
+    assert next(iter(safe_open(validated.user_teachers / "mine.safetensors", "pt").keys())).startswith("net.") == (
         as_a_run_saves_it
     )
-    val = load_dataset(project.raw).val
+    val = load_dataset(validated.raw).val
     for epochs in (0, 1):
         entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": arch, "fine_tune_epochs": epochs}
         config = TeachersConfig(epochs=1, models=[entry])
         out = tmp_path / f"epochs{epochs}"
         out.mkdir()
-        record = train_teachers.train_teacher(config, 0, project, out)
+        record = train_teachers.train_teacher(config, 0, validated, out)
         teacher, spec = checkpoint.load(out / "0_checkpoint-mine.safetensors")
         same = torch.equal(logits(teacher, val, CPU), logits(source, val, CPU))
         assert same == (epochs == 0) and len(record["history"]) == epochs and spec["arch"] == arch
         assert record["source"] == {
             "path": "data/teachers/mine.safetensors",
-            "sha256": file_digest(project.user_teachers / "mine.safetensors"),
+            "sha256": file_digest(validated.user_teachers / "mine.safetensors"),
         }
 
 
-def test_a_checkpoint_teacher_fine_tunes_at_its_own_learning_rate(project, tmp_path):
-    source = torch_weights(project, "mine.safetensors", "wide_cnn")
+def test_a_checkpoint_teacher_fine_tunes_at_its_own_learning_rate(validated, tmp_path):
+    source = torch_weights(validated, "mine.safetensors", "wide_cnn")
     moved = {}
     for lr in (1e-9, None):  # None: teachers.lr
         entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn", "fine_tune_epochs": 1}
-        train_teachers.train_teacher(TeachersConfig(models=[entry | {"fine_tune_lr": lr}]), 0, project, tmp_path)
+        train_teachers.train_teacher(TeachersConfig(models=[entry | {"fine_tune_lr": lr}]), 0, validated, tmp_path)
         tuned = checkpoint.load(tmp_path / "0_checkpoint-mine.safetensors")[0]
         moved[lr] = max(
             (a - b).abs().max().item() for a, b in zip(tuned.parameters(), source.parameters(), strict=True)
@@ -200,25 +200,25 @@ def test_a_checkpoint_teacher_fine_tunes_at_its_own_learning_rate(project, tmp_p
     assert moved[1e-9] < 1e-6 < 1e-3 < moved[None]
 
 
-def test_a_checkpoint_teacher_gets_the_pixel_range_it_was_trained_on(project, tmp_path):
-    source = torch_weights(project, "mine.safetensors", "wide_cnn")
+def test_a_checkpoint_teacher_gets_the_pixel_range_it_was_trained_on(validated, tmp_path):
+    source = torch_weights(validated, "mine.safetensors", "wide_cnn")
     entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn", "scaling": "mean_std"}
     config = TeachersConfig(models=[entry | {"mean": [0.13], "std": [0.31]}])
-    train_teachers.train_teacher(config, 0, project, tmp_path)
+    train_teachers.train_teacher(config, 0, validated, tmp_path)
     teacher, spec = checkpoint.load(tmp_path / "0_checkpoint-mine.safetensors")  # rebuilt from its spec
-    val = load_dataset(project.raw).val
+    val = load_dataset(validated.raw).val
     expected = logits(UserModel(source, lambda x: (x - 0.13) / 0.31), val, CPU)
     assert torch.allclose(logits(teacher, val, CPU), expected, atol=1e-5)
     assert spec["input_scale"] == pytest.approx([1 / 0.31]) and spec["input_shift"] == pytest.approx([-0.13 / 0.31])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_an_onnx_teacher_from_scikit_learn_gives_its_probabilities(project, dtype, tmp_path):
-    clf = sklearn_teacher(project, "logreg.onnx", dtype=dtype)
+def test_an_onnx_teacher_from_scikit_learn_gives_its_probabilities(validated, dtype, tmp_path):
+    clf = sklearn_teacher(validated, "logreg.onnx", dtype=dtype)
     entry = {"onnx": "data/teachers/logreg.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"}
-    record = train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, project, tmp_path)
+    record = train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, validated, tmp_path)
     teacher = OnnxClassifier(tmp_path / "0_onnx-logreg.onnx")
-    val = load_dataset(project.raw).val
+    val = load_dataset(validated.raw).val
     expected = clf.predict_proba(pixels(val).astype(dtype))
     assert np.allclose(torch.softmax(logits(teacher, val, CPU), dim=1).numpy(), expected, atol=1e-4)
     assert record["val_accuracy"] == pytest.approx((expected.argmax(1) == val.y.numpy()).mean())
@@ -227,16 +227,16 @@ def test_an_onnx_teacher_from_scikit_learn_gives_its_probabilities(project, dtyp
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_an_onnx_teacher_gets_its_pixels_in_the_layout_and_range_it_declares(project, fmt, tmp_path):
+def test_an_onnx_teacher_gets_its_pixels_in_the_layout_and_range_it_declares(validated, fmt, tmp_path):
     keys, from_unit, to_unit = FORMATS[fmt]
-    data = load_dataset(project.raw)
+    data = load_dataset(validated.raw)
     inner = seeded(0, lambda: models.build(train_teachers.spec_for("wide_cnn", data))).eval()
     torch.onnx.export(
-        UserModel(inner, to_unit), (from_unit(data.val.head(2)),), project.user_teachers / "user.onnx", dynamo=True,
+        UserModel(inner, to_unit), (from_unit(data.val.head(2)),), validated.user_teachers / "user.onnx", dynamo=True,
         external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},),
     )  # fmt: skip
     train_teachers.train_teacher(
-        TeachersConfig(models=[{"onnx": "data/teachers/user.onnx", **keys}]), 0, project, tmp_path
+        TeachersConfig(models=[{"onnx": "data/teachers/user.onnx", **keys}]), 0, validated, tmp_path
     )
     teacher = OnnxClassifier(tmp_path / "0_onnx-user.onnx")
     assert torch.allclose(logits(teacher, data.val, CPU), logits(inner, data.val, CPU), atol=1e-4)
@@ -268,13 +268,13 @@ def linear_onnx(
 
 
 @pytest.mark.parametrize("pixel_type", ["uint8", "float16"])
-def test_an_onnx_teacher_takes_8_bit_or_half_precision_pixels(project, pixel_type, tmp_path):
+def test_an_onnx_teacher_takes_8_bit_or_half_precision_pixels(validated, pixel_type, tmp_path):
     kind = {"uint8": onnx.TensorProto.UINT8, "float16": onnx.TensorProto.FLOAT16}[pixel_type]
-    weights, bias = linear_onnx(project, "edge.onnx", kind, score_type=kind if pixel_type == "float16" else 1)
+    weights, bias = linear_onnx(validated, "edge.onnx", kind, score_type=kind if pixel_type == "float16" else 1)
     scaling = "0..255" if pixel_type == "uint8" else "0..1"
     entry = {"onnx": "data/teachers/edge.onnx", "layout": "flat", "scaling": scaling}
-    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, project, tmp_path)
-    val = load_dataset(project.raw).val
+    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, validated, tmp_path)
+    val = load_dataset(validated.raw).val
     stored = pixels(val)  # 0..255
     fed = stored.astype(np.uint8) if pixel_type == "uint8" else (stored / 255).astype(np.float16)
     expected = (fed.astype(np.float32) @ weights + bias).astype(np.float16 if pixel_type == "float16" else np.float32)
@@ -295,13 +295,13 @@ def test_an_onnx_teacher_takes_8_bit_or_half_precision_pixels(project, pixel_typ
     ],
 )
 def test_an_onnx_teacher_that_takes_8_bit_pixels_is_declared_0_to_255_at_opset_11_or_later(
-    project, scaling, opset, says
+    validated, scaling, opset, says
 ):
-    linear_onnx(project, "edge.onnx", onnx.TensorProto.UINT8, score_type=onnx.TensorProto.FLOAT, opset=opset)
+    linear_onnx(validated, "edge.onnx", onnx.TensorProto.UINT8, score_type=onnx.TensorProto.FLOAT, opset=opset)
     entry = {"onnx": "data/teachers/edge.onnx", "layout": "flat", "scaling": scaling}
     with pytest.raises(DistilleryError, match=says):
-        train_teachers.run(TeachersConfig(models=["wide_cnn", entry]), project)
-    assert not project.teachers.exists()
+        train_teachers.run(TeachersConfig(models=["wide_cnn", entry]), validated)
+    assert not validated.teachers.exists()
 
 
 def torch_onnx(layout: Layout, name: str) -> None:
@@ -332,11 +332,11 @@ def two_outputs(layout: Layout) -> nn.Module:
     return inner
 
 
-def test_an_onnx_teacher_s_scores_come_from_the_output_it_names(project, tmp_path):
-    inner = two_outputs(project)
+def test_an_onnx_teacher_s_scores_come_from_the_output_it_names(validated, tmp_path):
+    inner = two_outputs(validated)
     entry = {"onnx": "data/teachers/two.onnx", "output": "doubled"}
-    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, project, tmp_path)
-    val = load_dataset(project.raw).val
+    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, validated, tmp_path)
+    val = load_dataset(validated.raw).val
     got = logits(OnnxClassifier(tmp_path / "0_onnx-two.onnx"), val, CPU)
     assert torch.allclose(got, 2 * logits(inner, val, CPU), atol=1e-4)
 
@@ -446,15 +446,15 @@ BAD_TEACHERS = {  # the entry, how to make its file, what the error must say
 
 
 @pytest.mark.parametrize("case", BAD_TEACHERS)
-def test_a_bad_teacher_is_refused_naming_the_entry_and_nothing_trains(project, case, caplog):
+def test_a_bad_teacher_is_refused_naming_the_entry_and_nothing_trains(validated, case, caplog):
     entry, make, says = BAD_TEACHERS[case]
-    make(project)
+    make(validated)
     config = TeachersConfig(epochs=1, models=["wide_cnn", entry])
     with caplog.at_level(logging.INFO, logger="distillery"), pytest.raises(DistilleryError) as e:
-        train_teachers.run(config, project)
+        train_teachers.run(config, validated)
     assert str(e.value).startswith("teachers.models[1] (1_") and says in str(e.value)
     assert str(e.value).endswith("Nothing was trained.") and str(e.value).count("teachers.models") == 1
-    assert not project.teachers.exists() and not any("epoch" in r.message for r in caplog.records)
+    assert not validated.teachers.exists() and not any("epoch" in r.message for r in caplog.records)
 
 
 def test_teachers_keep_their_order_past_ten(tmp_path):
@@ -466,9 +466,9 @@ def test_teachers_keep_their_order_past_ten(tmp_path):
     assert layout.teacher_models() == [f"teacher_{i}_wide_cnn" for i in (0, 1, 2, 10, 11)]
 
 
-def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers_with_fitted_weights(project):
-    torch_weights(project, "mine.safetensors", "small_resnet")
-    sklearn_teacher(project, "logreg.onnx")
+def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers_with_fitted_weights(validated):
+    torch_weights(validated, "mine.safetensors", "small_resnet")
+    sklearn_teacher(validated, "logreg.onnx")
     teachers = [
         "wide_cnn",
         "torchvision:shufflenet_v2_x0_5",
@@ -484,24 +484,24 @@ def test_a_run_mixes_built_in_torchvision_checkpoint_and_scikit_learn_teachers_w
         {**TINY, "teachers": {**TINY["teachers"], "models": teachers}, "kd": {"combine": "fitted_weights"}}
     )
     for stage in stages_through("report")[2:]:  # after ingest and validate
-        stage.call(params, project)
+        stage.call(params, validated)
     names = ["0_wide_cnn", "1_torchvision-shufflenet_v2_x0_5", "2_checkpoint-mine", "3_onnx-logreg"]
-    assert project.teacher_models() == [f"teacher_{n}" for n in names]
-    metrics = read_json(project.metrics)
+    assert validated.teacher_models() == [f"teacher_{n}" for n in names]
+    metrics = read_json(validated.metrics)
     assert [t["name"] for t in metrics["teachers"]] == names
     sources = {t["name"]: t["source"] for t in metrics["teachers"]}
     assert sources["0_wide_cnn"] is None and sources["1_torchvision-shufflenet_v2_x0_5"] is None
     for name, file in (("2_checkpoint-mine", "mine.safetensors"), ("3_onnx-logreg", "logreg.onnx")):
-        assert sources[name]["sha256"] == file_digest(project.user_teachers / file)
+        assert sources[name]["sha256"] == file_digest(validated.user_teachers / file)
     assert all(t["params"] > 600 and t["bytes"] > 0 and t["latency_ms"]["b1"] > 0 for t in metrics["teachers"])
-    ensemble = onnx.load(str(verified_onnx(project)["ensemble"]))  # the export stage checked it against torch
+    ensemble = onnx.load(str(verified_onnx(validated)["ensemble"]))  # the export stage checked it against torch
     assert {o.domain for o in ensemble.opset_import} == {"", "ai.onnx.ml"}  # the scikit-learn member is in it
     assert metrics["ensemble"]["params"] == sum(t["params"] for t in metrics["teachers"])
     combination = metrics["ensemble"]["combination"]  # fitted by distill; export checked the file against it
-    assert combination["rule"] == "fitted_weights" and combination["members"] == project.teacher_models()
+    assert combination["rule"] == "fitted_weights" and combination["members"] == validated.teacher_models()
     assert len(combination["weights"]) == 4 and sum(combination["weights"]) == pytest.approx(1)
     assert set(combination["validation"]) == {"mean_probabilities", "mean_logits", "fitted_weights"}
-    report = project.report.read_text()
+    report = validated.report.read_text()
     assert "`kd.combine: fitted_weights`); weights: 0_wide_cnn " in report
     assert all(
         f"{rule} {combination['validation'][rule]['val_nll']:.4f}" in report for rule in combination["validation"]
@@ -519,12 +519,12 @@ def docs_example() -> tuple[str, dict]:
     return script, yaml.safe_load(block.split("```yaml\n")[1].split("```")[0])
 
 
-def test_the_docs_example_makes_a_teacher_the_stage_takes(project):
+def test_the_docs_example_makes_a_teacher_the_stage_takes(validated):
     script, params = docs_example()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-c", script], cwd=project.root, env=env, check=True)
+    subprocess.run([sys.executable, "-c", script], cwd=validated.root, env=env, check=True)
     config = TeachersConfig(**{**params["teachers"], "epochs": 1, "cached_views": 0})
-    val_accuracy = train_teachers.run(config, project)
+    val_accuracy = train_teachers.run(config, validated)
     assert list(val_accuracy) == ["1_torchvision-resnet18", "0_small_resnet", "2_onnx-forest"]  # largest first
     assert val_accuracy["2_onnx-forest"] > 0.9  # a 100-tree forest on the digits' 64 pixels
 

@@ -100,12 +100,17 @@ def test_flow_run_leaves_dvc_up_to_date(published_run, s3_env, tmp_path):
     project = copy_of(published_run, tmp_path)
     receipt = json.loads((project / "data/published.json").read_text())
     assert receipt["published"] and receipt["name"] == "distillery-student"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert json.loads(Layout(project).metrics.read_text())["git_commit"] == head  # every output is ignored: clean
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
     assert "didn't change, skipping" in dvc(project, "repro").stdout
     assert distillery_flow(params=tiny_params(), root=str(project))["ran"] == []  # nothing changed: nothing reruns
 
-    changed = tiny_params().model_copy(
-        update={"export": tiny_params().export.model_copy(update={"decisive_margin_steps": 6.0})}
+    changed = tiny_params().model_copy(  # a key of measure the prune stage does not use: nothing before export reruns
+        update={
+            "export": tiny_params().export.model_copy(update={"decisive_margin_steps": 6.0}),
+            "measure": tiny_params().measure.model_copy(update={"latency_budget_s": 0.06}),
+        }
     )
     assert distillery_flow(params=changed, root=str(project))["ran"] == [
         "export",

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import termios
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from PIL import Image
 from distillery import images, model_package
 from distillery.files import file_digest
 from project.layout import Layout
-from project.predict import PARALLEL_FROM, Predictions, decoded_batches
+from project.predict import PARALLEL_FROM, Predictions, classify, decoded_batches
 from project.store import ArtifactStore, S3Settings
 from tasks import ingest, publish
 from tests.conftest import ROOT, venv_env
@@ -65,6 +66,7 @@ def test_predict_classifies_a_folder_as_the_model_classifies_its_pixels(packaged
     pixels = digit_images(80)  # enough to be decoded by worker processes
     files = write_pngs(pixels, tmp_path / "images")
     probabilities, labels = model_labels(packaged.packaged_model, pixels)
+    assert len(set(labels)) >= 8  # the images get many classes: a mix-up of rows or classes would show
 
     result = predict(str(tmp_path / "images"), "--root", str(packaged.root), "--format", "json", "--top-k", "3")
     assert result.returncode == 0, result.stderr
@@ -128,6 +130,8 @@ RECORDED_PIDS: Path | None = None  # where decode_recording_its_process writes t
 
 
 def decode_recording_its_process(*args, **kwargs):
+    """images.decode, a little slower (so that every worker gets images), noting the process it ran in."""
+    time.sleep(0.01)
     with RECORDED_PIDS.open("a") as f:
         f.write(f"{os.getpid()}\n")
     return DECODE(*args, **kwargs)
@@ -136,22 +140,41 @@ def decode_recording_its_process(*args, **kwargs):
 DECODE = images.decode
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_many_images_are_decoded_by_worker_processes(workers, packaged, tmp_path, monkeypatch):
+@pytest.fixture
+def decoding_recorded(tmp_path, monkeypatch) -> Path:
+    """The file that images.decode, in this process and the workers it forks, adds its process id to."""
     global RECORDED_PIDS
     RECORDED_PIDS = tmp_path / "pids"
     monkeypatch.setattr(images, "decode", decode_recording_its_process)  # forked workers inherit it
-    files = write_pngs(digit_images(PARALLEL_FROM), tmp_path / "images")
+    return RECORDED_PIDS
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_many_images_are_decoded_by_worker_processes(workers, packaged, tmp_path, decoding_recorded):
+    files = sorted(write_pngs(digit_images(PARALLEL_FROM), tmp_path / "images"))
     spec = model_package.read(packaged.packaged_model).input
-    with decoded_batches(sorted(files), spec, 16, workers=workers) as batches:
+    with decoded_batches(files, spec, 16, workers=workers) as batches:
         decoded = np.concatenate([pixels for pixels, _ in batches])
-    assert decoded[..., 0] == pytest.approx(np.stack([np.asarray(Image.open(f)) for f in sorted(files)]))
-    pids = RECORDED_PIDS.read_text().split()
+    assert decoded[..., 0] == pytest.approx(np.stack([np.asarray(Image.open(f)) for f in files]))  # in order
+    pids = decoding_recorded.read_text().split()
     assert len(pids) == len(files)
     if workers == 1:
         assert set(pids) == {str(os.getpid())}
     else:
-        assert str(os.getpid()) not in pids and len(set(pids)) >= 1
+        assert str(os.getpid()) not in pids and len(set(pids)) == workers
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one CPU: nothing to decode in parallel with")
+def test_predict_decodes_in_as_many_workers_as_it_may_use_cpus(packaged, tmp_path, decoding_recorded):
+    files = sorted(write_pngs(digit_images(PARALLEL_FROM), tmp_path / "images"))
+    pinned = os.sched_getaffinity(0)  # a pytest-xdist worker runs on its share of the CPUs
+    os.sched_setaffinity(0, range(os.cpu_count()))
+    try:
+        found = classify(model_package.read(packaged.packaged_model), files, batch_size=16)
+    finally:
+        os.sched_setaffinity(0, pinned)
+    pids = decoding_recorded.read_text().split()
+    assert len(found.labels) == len(files) and str(os.getpid()) not in pids and len(set(pids)) >= 2
 
 
 @pytest.mark.e2e  # runs `distillery predict`

@@ -197,6 +197,16 @@ def test_a_run_whose_packaged_model_changed_is_not_published(staged, s3_env, tmp
     assert not list(store().keys("models/changed/"))
 
 
+def test_a_run_is_named_by_its_report_and_its_ship_decision(staged, tmp_path):
+    layout = Layout(tmp_path)
+    shutil.copytree(staged.data, layout.data)
+    before = publish.run_of(layout)
+    assert publish.run_of(staged) == before
+    decision = ShipDecision.read(layout.ship_decision)
+    decision.model_copy(update={"reason": "another ship stage's"}).write(layout.ship_decision)
+    assert publish.run_of(layout) != before
+
+
 @pytest.mark.parametrize("changed", ["report", "ship decision"])
 def test_a_package_made_from_another_report_or_decision_is_not_published(changed, staged, s3_env, tmp_path):
     layout = Layout(tmp_path)

@@ -44,6 +44,14 @@ def ingest(project, preexec_fn=None) -> subprocess.CompletedProcess:
     )
 
 
+def test_a_flow_run_refuses_a_dvc_yaml_the_stage_declarations_did_not_write(project, prefect_server):
+    dvc_yaml = project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace(", tasks/ship.py]", "]"))  # a hand edit: a dependency lost
+    with pytest.raises(DistilleryError, match="differs from the stage declarations .* run `distillery dvc-yaml`"):
+        distillery_flow(params=tiny_params(), root=str(project))
+    assert not Layout(project).raw.exists()
+
+
 def test_a_second_run_in_one_workspace_is_refused_and_writes_nothing(project, prefect_server):
     layout = Layout(project)
     with exclusive_lock(layout.lock_file, "test"):  # a run in progress

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from flows.dvc_yaml import code_deps, dvc_yaml
 from project.config import PipelineParams, Section
 from project.layout import PIPELINE_MODELS, Layout
@@ -31,6 +32,23 @@ def test_tasks_holds_the_stages_and_nothing_else():
 
 def test_the_committed_dvc_yaml_is_what_the_declarations_generate():
     assert (ROOT / "dvc.yaml").read_text() == dvc_yaml(), "dvc.yaml is stale: run `distillery dvc-yaml`"
+
+
+def test_the_dvc_yaml_command_writes_the_file_and_checks_it(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="differs from the stage declarations"):
+        main(["dvc-yaml", "--root", str(tmp_path), "--check"])  # no file yet
+    main(["dvc-yaml", "--root", str(tmp_path)])
+    assert (tmp_path / "dvc.yaml").read_text() == dvc_yaml() and "wrote" in capsys.readouterr().out
+    main(["dvc-yaml", "--root", str(tmp_path), "--check"])
+    (tmp_path / "dvc.yaml").write_text(dvc_yaml() + "# edited\n")
+    with pytest.raises(SystemExit, match="run `distillery dvc-yaml`"):
+        main(["dvc-yaml", "--root", str(tmp_path), "--check"])
+
+
+def test_dvc_tracks_only_the_keys_a_stage_uses_of_a_section():
+    assert stage("prune").params == ["prune", "distill", "kd", "ship.latency_batch", "measure.latency_threads"]
+    assert stage("distill").params == ["distill", "kd", "ship.max_accuracy_drop_pp"]
+    assert stage("ship").params == ["ship", "measure"]
 
 
 @pytest.mark.parametrize("declared", stages(), ids=lambda declared: declared.name)
@@ -63,6 +81,13 @@ def test_each_stage_reads_only_what_a_user_brings_or_an_earlier_stage_writes():
         outputs = set(declared.written_paths(layout))
         assert not outputs & written, f"{declared.name} writes what an earlier stage wrote"
         written |= outputs
+
+
+def test_git_ignores_every_output_a_stage_writes():
+    """DVC tracks them; were one not ignored, writing it would make the run's own git commit `-dirty`."""
+    outputs = [path.as_posix() for declared in stages() for path in declared.written_paths(Layout(Path()))]
+    found = subprocess.run(["git", "check-ignore", *outputs], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert sorted(found) == sorted(outputs)
 
 
 def test_code_deps_follow_imports_inside_functions_and_package_inits():

@@ -1,5 +1,6 @@
 """The test suite's own order: each test's kind, and the slowest files handed out first."""
 
+import ast
 import json
 from types import SimpleNamespace
 
@@ -44,3 +45,27 @@ def test_a_fresh_clone_knows_every_test_file_s_seconds():
 
     known = json.loads(FILE_SECONDS.read_text())
     assert {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")} <= set(known)
+
+
+def test_no_test_file_redefines_a_fixture_that_decides_a_test_s_kind():
+    """A test's kind goes by its fixtures' names (conftest's); a file's own fixture of that name would mislead it."""
+    from tests.conftest import RUNS, SERVERS
+
+    for path in (ROOT / "tests").glob("test_*.py"):
+        defined = {
+            node.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef) and any("fixture" in ast.unparse(d) for d in node.decorator_list)
+        }
+        assert not defined & (SERVERS | RUNS), f"{path.name} defines {defined & (SERVERS | RUNS)}"
+
+
+def test_make_test_order_sums_the_kept_times_by_file_slowest_first(tmp_path, monkeypatch):
+    import tests.conftest as conftest
+
+    kept = {"tests/a.py::t1": 1.0, "tests/b.py::t": 5.0, "tests/a.py::t2[x]": 0.5}
+    monkeypatch.setattr(conftest, "TIMINGS", tmp_path / "durations.json")
+    monkeypatch.setattr(conftest, "FILE_SECONDS", tmp_path / "file_seconds.json")
+    conftest.TIMINGS.write_text(json.dumps(kept))
+    conftest.write_file_seconds()
+    assert list(json.loads(conftest.FILE_SECONDS.read_text()).items()) == [("tests/b.py", 5.0), ("tests/a.py", 1.5)]
