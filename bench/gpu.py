@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from distillery import models, onnx_export
+from distillery.augment import Recipe
 from distillery.data import Split, load_dataset
 from distillery.machine import cpu_flags
 from distillery.training import TrainSettings, fit, pick_device, seeded
@@ -72,11 +73,13 @@ def training_throughput(
 ) -> dict:
     data = load_dataset(dataset)
     train = replicated(data.train, replicate)
-    settings = TrainSettings(epochs, batch_size, 1e-3, 1e-4, augment=False, seed=0)
+    settings = TrainSettings(epochs, batch_size, 1e-3, 1e-4, augment=False, seed=0, recipe=Recipe())
     results = {}
     for arch in archs:
         spec = {"arch": arch, "in_channels": data.in_channels, "num_classes": data.num_classes}
-        warm = TrainSettings(1, batch_size, 1e-3, 1e-4, augment=False, seed=0)  # cuDNN autotune, allocator
+        warm = TrainSettings(
+            1, batch_size, 1e-3, 1e-4, augment=False, seed=0, recipe=Recipe()
+        )  # cuDNN autotune, allocator
         build = partial(models.build, spec)  # the same initial weights for each loop
         fit(seeded(0, build), replicated(data.train, 1), data.val, warm, device)
         plain = plain_loop_images_per_s(seeded(0, build), train, settings, device)

@@ -30,14 +30,17 @@ import torch
 
 from bench import baselines, save_results
 from distillery import checkpoint, models, onnx_export, stats
-from distillery.data import load_dataset
+from distillery.data import Split, load_dataset
 from distillery.files import read_json
 from distillery.machine import cpu_flags
 from distillery.models import Ensemble
+from distillery.names import GREY_PAPER
 from distillery.teacher_outputs import TeacherOutputs
 from distillery.training import Objective
+from project import eval_sets
 from project.artifacts import load_model, read_record
-from project.config import PipelineParams, load_params
+from project.config import EvalSet, PipelineParams, load_params
+from project.eval_sets import LoadedSet
 from project.layout import PIPELINE_MODELS, TEACHER, Layout
 from project.settings import device, kd_settings, train_settings
 from project.ship_decision import ShipDecision
@@ -47,6 +50,14 @@ from tasks import report, stages_through, train_teachers
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("distillery")
 SEEDED = ("teachers", "distill", "prune", "quantize")
+SHIFT_SETS = (  # beside the test split: the default report's sets, then development sets (the augmentation's choice)
+    EvalSet(name="uci-digits", source="uci_digits"),
+    EvalSet(name="uci-digits-grey-paper", source="uci_digits", paper=GREY_PAPER),
+    EvalSet(name="test-grey-paper", source="test_split", paper=GREY_PAPER),
+    EvalSet(name="typeset-digits-dev", source="typeset_digits"),
+    EvalSet(name="typeset-digits-grey-paper-dev", source="typeset_digits", paper=GREY_PAPER),
+)
+SHIFT_PAIRS = report.PAIRS | {"int8_vs_pruned": ("int8", "pruned")}
 MODELS = (
     "ensemble",
     "best_teacher",
@@ -67,6 +78,18 @@ MODELS = (
 def seed_params(params: PipelineParams, seed: int) -> PipelineParams:
     """The same run with every training seed set to `seed` (the data split stays fixed)."""
     return params.model_copy(update={s: params.section(s).model_copy(update={"seed": seed}) for s in SEEDED})
+
+
+def shift_hits(entry: dict, sets: list[LoadedSet]) -> dict[str, np.ndarray]:
+    """The model's hits on each set beyond the test split."""
+    sess = onnx_export.session(entry["onnx"])
+    found = {}
+    for loaded in sets:
+        split = Split(
+            torch.from_numpy(loaded.images), torch.arange(len(loaded.labels)), torch.from_numpy(loaded.labels)
+        )
+        found[loaded.name] = onnx_export.predict(sess, split) == loaded.labels
+    return found
 
 
 def run_stages(params: PipelineParams, layout: Layout) -> dict[str, float]:
@@ -96,7 +119,13 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
     else:
         one_teacher = Ensemble([load_model(layout, best)]).to(dev)
     kd_one, _ = train_student(
-        spec, data, params.distill, kd=params.kd, teaching=one_teacher, name="student_kd_best_teacher"
+        spec,
+        data,
+        params.distill,
+        augment=params.augment,
+        kd=params.kd,
+        teaching=one_teacher,
+        name="student_kd_best_teacher",
     )
     pruned_params = models.count_params(load_model(layout, "pruned"))
     masked = baselines.masked_prune(
@@ -104,13 +133,17 @@ def build_baselines(params: PipelineParams, layout: Layout, probe_scale: float) 
         data,
         remove=models.count_params(student) - pruned_params,
         steps=params.prune.steps,
-        settings=train_settings(params.prune),
+        settings=train_settings(params.prune, params.augment),
         objective=Objective(teaching, kd_settings(params.kd)),
         device=dev,
     )
     probe = models.scaled(spec, probe_scale)
-    probe_alone, _ = train_student(probe, data, params.distill, kd=None, teaching=teaching, name="probe_alone")
-    probe_kd, _ = train_student(probe, data, params.distill, kd=params.kd, teaching=teaching, name="probe_kd")
+    probe_alone, _ = train_student(
+        probe, data, params.distill, augment=params.augment, kd=None, teaching=teaching, name="probe_alone"
+    )
+    probe_kd, _ = train_student(
+        probe, data, params.distill, augment=params.augment, kd=params.kd, teaching=teaching, name="probe_kd"
+    )
     found = {
         "best_teacher": {
             "onnx": layout.onnx(best),
@@ -215,19 +248,24 @@ def evaluated(layout: Layout) -> dict[str, dict]:
     return found
 
 
-def pooled(hits: list[dict[str, np.ndarray]]) -> dict:
+def pooled(hits: list[dict[str, np.ndarray]], pairs: dict[str, tuple[str, str]] = report.PAIRS) -> dict:
     """Over every seed's predictions on the (shared) test images: each model's accuracy with its 95% interval,
     and the report's paired comparisons, with each seed's difference beside. The bootstrap resamples images, each
     with its hits in every seed: the intervals hold for these seeds' models, not for a fresh seed's."""
     stacked = {m: np.stack([h[m] for h in hits]) for m in hits[0]}  # seeds x images
     return {
         "accuracy": {
-            m: {"accuracy": float(h.mean()), "interval": stats.accuracy_interval(h)} for m, h in stacked.items()
+            m: {
+                "accuracy": float(h.mean()),
+                "interval": stats.accuracy_interval(h),
+                "per_seed": h.mean(axis=1).tolist(),
+            }
+            for m, h in stacked.items()
         },
         "comparisons": {
             key: {"a": a, "b": b, "per_seed": (stacked[a].mean(axis=1) - stacked[b].mean(axis=1)).tolist()}
             | stats.paired_difference(stacked[a], stacked[b])
-            for key, (a, b) in report.PAIRS.items()
+            for key, (a, b) in pairs.items()
         },
     }
 
@@ -270,7 +308,7 @@ def figure(entry: dict, path: tuple[str, ...]) -> float:
     return entry
 
 
-def summarize(runs: list[dict], hits: list[dict[str, np.ndarray]]) -> dict:
+def summarize(runs: list[dict], hits: list[dict[str, np.ndarray]], shifted: list[dict[str, dict]]) -> dict:
     table = {}
     for m in MODELS:
         entries = [r["models"][m] for r in runs]
@@ -286,7 +324,17 @@ def summarize(runs: list[dict], hits: list[dict[str, np.ndarray]]) -> dict:
         for m in EVALUATED
     }
     stages = {s: spread([r["stage_seconds"][s] for r in runs]) for s in runs[0]["stage_seconds"]}
-    return {"models": table, "evaluated": evaluated_table, "pooled": pooled(hits), "stage_seconds": stages}
+    off_split = {
+        s.name: pooled([{m: by_set[s.name] for m, by_set in seed.items()} for seed in shifted], SHIFT_PAIRS)
+        for s in SHIFT_SETS
+    }
+    return {
+        "models": table,
+        "evaluated": evaluated_table,
+        "pooled": pooled(hits),
+        "off_split": off_split,
+        "stage_seconds": stages,
+    }
 
 
 def targets(runs: list[dict], summary: dict, orchestration: dict | None) -> list[dict]:
@@ -323,6 +371,20 @@ def targets(runs: list[dict], summary: dict, orchestration: dict | None) -> list
         return ensemble - max(t["corrupted_accuracy"] for t in teachers)
 
     kd_at_shipped_size = summary["pooled"]["comparisons"]["kd_vs_alone_at_shipped_size"]
+    off_split = summary["off_split"]
+
+    def on(name: str, model: str) -> float:  # the median over seeds of a model's accuracy on a set, in %
+        return statistics.median(off_split[name]["accuracy"][model]["per_seed"]) * pp
+
+    def shift_gain(name: str, pair: str) -> float:  # the median of each seed's paired difference on a set, points
+        return statistics.median(off_split[name]["comparisons"][pair]["per_seed"]) * pp
+
+    def mildest(run: dict) -> float:  # the shipped model's accuracy under its worst corruption kind at severity 1
+        return min(
+            by_severity[0] for by_severity in run["evaluated"]["shipped"]["corrupted"]["accuracy_by_kind"].values()
+        )
+
+    uci, uci_grey, test_grey = (s.name for s in SHIFT_SETS[:3])
     rows = [
         ("ensemble test accuracy >= 98.8%", acc["ensemble"] * pp, ">=", 98.8),
         ("ensemble >= its best member (on validation), points", gain("ensemble", "best_teacher"), ">=", 0),
@@ -361,6 +423,32 @@ def targets(runs: list[dict], summary: dict, orchestration: dict | None) -> list
             1,
         ),
         ("int8 accuracy >= ensemble - 0.5 pt", gain("int8", "ensemble"), ">=", -0.5),
+        ("shipped test accuracy >= 98.0%", acc["shipped"] * pp, ">=", 98.0),
+        (f"grey paper: shipped on {uci_grey} >= 90%", on(uci_grey, "shipped"), ">=", 90),
+        (f"grey paper: shipped on {test_grey} >= 90%", on(test_grey, "shipped"), ">=", 90),
+        (f"grey paper: ensemble on {uci_grey} >= 95%", on(uci_grey, "ensemble"), ">=", 95),
+        (f"grey paper: ensemble on {test_grey} >= 95%", on(test_grey, "ensemble"), ">=", 95),
+        (
+            "corrupted accuracy: shipped, the mean of every kind and severity >= 85%",
+            ev["shipped"]["corrupted_accuracy"] * pp,
+            ">=",
+            85,
+        ),
+        ("corrupted accuracy: shipped, the worst kind at severity 1 >= 80%", median_over_seeds(mildest) * pp, ">=", 80),
+        (f"natural shift: shipped on {uci} >= ensemble - 2 pt", shift_gain(uci, "shipped_vs_ensemble"), ">=", -2),
+        (
+            f"natural shift: KD at the shipped size on {uci} >= alone + 2 pt",
+            shift_gain(uci, "kd_vs_alone_at_shipped_size"),
+            ">=",
+            2,
+        ),
+        (
+            "the same: lower end of the paired 95% interval, seeds pooled (points)",
+            off_split[uci]["comparisons"]["kd_vs_alone_at_shipped_size"]["interval"][0] * pp,
+            ">",
+            0,
+        ),
+        (f"natural shift: int8 on {uci} >= pruned - 1 pt", shift_gain(uci, "int8_vs_pruned"), ">=", -1),
         (
             "KD from the ensemble closes >= 50% of the alone-ensemble gap",
             gap_closed("student_alone", "student_kd"),
@@ -466,6 +554,35 @@ def markdown(result: dict) -> str:
             f"[{c['interval'][0] * 100:+.2f}, {c['interval'][1] * 100:+.2f}] over {c['images']} test images, "
             f"each with its {len(result['seeds'])} seeds' predictions; per seed {per_seed}"
         )
+    off_split = result["summary"]["off_split"]
+    lines += [
+        "",
+        "Off the test split (`SHIFT_SETS`; grey paper: ground 60/255; the typeset sets are the development sets the "
+        "training augmentation was chosen on): accuracy in %, the median over seeds, and every seed's images pooled "
+        "with its 95% interval.",
+        "",
+        "| model | " + " | ".join(off_split) + " |",
+        "|---|" + "---:|" * len(off_split),
+    ]
+    for m in MODELS:
+        cells = []
+        for found in off_split.values():
+            a = found["accuracy"][m]
+            low, high = (100 * v for v in a["interval"])
+            cells.append(f"{statistics.median(a['per_seed']) * 100:.1f} [{low:.1f}, {high:.1f}]")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Paired on each set's images, seeds pooled (points, 95% interval; each seed's difference beside):",
+        "",
+    ]
+    for name, found in off_split.items():
+        for key, c in found["comparisons"].items():
+            per_seed = ", ".join(f"{d * 100:+.1f}" for d in c["per_seed"])
+            lines.append(
+                f"- {name}, {key}: {c['difference'] * 100:+.2f} [{c['interval'][0] * 100:+.2f}, "
+                f"{c['interval'][1] * 100:+.2f}]; per seed {per_seed}"
+            )
     lines += ["", "| stage | wall time (s) |", "|---|---:|"]
     lines += [f"| {s} | {cell(v, '.1f')} |" for s, v in result["summary"]["stage_seconds"].items()]
     if result["orchestration"]:
@@ -518,7 +635,7 @@ def main() -> None:
         orchestration = {"flow_s": flow_s, "direct_s": direct_s, "overhead_share": (flow_s - direct_s) / flow_s}
 
     threads = onnx_export.cpu_threads(params.measure.latency_threads)
-    hits = []
+    hits, shifted = [], []
     for run in runs:  # one process, one thread setting, every model of every seed
         layout = run.pop("layout")
         data = load_dataset(layout.raw)
@@ -528,8 +645,11 @@ def main() -> None:
         run["models"] = {m: figures for m, (figures, _) in measured.items()}
         run["evaluated"] = evaluated(layout)
         hits.append({m: model_hits for m, (_, model_hits) in measured.items()})
+        info = read_json(layout.dataset_info)
+        sets = eval_sets.load(list(SHIFT_SETS), layout, info["classes"], tuple(info["shape"]))
+        shifted.append({m: shift_hits(e, sets) for m, e in found[run["seed"]].items()})
 
-    summary = summarize(runs, hits)
+    summary = summarize(runs, hits, shifted)
     result = {
         "seeds": args.seeds,
         "params": params.to_yaml_dict(),

@@ -72,12 +72,12 @@ def measure(project: Path, work: Path, epochs: int | None = None) -> dict:
     for folder in (source.raw, source.validation, source.teachers):
         shutil.copytree(folder, layout.root / folder.relative_to(source.root))
     layout.teacher_outputs.unlink(missing_ok=True)
-    cache_s, _ = timed(lambda: train_teachers.cache_outputs(params.teachers, layout, layout.teachers))
+    cache_s, _ = timed(lambda: train_teachers.cache_outputs(params.teachers, params.augment, layout, layout.teachers))
     runs = {}
     for kind in ("cached", "live"):
         if kind == "live":
             layout.teacher_outputs.unlink()
-        seconds, result = timed(lambda: distill.run(params.distill, params.kd, params.ship, layout))
+        seconds, result = timed(lambda: distill.run(params.distill, params.kd, params.ship, params.augment, layout))
         runs[kind] = {"seconds": seconds, "student_kd": result["student_kd"]}
     return {
         "project": str(project),

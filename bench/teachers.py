@@ -31,7 +31,7 @@ def teacher_stage(params: PipelineParams, root: str, runner: RunnerConfig) -> di
     """Wall seconds of the stage, and each teacher's seconds, threads and validation accuracy."""
     layout = Layout(Path(root))
     started = time.perf_counter()
-    train_teachers.run(params.teachers, layout, map_fn=teacher_map(runner))
+    train_teachers.run(params.teachers, params.augment, layout, map_fn=teacher_map(runner))
     wall = time.perf_counter() - started
     teachers = {
         teacher.removeprefix(TEACHER): {

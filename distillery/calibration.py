@@ -10,6 +10,7 @@ import torch
 
 ECE_BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
+FOLDS = 5  # a temperature fitted on 4/5 of the images is scored on the rest
 
 
 def log_probabilities(outputs: np.ndarray, *, probabilities: bool) -> np.ndarray:
@@ -48,13 +49,9 @@ def ece(log_p: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     return float(np.abs(hits - confidence_sums).sum() / len(labels))
 
 
-def fit_temperature(log_p: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T within TEMPERATURE_RANGE that minimises the NLL of softmax(log p / T) on these
-    images. The NLL is convex in 1/T, so one minimum: a golden-section search over log T finds it. A model
-    right on every image has none (its NLL falls towards 0 with T, and the sharpened model was 8x worse on
-    test images in one run): it gets 1, no scaling."""
-    if (log_p.argmax(axis=1) == labels).all():
-        return 1.0
+def best_temperature(log_p: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T within TEMPERATURE_RANGE that minimises the NLL of softmax(log p / T) on these images.
+    The NLL is convex in 1/T, so one minimum: a golden-section search over log T finds it."""
     low, high = np.log(TEMPERATURE_RANGE)
     ratio = (np.sqrt(5) - 1) / 2
     for _ in range(80):
@@ -64,6 +61,33 @@ def fit_temperature(log_p: np.ndarray, labels: np.ndarray) -> float:
         else:
             low = a
     return float(np.exp((low + high) / 2))
+
+
+def held_out_gain(log_p: np.ndarray, labels: np.ndarray, folds: int = FOLDS) -> np.ndarray:
+    """Per image, how much lower its NLL is at a temperature fitted on the other images than at T = 1: the images
+    dealt into `folds` parts, each part scored at the temperature the other parts give."""
+    part = np.arange(len(labels)) % folds
+    gain = np.empty(len(labels))
+    for k in range(folds):
+        held, rest = part == k, part != k
+        at = scaled(log_p[held], best_temperature(log_p[rest], labels[rest]))
+        rows = np.arange(held.sum())
+        gain[held] = at[rows, labels[held]] - log_p[held][rows, labels[held]]
+    return gain
+
+
+def fit_temperature(log_p: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017) that cannot make a model worse than T = 1 by more than noise: the
+    best temperature on these images, used only where temperatures fitted on some of them lower the NLL of the
+    others (`held_out_gain`) by more than twice the standard error of the mean gain; else 1, no scaling. On a few
+    hundred images a fitted T overfits: it raised an ensemble's test NLL from 0.038 to 0.091 in one run. A model
+    right on every image has no temperature either (its NLL falls towards 0 with T): it gets 1."""
+    if (log_p.argmax(axis=1) == labels).all():
+        return 1.0
+    gain = held_out_gain(log_p, labels)
+    if gain.mean() <= 2 * gain.std(ddof=1) / np.sqrt(len(gain)):
+        return 1.0
+    return best_temperature(log_p, labels)
 
 
 def calibration(log_p: np.ndarray, labels: np.ndarray) -> dict[str, float]:

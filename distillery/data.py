@@ -1,6 +1,5 @@
 """The canonical dataset (data/raw/: uint8 images, labels, split ids), read batch by batch from disk."""
 
-import math
 import multiprocessing
 import os
 from dataclasses import dataclass
@@ -144,19 +143,6 @@ def warp(x: torch.Tensor, theta: torch.Tensor, displacement: torch.Tensor | None
     if displacement is not None:
         grid = grid + displacement
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-
-
-def random_theta(n: int, aspect: float, generator: torch.Generator, degrees: float = 10.0, shift: float = 0.1):
-    """`n` small random rotations and shifts (as `affine_theta` matrices), drawn from `generator`
-    (thread-safe and reproducible); `shift` is a share of the width or height."""
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
-    tx, ty = ((torch.rand(2, n, generator=generator) * 2 - 1) * shift * 2).unbind(0)
-    return affine_theta(angle, tx, ty, aspect=aspect)
-
-
-def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """`x` rotated and shifted at random, each image its own way: the training augmentation."""
-    return warp(x, random_theta(x.shape[0], x.shape[-1] / x.shape[-2], generator))
 
 
 def to_device(split: Split, device: torch.device) -> Split:

@@ -97,3 +97,29 @@ def evaluate(
             "corrupted": corrupted[name],
         }
     return measures, PerImage(clean=hits, corrupted=shares)
+
+
+def evaluate_set(
+    sessions: dict[str, ort.InferenceSession],
+    split: Split,
+    *,
+    probabilities: set[str],
+    ensemble: str,
+    temperatures: dict[str, float],
+) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Every model's accuracy with its 95% interval, agreement with `ensemble` and calibration (raw, and scaled by
+    its temperature from `temperatures`) on the images of `split`; and per image, whether the model is right."""
+    y = split.y.numpy()
+    log_p = {n: split_log_probabilities(s, split, probabilities=n in probabilities) for n, s in sessions.items()}
+    hits = {name: found.argmax(axis=1) == y for name, found in log_p.items()}
+    measures = {
+        name: {
+            "accuracy": float(hits[name].mean()),
+            "accuracy_interval": stats.accuracy_interval(hits[name]),
+            "agreement_with_ensemble": float((found.argmax(axis=1) == log_p[ensemble].argmax(axis=1)).mean()),
+            "calibration": calibration.calibration(found, y),
+            "calibrated": calibration.calibration(calibration.scaled(found, temperatures[name]), y),
+        }
+        for name, found in log_p.items()
+    }
+    return measures, hits

@@ -9,3 +9,4 @@ STUDENT_CNN = "student_cnn"  # the built-in student, distillery.models.StudentCN
 TORCHVISION_STUDENTS = ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 STUDENT_ARCHS = (STUDENT_CNN, *(TORCHVISION + name for name in TORCHVISION_STUDENTS))
 COMBINE_RULES = ("mean_probabilities", "mean_logits", "fitted_weights")  # distillery.combine joins by them
+GREY_PAPER = 60  # 0..255: the ground of the grey-paper sets the report and the bench measure

@@ -61,9 +61,30 @@ def x86_quantizer() -> X86InductorQuantizer:
 
 
 def prepare_qat(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
-    """Export the float model, its batch norms folded, and insert fake-quantize nodes (`x86_quantizer`)."""
+    """Export the float model, its batch norms folded, and insert fake-quantize nodes (`x86_quantizer`), the
+    images' own fixed to 0..1 (`fix_input_range`)."""
     exported = torch.export.export(fold_batch_norms(model), (example,), dynamic_shapes=({0: BATCH},)).module()
-    return prepare_qat_pt2e(exported, x86_quantizer())
+    prepared = prepare_qat_pt2e(exported, x86_quantizer())
+    fix_input_range(prepared)
+    return prepared
+
+
+def fix_input_range(prepared: torch.fx.GraphModule) -> None:
+    """The images are 0..1 by construction (`data.normalise`): their quantizer takes that range instead of observing
+    it, so that it maps each 8-bit pixel to itself (scale 1/255, zero point 0). Observed, its range follows the
+    training views, whose brightest pixel (augmented: warped, blurred, on other ink) may fall short of 1. A model
+    that first resizes its images (a torchvision student) quantizes the resized ones: left as observed."""
+    images = next(node for node in prepared.graph.nodes if node.op == "placeholder")
+    quantizers = [n for n in images.users if n.op == "call_module" and n.target.startswith("activation_post_process")]
+    if not quantizers:
+        return
+    fake_quantize = getattr(prepared, quantizers[0].target)
+    fake_quantize.activation_post_process.min_val.fill_(0.0)
+    fake_quantize.activation_post_process.max_val.fill_(1.0)
+    scale, zero_point = fake_quantize.calculate_qparams()
+    fake_quantize.scale.copy_(scale)
+    fake_quantize.zero_point.copy_(zero_point)
+    fake_quantize.disable_observer()
 
 
 def to_train(model: torch.fx.GraphModule) -> None:

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillery.data import Split, batches, random_affine, to_device
+from distillery import augment
+from distillery.augment import Recipe
+from distillery.data import Split, batches, to_device
 from distillery.raw_format import UNLABELED
 from distillery.teacher_outputs import TeacherOutputs
 
@@ -26,6 +28,7 @@ class TrainSettings:
     weight_decay: float
     augment: bool
     seed: int
+    recipe: Recipe  # how augment draws its views
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,13 @@ class Objective:
         distilled = teacher is not None and kd is not None and kd.alpha > 0
         self.teacher, self.kd = (teacher, kd) if distilled else (None, None)
 
-    def batch(self, x, y, index, *, epoch: int, augment: bool, generator: torch.Generator) -> Batch:
-        """The batch the model trains on, from the stored images `x` at positions `index` of the split."""
+    def batch(self, x, y, index, *, epoch: int, recipe: Recipe | None, generator: torch.Generator) -> Batch:
+        """The batch the model trains on, from the stored images `x` at positions `index` of the split: augmented
+        as `recipe` says (None: as stored), by the cache's views where there is a cache."""
         if self.cache is not None:
-            view = self.cache.view(epoch, augment)
+            view = self.cache.view(epoch, recipe is not None)
             return Batch(self.cache.images(x, view, index), y, index, view)
-        return Batch(random_affine(x, generator) if augment else x, y, index, None)
+        return Batch(augment.augmented(x, recipe, generator) if recipe is not None else x, y, index, None)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Cross-entropy with the labels, or the distillation loss with the teacher's soft targets."""
@@ -128,7 +132,8 @@ def train_epoch(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for x, y, index in batches(data, settings.batch_size, generator, device, with_index=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        batch = objective.batch(x, y, index, epoch=epoch, augment=settings.augment, generator=generator)
+        recipe = settings.recipe if settings.augment else None
+        batch = objective.batch(x, y, index, epoch=epoch, recipe=recipe, generator=generator)
         x = batch.x.contiguous(memory_format=torch.channels_last) if channels_last else batch.x
         with autocast:
             loss = objective.loss(model(x), batch)

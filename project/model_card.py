@@ -97,6 +97,20 @@ def measured(packaged: PackagedModel, metrics: dict) -> list[str]:
     ]
 
 
+def off_the_test_split(metrics: dict, model: str) -> str:
+    """Where the model was measured beyond its test split (the report's evaluation sets), in a sentence."""
+    measured = [
+        f"on {name} ({found['images']:,} images, {found['source']}) {percent(found['models'][model]['accuracy'])}% "
+        f"{interval(found['models'][model]['accuracy_interval'])} with an ECE of "
+        f"{percent(found['models'][model]['calibrated']['ece'])}% (the ensemble "
+        f"{percent(found['models']['ensemble']['accuracy'])}%)"
+        for name, found in metrics.get("eval_sets", {}).items()
+    ]
+    if not measured:
+        return "On other kinds of images its accuracy was not measured."
+    return f"Measured off its test split: {'; '.join(measured)}. On other kinds of images it was not measured."
+
+
 def limits(packaged: PackagedModel, metrics: dict) -> list[str]:
     model = metrics[packaged.props["wrapped_model"]]
     kind, accuracy = weakest_corruption(model)
@@ -105,8 +119,8 @@ def limits(packaged: PackagedModel, metrics: dict) -> list[str]:
         "## Limits",
         "",
         f"- It has seen only {metrics['dataset']['name']} images ({packaged.input.height} x {packaged.input.width}, "
-        f"{packaged.input.color}). On other kinds of images its accuracy was not measured, and an image of another "
-        "size is resized, which may lose what tells the classes apart.",
+        f"{packaged.input.color}). {off_the_test_split(metrics, packaged.props['wrapped_model'])} An image of "
+        "another size is resized, which may lose what tells the classes apart.",
         f"- With {metrics['dataset']['n_test']:,} test images its test accuracy is known to within "
         f"{percent(low)}–{percent(high)}% (95%). To compare it with another model, compare both on the same "
         "images (the report's paired comparisons).",

@@ -1,7 +1,7 @@
 """The report's text: report.md and the rows of its tables (also the Prefect table artifacts), from metrics.json."""
 
 from distillery import calibration, corruptions
-from project.layout import PIPELINE_MODELS, Layout
+from project.layout import PIPELINE_MODELS, TEACHER, Layout
 from project.ship_decision import ShipDecision
 
 
@@ -89,14 +89,59 @@ def difference(value: float, bounds: list[float], distinct: bool) -> str:
 
 
 def comparison_line(title: str, c: dict) -> str:
-    corrupted = c["corrupted"]
+    """A paired comparison in a sentence: on clean images, and under corruption where it was measured."""
     clean = difference(c["difference"], c["interval"], separates(c["interval"]) and c["mcnemar_p"] < 0.05)
-    return (
-        f"- {title}: {c['a']} − {c['b']} = {clean}, McNemar p = {c['mcnemar_p']:.2g} ({c['only_a']} test "
-        f"image{'' if c['only_a'] == 1 else 's'} only {c['a']} gets right, {c['only_b']} only {c['b']}); "
-        "under corruption "
-        f"{difference(corrupted['difference'], corrupted['interval'], separates(corrupted['interval']))}."
+    line = (
+        f"- {title}: {c['a']} − {c['b']} = {clean}, McNemar p = {c['mcnemar_p']:.2g} ({c['only_a']} "
+        f"image{'' if c['only_a'] == 1 else 's'} only {c['a']} gets right, {c['only_b']} only {c['b']})"
     )
+    if "corrupted" not in c:
+        return line + "."
+    corrupted = c["corrupted"]
+    under = difference(corrupted["difference"], corrupted["interval"], separates(corrupted["interval"]))
+    return f"{line}; under corruption {under}."
+
+
+def set_rows(metrics: dict, found: dict) -> list[dict]:
+    """Every model on one evaluation set: accuracy with its interval, agreement with the ensemble, calibration."""
+    names = {f"teacher {t['name']}": TEACHER + t["name"] for t in metrics["teachers"]} | {m: m for m in PIPELINE_MODELS}
+    rows = []
+    for shown, name in names.items():
+        m = found["models"][name]
+        rows.append(
+            {
+                "model": shown,
+                "accuracy % (95% interval)": f"{percent(m['accuracy'])} {interval(m['accuracy_interval'])}",
+                "agreement with ensemble %": f"{m['agreement_with_ensemble'] * 100:.1f}",
+                "NLL raw → scaled": f"{m['calibration']['nll']:.4f} → {m['calibrated']['nll']:.4f}",
+                "ECE % raw → scaled": f"{percent(m['calibration']['ece'])} → {percent(m['calibrated']['ece'])}",
+            }
+        )
+    return rows
+
+
+def eval_sets_section(metrics: dict) -> list[str]:
+    """Every model on each evaluation set (`report.eval_sets`), and the paired comparisons there."""
+    lines = [
+        "## Off the test split",
+        "",
+        "Every model on labelled sets from where the model will be used (`report.eval_sets`): accuracy with its 95% "
+        "interval, agreement with the ensemble's class, NLL and ECE raw and scaled by the temperature fitted on the "
+        "validation split. Paired on the set's images, as on the test split.",
+    ]
+    for name, found in metrics["eval_sets"].items():
+        c = found["comparisons"]
+        lines += [
+            "",
+            f"### {name} ({found['images']:,} images, {found['source']})",
+            "",
+            *table(set_rows(metrics, found)),
+            "",
+            comparison_line("The shipped model against the ensemble", c["shipped_vs_ensemble"]),
+            comparison_line("Distillation at the shipped size", c["kd_vs_alone_at_shipped_size"]),
+            comparison_line("Distillation at the student's size", c["kd_vs_alone_at_student_size"]),
+        ]
+    return lines if metrics["eval_sets"] else []
 
 
 def kept_section(metrics: dict, layout: Layout) -> list[str]:
@@ -188,6 +233,8 @@ def markdown_report(metrics: dict, decision: ShipDecision, layout: Layout) -> st
             f"![accuracy vs size]({layout.accuracy_plot.name})",
             "",
             *kept_section(metrics, layout),
+            "",
+            *eval_sets_section(metrics),
             "",
             f"![training curves]({layout.curves_plot.name})",
             "",

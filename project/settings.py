@@ -4,8 +4,9 @@ import os
 
 import torch
 
+from distillery.augment import Recipe
 from distillery.training import KDSettings, TrainSettings, pick_device
-from project.config import KDConfig, TrainConfig
+from project.config import AugmentConfig, KDConfig, TrainConfig
 
 
 def device() -> torch.device:
@@ -13,7 +14,11 @@ def device() -> torch.device:
     return pick_device(os.environ.get("DISTILLERY_DEVICE", "auto"))
 
 
-def train_settings(config: TrainConfig) -> TrainSettings:
+def recipe(config: AugmentConfig) -> Recipe:
+    return Recipe(**config.model_dump())
+
+
+def train_settings(config: TrainConfig, augment: AugmentConfig) -> TrainSettings:
     return TrainSettings(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -21,6 +26,7 @@ def train_settings(config: TrainConfig) -> TrainSettings:
         weight_decay=config.weight_decay,
         augment=config.augment,
         seed=config.seed,
+        recipe=recipe(augment),
     )
 
 

@@ -14,7 +14,7 @@ from distillery.models import Ensemble, widths
 from distillery.teacher_outputs import TeacherOutputs
 from distillery.training import Objective, accuracy, fit, logits, seeded
 from project.artifacts import load_ensemble, load_model, read_combination
-from project.config import DistillConfig, KDConfig
+from project.config import AugmentConfig, DistillConfig, KDConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
 
@@ -71,17 +71,18 @@ def train_student(
     data: Dataset,
     config: DistillConfig,
     *,
+    augment: AugmentConfig,
     kd: KDConfig | None,
     teaching: nn.Module | TeacherOutputs | None,
     name: str,
 ) -> tuple[nn.Module, dict]:
     """The student of `spec` trained on `data`: distilled from `teaching` (a model or its cached outputs) on the
-    training images and the transfer set, or without `kd` on the labelled images alone. From a cache it trains on
-    the cache's views either way."""
+    training images and the transfer set, or without `kd` on the labelled images alone; augmented as `augment` says.
+    From a cache it trains on the cache's views either way."""
     model = seeded(config.seed, lambda: models.build(spec))
     objective = Objective(teaching, kd_settings(kd) if kd else None)
     images = training_images(data, objective)
-    history = fit(model, images, data.val, train_settings(config), device(), objective, name=name)
+    history = fit(model, images, data.val, train_settings(config, augment), device(), objective, name=name)
     return model, {
         "arch": spec["arch"],
         "params": models.count_params(model),

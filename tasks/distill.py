@@ -10,7 +10,7 @@ from distillery.data import load_dataset
 from distillery.files import atomic_dir, write_json
 from distillery.names import STUDENT_CNN
 from distillery.training import accuracy
-from project.config import DistillConfig, KDConfig, ShipConfig
+from project.config import AugmentConfig, DistillConfig, KDConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device
 from project.stage import Stage
@@ -34,7 +34,7 @@ def candidate_specs(config: DistillConfig, *, in_channels: int, num_classes: int
 SEARCH_RECORD = ("width_mult", "widths", "params", "val_accuracy")  # what the record says of each student tried
 
 
-def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -> dict:
+def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, augment: AugmentConfig, layout: Layout) -> dict:
     """Write data/models/student/: student_alone and student_kd (safetensors + history JSON)."""
     data = load_dataset(layout.raw)
     ensemble, combination_record = fit_ensemble(layout, kd.combine, data.val)
@@ -44,12 +44,16 @@ def run(config: DistillConfig, kd: KDConfig, ship: ShipConfig, layout: Layout) -
     teaching = load_teaching(layout, data.transfer, combination)
     search = []
     for spec in candidate_specs(config, in_channels=data.in_channels, num_classes=data.num_classes):
-        kd_model, kd_result = train_student(spec, data, config, kd=kd, teaching=teaching, name="student_kd")
+        kd_model, kd_result = train_student(
+            spec, data, config, augment=augment, kd=kd, teaching=teaching, name="student_kd"
+        )
         search.append({k: v for k, v in (spec | kd_result).items() if k in SEARCH_RECORD})
         if kd_result["val_accuracy"] >= floor:
             break
     log.info("student of %d params chosen (floor %.4f val accuracy): %s", kd_result["params"], floor, search)
-    alone_model, alone_result = train_student(spec, data, config, kd=None, teaching=teaching, name="student_alone")
+    alone_model, alone_result = train_student(
+        spec, data, config, augment=augment, kd=None, teaching=teaching, name="student_alone"
+    )
     kd_result |= {"width_search": search, "floor_val_accuracy": floor}
     with atomic_dir(layout.student) as out:
         write_json(out / layout.ensemble_combination.name, combination_record)

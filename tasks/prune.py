@@ -23,7 +23,7 @@ from distillery.pruning import (
     sensitivity_scan,
 )
 from distillery.training import Objective, accuracy
-from project.config import DistillConfig, KDConfig, MeasureConfig, PruneConfig, ShipConfig
+from project.config import AugmentConfig, DistillConfig, KDConfig, MeasureConfig, PruneConfig, ShipConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
 from project.stage import Stage
@@ -79,7 +79,13 @@ def plot_sensitivity(sensitivity: dict, path: Path) -> None:
 
 
 def run(
-    config: PruneConfig, distill: DistillConfig, kd: KDConfig, ship: ShipConfig, measure: MeasureConfig, layout: Layout
+    config: PruneConfig,
+    distill: DistillConfig,
+    kd: KDConfig,
+    ship: ShipConfig,
+    measure: MeasureConfig,
+    augment: AugmentConfig,
+    layout: Layout,
 ) -> dict:
     """Write data/models/pruned/: a physically smaller student (new widths in its spec), and its
     architecture trained alone."""
@@ -128,7 +134,7 @@ def run(
         data.val,
         pruner,
         steps=config.steps,
-        settings=train_settings(config),
+        settings=train_settings(config, augment),
         objective=objective,
         device=device(),
         fast_enough=fast_enough,
@@ -154,7 +160,9 @@ def run(
                 result["latency_ms"],
             )
     same_epochs = distill.model_copy(update={"epochs": distill.epochs + config.epochs})
-    alone_model, alone_result = train_student(spec, data, same_epochs, kd=None, teaching=teaching, name="pruned_alone")
+    alone_model, alone_result = train_student(
+        spec, data, same_epochs, augment=augment, kd=None, teaching=teaching, name="pruned_alone"
+    )
     with atomic_dir(layout.pruned) as out:
         for name, trained, record in (("pruned", model, result), ("pruned_alone", alone_model, alone_result)):
             checkpoint.save(trained, spec, out / layout.checkpoint(name).name)

@@ -10,7 +10,7 @@ from distillery.data import load_dataset
 from distillery.files import atomic_dir, write_json
 from distillery.quantize import convert, prepare_qat, qat_finetune
 from distillery.training import Objective, accuracy
-from project.config import KDConfig, QuantizeConfig
+from project.config import AugmentConfig, KDConfig, QuantizeConfig
 from project.layout import Layout
 from project.settings import device, kd_settings, train_settings
 from project.stage import Stage
@@ -19,7 +19,7 @@ from project.students import load_teaching, trained_on, training_images
 log = logging.getLogger("distillery")
 
 
-def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
+def run(config: QuantizeConfig, kd: KDConfig, augment: AugmentConfig, layout: Layout) -> dict:
     """Write data/models/int8/: the int8 student as its quantization-aware training state (safetensors) and its
     history."""
     data = load_dataset(layout.raw)
@@ -27,7 +27,7 @@ def run(config: QuantizeConfig, kd: KDConfig, layout: Layout) -> dict:
     prepared = prepare_qat(model, data.train.head(2))
     objective = Objective(load_teaching(layout, data.transfer), kd_settings(kd))
     images = training_images(data, objective)
-    history = qat_finetune(prepared, images, data.val, train_settings(config), objective, device())
+    history = qat_finetune(prepared, images, data.val, train_settings(config, augment), objective, device())
     prepared.cpu()
     int8 = convert(copy.deepcopy(prepared))
     result = {

@@ -7,16 +7,20 @@ import logging
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
+import torch
 
 from distillery import checkpoint, onnx_export, stats
-from distillery.data import Dataset, load_dataset
-from distillery.evaluation import PerImage, evaluate
+from distillery.data import Dataset, Split, load_dataset
+from distillery.evaluation import PerImage, evaluate, evaluate_set
 from distillery.files import atomic_dir, file_digest, read_json, write_json
 from distillery.machine import cpu_flags
 from distillery.models import count_params
+from project import eval_sets
 from project.artifacts import load_model, read_record, verified_onnx
 from project.config import PipelineParams
+from project.eval_sets import LoadedSet
 from project.layout import PIPELINE_MODELS, PROBABILITY_OUTPUTS, TEACHER, Layout
 from project.report_markdown import markdown_report, models
 from project.report_plots import accuracy_vs_size, save, training_curves, what_the_student_kept
@@ -101,21 +105,47 @@ PAIRS = {
 }
 
 
-def comparisons(metrics: dict, per_image: PerImage, headline: str) -> dict[str, dict]:
-    """Each of PAIRS on the same test images (`headline`: the shipped model): the difference in clean accuracy
-    with its paired interval and McNemar's test, and the difference in accuracy under corruption with its paired
-    interval."""
+def pair_names(metrics: dict, headline: str) -> dict[str, tuple[str, str]]:
+    """PAIRS by the run's model names (`headline`: the shipped model)."""
     names = {"shipped": headline, "best_teacher": TEACHER + metrics["best_teacher"]}
+    return {key: (names.get(a, a), names.get(b, b)) for key, (a, b) in PAIRS.items()}
+
+
+def paired(a: str, b: str, hits: dict[str, np.ndarray]) -> dict:
+    """A against B on the same images: the difference with its paired interval, and McNemar's test."""
+    return {"a": a, "b": b} | stats.paired_difference(hits[a], hits[b]) | stats.mcnemar(hits[a], hits[b])
+
+
+def comparisons(metrics: dict, per_image: PerImage, headline: str) -> dict[str, dict]:
+    """Each of PAIRS on the same test images: the difference in clean accuracy with its paired interval and
+    McNemar's test, and the difference in accuracy under corruption with its paired interval."""
+    return {
+        key: paired(a, b, per_image.clean)
+        | {"corrupted": stats.paired_difference(per_image.corrupted[a], per_image.corrupted[b])}
+        for key, (a, b) in pair_names(metrics, headline).items()
+    }
+
+
+def measured_on_sets(sets: list[LoadedSet], sessions: dict, metrics: dict, headline: str) -> dict[str, dict]:
+    """Every model on each evaluation set: its figures (as on the test split, each model scaled by the temperature
+    fitted on the validation split) and the paired comparisons on the set's images."""
+    temperatures = {name: metrics[name]["temperature"] for name in PIPELINE_MODELS} | {
+        TEACHER + t["name"]: t["temperature"] for t in metrics["teachers"]
+    }
     found = {}
-    for key, (a, b) in PAIRS.items():
-        a, b = names.get(a, a), names.get(b, b)
-        clean_a, clean_b = per_image.clean[a], per_image.clean[b]
-        found[key] = (
-            {"a": a, "b": b}
-            | stats.paired_difference(clean_a, clean_b)
-            | stats.mcnemar(clean_a, clean_b)
-            | {"corrupted": stats.paired_difference(per_image.corrupted[a], per_image.corrupted[b])}
+    for loaded in sets:
+        split = Split(
+            torch.from_numpy(loaded.images), torch.arange(len(loaded.labels)), torch.from_numpy(loaded.labels)
         )
+        figures, hits = evaluate_set(
+            sessions, split, probabilities=PROBABILITY_OUTPUTS, ensemble="ensemble", temperatures=temperatures
+        )
+        found[loaded.name] = {
+            "source": loaded.source,
+            "images": len(loaded.labels),
+            "models": figures,
+            "comparisons": {key: paired(a, b, hits) for key, (a, b) in pair_names(metrics, headline).items()},
+        }
     return found
 
 
@@ -127,6 +157,8 @@ def histories(layout: Layout) -> dict[str, list[dict]]:
 def run(params: PipelineParams, layout: Layout) -> dict:
     """Write data/reports/: the metrics (with the whole run's params), the markdown report and its plots."""
     data = load_dataset(layout.raw)
+    info = read_json(layout.dataset_info)
+    sets = eval_sets.load(params.report.eval_sets, layout, info["classes"], tuple(info["shape"]))  # checked first
     decision = ShipDecision.read(layout.ship_decision)
     counts = param_counts(layout)
     paths = verified_onnx(layout)
@@ -140,7 +172,6 @@ def run(params: PipelineParams, layout: Layout) -> dict:
         | {"verified": {k: checks[name][k] for k in ("top1_agreement", "max_error_steps")}}
         for name, path in paths.items()
     }
-    info = read_json(layout.dataset_info)
     metrics = {
         "teachers": [
             {"name": k.removeprefix(TEACHER), "source": read_record(layout, k)["source"], **v}  # a user's file: sha256
@@ -165,6 +196,7 @@ def run(params: PipelineParams, layout: Layout) -> dict:
     metrics["ensemble"]["combination"] = read_json(layout.ensemble_combination)
     metrics.update(summary(metrics, decision.headline_model))
     metrics["comparisons"] = comparisons(metrics, per_image, decision.headline_model)
+    metrics["eval_sets"] = measured_on_sets(sets, sessions, metrics, decision.headline_model)
     with atomic_dir(layout.reports) as out:
         write_json(out / layout.metrics.name, metrics)
         (out / layout.report.name).write_text(markdown_report(metrics, decision, layout))
@@ -191,6 +223,7 @@ STAGE = Stage(
         Layout.int8,
         Layout.export,
         Layout.ship_decision,
+        Layout.user_eval_sets,
     ),
     writes=(Layout.report,),
     metrics=(Layout.metrics,),

@@ -27,9 +27,9 @@ from distillery.names import TORCHVISION
 from distillery.onnx_teacher import OnnxClassifier, PixelFormat
 from distillery.training import accuracy, fit, logits, seeded
 from project.artifacts import require_valid, teacher_in
-from project.config import CheckpointTeacher, OnnxTeacher, PixelScaling, TeachersConfig
+from project.config import AugmentConfig, CheckpointTeacher, OnnxTeacher, PixelScaling, TeachersConfig
 from project.layout import TEACHER, Layout
-from project.settings import device, train_settings
+from project.settings import device, recipe, train_settings
 from project.stage import Stage
 
 log = logging.getLogger("distillery")
@@ -232,9 +232,10 @@ def spec_for(arch: str, data: Dataset) -> dict:
     return {"arch": arch, "in_channels": data.in_channels, "num_classes": data.num_classes}
 
 
-def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path) -> dict:
+def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path, *, augment: AugmentConfig) -> dict:
     """Make teacher `index` in `out`: train it (seed `config.seed + index`), load and maybe fine-tune a user's
-    weights, or wrap a user's ONNX classifier; write its weights or ONNX file and its record."""
+    weights (augmented as `augment` says), or wrap a user's ONNX classifier; write its weights or ONNX file and its
+    record."""
     started = time.monotonic()
     entry, name = config.models[index], teacher_names(config)[index]
     data = load_dataset(layout.raw)
@@ -245,7 +246,7 @@ def train_teacher(config: TeachersConfig, index: int, layout: Layout, out: Path)
     else:
         spec = teacher_spec(config, index, data)
         arch = spec["arch"]
-        settings = replace(train_settings(config), seed=config.seed + index)
+        settings = replace(train_settings(config, augment), seed=config.seed + index)
         model = seeded(settings.seed, lambda: models.build(spec))
         if isinstance(entry, CheckpointTeacher):
             user_weights(config, index, model, layout)
@@ -277,7 +278,7 @@ def training_size(entry: str | CheckpointTeacher | OnnxTeacher) -> int:
     return models.count_params(models.build({"arch": arch, "in_channels": 1, "num_classes": 10}))
 
 
-def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[str, float]:
+def run(config: TeachersConfig, augment: AugmentConfig, layout: Layout, map_fn: Callable = map) -> dict[str, float]:
     """Write data/models/teachers/: per teacher its weights (safetensors) or wrapped ONNX file and its record
     (JSON), and the teachers' outputs on fixed views of the training images (`cached_views`).
 
@@ -288,13 +289,13 @@ def run(config: TeachersConfig, layout: Layout, map_fn: Callable = map) -> dict[
     largest_first = sorted(range(len(config.models)), key=lambda i: -training_size(config.models[i]))
     check_teachers(config, layout, load_dataset(layout.raw))
     with atomic_dir(layout.teachers) as out:
-        results = list(map_fn(lambda i: train_teacher(config, i, layout, out), largest_first))
+        results = list(map_fn(lambda i: train_teacher(config, i, layout, out, augment=augment), largest_first))
         if config.cached_views:
-            cache_outputs(config, layout, out)
+            cache_outputs(config, augment, layout, out)
     return {r["name"]: r["val_accuracy"] for r in results}
 
 
-def cache_outputs(config: TeachersConfig, layout: Layout, out: Path) -> None:
+def cache_outputs(config: TeachersConfig, augment: AugmentConfig, layout: Layout, out: Path) -> None:
     """The trained teachers' outputs on `config.cached_views` random views of the training images and the transfer
     set's."""
     started = time.monotonic()
@@ -303,6 +304,7 @@ def cache_outputs(config: TeachersConfig, layout: Layout, out: Path) -> None:
         [m.to(device()) for m in members],
         load_dataset(layout.raw).transfer,
         views=config.cached_views,
+        recipe=recipe(augment),
         seed=config.seed,
         device=device(),
     )

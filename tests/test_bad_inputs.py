@@ -278,6 +278,18 @@ CASES = {
         "differ from what the export stage verified",
         absent=("data/reports",),
     ),
+    "eval-set-of-other-classes": Case(
+        ("tasks.report",),
+        ("report.eval_sets[0] (site):", "{root}/data/eval/site has folders ['cat']", "Nothing was measured"),
+        params={**TINY, "report": {"eval_sets": [{"name": "site", "source": "folder", "path": "data/eval/site"}]}},
+        prepare=lambda root: (
+            shutil.rmtree(root / "data" / "reports"),
+            (root / "data" / "eval" / "site" / "cat").mkdir(parents=True),
+            Image.new("L", (8, 8)).save(root / "data" / "eval" / "site" / "cat" / "0.png"),
+        ),
+        absent=("data/reports",),
+        staged=True,
+    ),
     "tampered-onnx-before-publish": staged_case(
         PUBLISH,
         lambda lo: flip_bytes(lo.export / "pruned.onnx"),

@@ -6,12 +6,13 @@ import sys
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 import yaml
 
-from bench.run import MODELS
-from distillery import combine
+from bench.run import MODELS, SHIFT_SETS
+from distillery import combine, digit_sets
 from distillery.data import load_dataset
 from distillery.raw_format import SPLITS
 from distillery.training import logits
@@ -77,7 +78,7 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     assert models["shipped"]["bytes"] == models[models["shipped"]["name"]]["bytes"]
     # KD is also measured for a student at a quarter of the widths (where KD shows when the full one needs none)
     assert models["probe_alone"]["params"] == models["probe_kd"]["params"] < models["student_kd"]["params"] / 4
-    assert all(isinstance(t["met"], bool) for t in result["targets"]) and len(result["targets"]) == 20
+    assert all(isinstance(t["met"], bool) for t in result["targets"]) and len(result["targets"]) == 31
     pooled = result["summary"]["pooled"]  # one seed: pooled figures are that seed's
     for name, entry in models.items():
         assert pooled["accuracy"][name]["accuracy"] == entry["accuracy"], name
@@ -104,6 +105,21 @@ def test_bench_measures_every_model_and_baseline_side_by_side(tmp_path):
     assert evaluated["ensemble"]["nll"]["median"] == metrics["ensemble"]["calibration"]["nll"]
     assert evaluated["shipped"]["ece_scaled"]["median"] == shipped["calibrated"]["ece"]
     assert "| masked_pruned |" in (tmp_path / "out" / "latest.md").read_text()
+    off_split = result["summary"]["off_split"]  # measured here apart from the bench's code
+    assert list(off_split) == [s.name for s in SHIFT_SETS]
+    test = load_dataset(seed_run.raw).test
+    grey = torch.from_numpy(digit_sets.on_grey_paper(test.images[test.rows].numpy(), 60))
+    for name in ("ensemble", "pruned", "int8"):
+        sess = onnxruntime.InferenceSession(str(seed_run.onnx(name)))
+        outputs = sess.run(None, {sess.get_inputs()[0].name: grey.float().div(255).numpy()})[0]
+        expected = float((outputs.argmax(axis=1) == test.y.numpy()).mean())
+        assert off_split["test-grey-paper"]["accuracy"][name]["accuracy"] == pytest.approx(expected), name
+    shipped_grey = off_split["test-grey-paper"]["accuracy"][models["shipped"]["name"]]["accuracy"]
+    assert target["grey paper: shipped on test-grey-paper >= 90%"] == pytest.approx(shipped_grey * 100)
+    int8_vs_pruned = off_split["uci-digits"]["comparisons"]["int8_vs_pruned"]
+    assert target["natural shift: int8 on uci-digits >= pruned - 1 pt"] == pytest.approx(
+        int8_vs_pruned["difference"] * 100
+    )
 
 
 def test_gpu_benchmark_script_runs_with_torch_and_onnxruntime_alone(staged, tmp_path):
@@ -170,6 +186,20 @@ def test_ship_choice_benchmark_repeats_the_report_stage_decision(staged, tmp_pat
     assert sum(result["counts"].values()) == 3 and set(result["counts"]) <= {"pruned", "int8"}
     assert all(set(c["best_latency_ms"]) == {"pruned", "int8"} for c in result["choices"])
     assert markdown(result).count("\n| ") == 3 + 1  # a row per repeat under the header
+
+
+def test_augment_choice_measures_on_validation_and_typeset_digits_each_also_on_grey_paper(staged):
+    from bench.augment_choice import development_sets
+
+    sets, val = development_sets(staged), load_dataset(staged.raw).val
+    assert list(sets) == ["val", "val grey", "typeset", "typeset grey"]
+    assert torch.equal(sets["val"].images, val.images[val.rows]) and torch.equal(sets["val"].y, val.y)
+    typeset, labels = digit_sets.typeset_digits(tuple(val.images.shape[2:]))
+    assert torch.equal(sets["typeset"].images[:, 0], torch.from_numpy(typeset))
+    for name in ("val", "typeset"):
+        grey = digit_sets.on_grey_paper(sets[name].images.numpy(), 60)
+        assert torch.equal(sets[f"{name} grey"].images, torch.from_numpy(grey))
+        assert torch.equal(sets[f"{name} grey"].y, sets[name].y)
 
 
 def test_teacher_choice_scores_a_set_by_the_mean_of_its_members_probabilities():

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from distillery import combine, onnx_export, teacher_outputs
+from distillery.augment import Recipe
 from distillery.data import Split, load_dataset
 from distillery.errors import DistilleryError
 from distillery.files import read_json, write_json
@@ -64,7 +65,7 @@ def test_the_cache_and_the_onnx_file_join_the_members_as_the_ensemble_does(combi
     ensemble = Ensemble(members, combination).eval()
     images = (torch.rand(12, 1, 8, 8) * 255).to(torch.uint8)
     train = Split(images, torch.arange(12), torch.zeros(12, dtype=torch.long))
-    cached = teacher_outputs.compute(members, train, views=1, seed=0, device=CPU).combined(combination)
+    cached = teacher_outputs.compute(members, train, views=1, recipe=Recipe(), seed=0, device=CPU).combined(combination)
     x = images.float() / 255
     with torch.no_grad():
         expected = ensemble.soft_targets(x, 3.0)

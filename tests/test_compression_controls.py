@@ -10,7 +10,7 @@ import torch
 from distillery import checkpoint
 from distillery.models import StudentCNN, widths
 from distillery.pruning import agp_schedule, kept_channels, make_pruner, ratios_from_scan
-from project.config import DistillConfig, KDConfig, MeasureConfig, PruneConfig, ShipConfig
+from project.config import AugmentConfig, DistillConfig, KDConfig, MeasureConfig, PruneConfig, ShipConfig
 from project.layout import Layout
 from tasks import distill, prune
 
@@ -54,7 +54,7 @@ def pruned_copy(staged, tmp_path, **settings) -> tuple[Layout, dict]:
     layout = Layout(tmp_path)
     shutil.copytree(staged.data, layout.data, ignore=shutil.ignore_patterns("pruned"))
     config = PruneConfig(epochs=2, steps=2, ratio=0.5, round_to=4, **settings)
-    prune.run(config, DistillConfig(epochs=1), KDConfig(), ShipConfig(), MeasureConfig(), layout)
+    prune.run(config, DistillConfig(epochs=1), KDConfig(), ShipConfig(), MeasureConfig(), AugmentConfig(), layout)
     return layout, json.loads((layout.pruned / "pruned.json").read_text())
 
 
@@ -89,7 +89,7 @@ def test_width_search_keeps_the_smallest_student_that_meets_the_floor(staged, tm
         layout = Layout(tmp_path / str(len(list(tmp_path.iterdir()))))
         shutil.copytree(staged.data, layout.data, ignore=shutil.ignore_patterns("student", "pruned", "int8"))
         config = DistillConfig(epochs=1, widths=[8, 16], width_scales=[1.0, 0.5], **settings)
-        distill.run(config, KDConfig(), ship, layout)
+        distill.run(config, KDConfig(), ship, AugmentConfig(), layout)
         return json.loads((layout.student / "student_kd.json").read_text())
 
     easy = search(ShipConfig(max_accuracy_drop_pp=100))

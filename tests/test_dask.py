@@ -25,7 +25,7 @@ TWO_WORKERS = RunnerConfig(kind="dask", dask_cluster_kwargs={"n_workers": 2, "th
 @flow
 def teacher_stage(root: str, runner: RunnerConfig) -> dict[str, dict]:
     layout = Layout(Path(root))
-    train_teachers.run(tiny_params().teachers, layout, map_fn=teacher_map(runner))
+    train_teachers.run(tiny_params().teachers, tiny_params().augment, layout, map_fn=teacher_map(runner))
     return {f.stem: read_json(f) for f in sorted(layout.teachers.glob("*.json"))}
 
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+from distillery import augment, corruptions
 from project import params_reference
 from project.config import PipelineParams
 from tests.conftest import ROOT
@@ -19,6 +20,17 @@ def test_the_readme_is_short_and_links_pages_that_exist():
     assert len(readme.splitlines()) <= 200
     links = re.findall(r"\]\((docs/[^)#]+)", readme)
     assert links and all((ROOT / link).is_file() for link in links)
+
+
+def test_the_readme_and_the_docs_name_the_corruption_kinds_the_augmentation_trains_on():
+    """The kinds whose corrupted accuracy a reader should discount: those whose change the augmentation makes."""
+    assert set(augment.OVERLAPS) <= set(corruptions.KINDS)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"corruption suite, so discount them there: {', '.join(augment.OVERLAPS)}." in readme
+    page = " ".join((DOCS / "how-a-run-works.md").read_text().split())
+    trained, untrained = page.split("**What to discount.**")[1].split("Training sees none of")
+    assert re.findall(r"`(\w+)`", trained) == list(augment.OVERLAPS)
+    assert set(re.findall(r"`(\w+)`", untrained.split(".")[0])) == set(corruptions.KINDS) - set(augment.OVERLAPS)
 
 
 def test_the_parameters_reference_describes_every_key():
@@ -79,3 +91,31 @@ def test_an_included_result_s_headings_go_under_the_page_s_and_its_code_stays():
     hooks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hooks)
     assert hooks.demoted("# A\n```\n# a comment\n```\n## B\n") == "### A\n```\n# a comment\n```\n#### B\n"
+
+
+def test_what_to_expect_is_the_benchmarks_median_seed_for_each_model_and_set():
+    spec = importlib.util.spec_from_file_location("hooks", DOCS / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    models = {name: {"accuracy": {"median": 0.98}} for name in hooks.EXPECTED_MODELS}
+    evaluated = {name: {"corrupted_accuracy": {"median": 0.85}} for name in hooks.EXPECTED_MODELS if name != "shipped"}
+    seeds = {name: {"per_seed": [0.9, 0.95, 0.8]} for name in hooks.EXPECTED_MODELS}
+    off_split = {"uci-digits": {"accuracy": seeds}, "test-grey-paper": {"accuracy": seeds}}
+    result = {"seeds": [0, 1, 2], "summary": {"models": models, "evaluated": evaluated, "off_split": off_split}}
+    table = hooks.expected(result).splitlines()
+    assert table[0] == "| model | test | uci-digits | test-grey-paper | corrupted (mean) |"
+    assert (
+        table[2] == "| ensemble | 98.0 | 90.0 | 90.0 | 85.0 |"
+        and table[-1] == "| **shipped** | 98.0 | 90.0 | 90.0 |  |"
+    )
+
+
+def test_the_readme_s_defaults_off_the_test_split_are_the_params():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    defaults = PipelineParams()
+    sets = [(s.source, s.paper) for s in defaults.report.eval_sets]
+    assert sets == [("uci_digits", 0), ("uci_digits", 60)]
+    assert "by default the UCI handwritten digits, as they are and on grey paper (60/255)" in readme
+    assert (
+        f"Its paper levels reach {defaults.augment.paper_max} ({round(255 * defaults.augment.paper_max)}/255)" in readme
+    )

@@ -11,7 +11,7 @@ from distillery.data import load_dataset
 from distillery.errors import DistilleryError
 from distillery.fidelity import FidelityRule, compare_logits
 from distillery.models import conv_layers
-from distillery.quantize import convert, load_prepared, prepare_qat
+from distillery.quantize import convert, load_prepared, prepare_qat, to_train
 from project.artifacts import load_model
 from tasks.export import fused_kernel_failures, rules, verify, verify_int8
 from tests import export_bugs
@@ -128,6 +128,16 @@ def test_fused_kernels_that_lose_accuracy_fail_the_int8_check(staged, int8_model
     drop = found["test_accuracy_onnxruntime"] - found["fused_kernels"]["test_accuracy_onnxruntime"]
     assert found["top1_agreement"] >= 0.99 and drop > tiny_params().export.max_fused_int8_accuracy_drop_pp / 100
     assert any("fused int8 kernels lose" in failure for failure in found["failures"]), found["failures"]
+
+
+def test_the_images_quantizer_keeps_0_to_1_whatever_the_training_views_span():
+    spec = {"arch": "student_cnn", "in_channels": 1, "num_classes": 10, "widths": [4, 8]}
+    prepared = prepare_qat(models.build(spec).eval(), torch.rand(2, 1, 8, 8))
+    to_train(prepared)
+    prepared(torch.rand(16, 1, 8, 8) * 0.5 + 0.2)  # views whose pixels span 0.2..0.7 only
+    int8 = convert(prepared)
+    (first,) = [n for n in int8.graph.nodes if "quantize_per_tensor" in str(n.target) and n.args[0].op == "placeholder"]
+    assert first.args[1] == pytest.approx(1 / 255) and first.args[2] == 0
 
 
 def test_a_saved_qat_model_reloads_to_the_int8_model_it_was(tmp_path):

@@ -79,8 +79,25 @@ def test_a_model_right_on_every_image_is_not_scaled():
     log_p = calibration.log_probabilities(right, probabilities=False)
     assert calibration.fit_temperature(log_p, labels) == 1.0
     wrong = (labels[0] + 1) % 10
-    log_p[0, [labels[0], wrong]] = log_p[0, [wrong, labels[0]]]  # one image wrong: a temperature to fit
-    assert calibration.TEMPERATURE_RANGE[0] < calibration.fit_temperature(log_p, labels) != 1.0
+    log_p[0, [labels[0], wrong]] = log_p[0, [wrong, labels[0]]]  # one image wrong: the best T on these images
+    assert calibration.best_temperature(log_p, labels) > 1.1  # ... softens every image for the one,
+    assert calibration.fit_temperature(log_p, labels) == 1.0  # which no held-out part confirms
+
+
+def test_a_temperature_that_held_out_images_do_not_confirm_is_not_used():
+    """400 images of a calibrated model (its true temperature is 1): the best temperature on them is off by up to
+    11% (noise), and only held-out parts tell; 400 images of a model 3x overconfident: the fit stands."""
+    for seed in range(10):
+        logits, labels = calibrated_logits(400, seed=seed)
+        log_p = calibration.log_probabilities(logits, probabilities=False)
+        assert calibration.fit_temperature(log_p, labels) == 1.0
+        if seed == 4:
+            assert calibration.best_temperature(log_p, labels) < 0.9
+        overconfident = calibration.log_probabilities(3 * logits, probabilities=False)
+        gain = calibration.held_out_gain(overconfident, labels)
+        assert gain.mean() > 0.3
+        assert calibration.fit_temperature(overconfident, labels) == calibration.best_temperature(overconfident, labels)
+        assert 2.5 < calibration.fit_temperature(overconfident, labels) < 3.5
 
 
 def test_accuracy_interval_is_about_three_quarters_of_a_point_at_985_of_1000():

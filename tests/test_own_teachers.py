@@ -30,7 +30,7 @@ from distillery.names import BUILT_IN_TEACHERS
 from distillery.onnx_teacher import OnnxClassifier
 from distillery.training import logits, seeded
 from project.artifacts import verified_onnx
-from project.config import PipelineParams, TeachersConfig
+from project.config import AugmentConfig, PipelineParams, TeachersConfig
 from project.layout import Layout
 from project.user_errors import describe_invalid
 from tasks import stages_through, train_teachers
@@ -177,7 +177,7 @@ def test_a_checkpoint_teacher_is_the_model_it_was_saved_from_or_fine_tunes_it(
         config = TeachersConfig(epochs=1, models=[entry])
         out = tmp_path / f"epochs{epochs}"
         out.mkdir()
-        record = train_teachers.train_teacher(config, 0, validated, out)
+        record = train_teachers.train_teacher(config, 0, validated, out, augment=AugmentConfig())
         teacher, spec = checkpoint.load(out / "0_checkpoint-mine.safetensors")
         same = torch.equal(logits(teacher, val, CPU), logits(source, val, CPU))
         assert same == (epochs == 0) and len(record["history"]) == epochs and spec["arch"] == arch
@@ -192,7 +192,9 @@ def test_a_checkpoint_teacher_fine_tunes_at_its_own_learning_rate(validated, tmp
     moved = {}
     for lr in (1e-9, None):  # None: teachers.lr
         entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn", "fine_tune_epochs": 1}
-        train_teachers.train_teacher(TeachersConfig(models=[entry | {"fine_tune_lr": lr}]), 0, validated, tmp_path)
+        train_teachers.train_teacher(
+            TeachersConfig(models=[entry | {"fine_tune_lr": lr}]), 0, validated, tmp_path, augment=AugmentConfig()
+        )
         tuned = checkpoint.load(tmp_path / "0_checkpoint-mine.safetensors")[0]
         moved[lr] = max(
             (a - b).abs().max().item() for a, b in zip(tuned.parameters(), source.parameters(), strict=True)
@@ -204,7 +206,7 @@ def test_a_checkpoint_teacher_gets_the_pixel_range_it_was_trained_on(validated, 
     source = torch_weights(validated, "mine.safetensors", "wide_cnn")
     entry = {"checkpoint": "data/teachers/mine.safetensors", "arch": "wide_cnn", "scaling": "mean_std"}
     config = TeachersConfig(models=[entry | {"mean": [0.13], "std": [0.31]}])
-    train_teachers.train_teacher(config, 0, validated, tmp_path)
+    train_teachers.train_teacher(config, 0, validated, tmp_path, augment=AugmentConfig())
     teacher, spec = checkpoint.load(tmp_path / "0_checkpoint-mine.safetensors")  # rebuilt from its spec
     val = load_dataset(validated.raw).val
     expected = logits(UserModel(source, lambda x: (x - 0.13) / 0.31), val, CPU)
@@ -216,7 +218,9 @@ def test_a_checkpoint_teacher_gets_the_pixel_range_it_was_trained_on(validated, 
 def test_an_onnx_teacher_from_scikit_learn_gives_its_probabilities(validated, dtype, tmp_path):
     clf = sklearn_teacher(validated, "logreg.onnx", dtype=dtype)
     entry = {"onnx": "data/teachers/logreg.onnx", "layout": "flat", "scaling": "0..255", "outputs": "probabilities"}
-    record = train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, validated, tmp_path)
+    record = train_teachers.train_teacher(
+        TeachersConfig(models=[entry]), 0, validated, tmp_path, augment=AugmentConfig()
+    )
     teacher = OnnxClassifier(tmp_path / "0_onnx-logreg.onnx")
     val = load_dataset(validated.raw).val
     expected = clf.predict_proba(pixels(val).astype(dtype))
@@ -236,7 +240,11 @@ def test_an_onnx_teacher_gets_its_pixels_in_the_layout_and_range_it_declares(val
         external_data=False, dynamic_shapes=({0: torch.export.Dim("batch")},),
     )  # fmt: skip
     train_teachers.train_teacher(
-        TeachersConfig(models=[{"onnx": "data/teachers/user.onnx", **keys}]), 0, validated, tmp_path
+        TeachersConfig(models=[{"onnx": "data/teachers/user.onnx", **keys}]),
+        0,
+        validated,
+        tmp_path,
+        augment=AugmentConfig(),
     )
     teacher = OnnxClassifier(tmp_path / "0_onnx-user.onnx")
     assert torch.allclose(logits(teacher, data.val, CPU), logits(inner, data.val, CPU), atol=1e-4)
@@ -273,7 +281,7 @@ def test_an_onnx_teacher_takes_8_bit_or_half_precision_pixels(validated, pixel_t
     weights, bias = linear_onnx(validated, "edge.onnx", kind, score_type=kind if pixel_type == "float16" else 1)
     scaling = "0..255" if pixel_type == "uint8" else "0..1"
     entry = {"onnx": "data/teachers/edge.onnx", "layout": "flat", "scaling": scaling}
-    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, validated, tmp_path)
+    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, validated, tmp_path, augment=AugmentConfig())
     val = load_dataset(validated.raw).val
     stored = pixels(val)  # 0..255
     fed = stored.astype(np.uint8) if pixel_type == "uint8" else (stored / 255).astype(np.float16)
@@ -300,7 +308,7 @@ def test_an_onnx_teacher_that_takes_8_bit_pixels_is_declared_0_to_255_at_opset_1
     linear_onnx(validated, "edge.onnx", onnx.TensorProto.UINT8, score_type=onnx.TensorProto.FLOAT, opset=opset)
     entry = {"onnx": "data/teachers/edge.onnx", "layout": "flat", "scaling": scaling}
     with pytest.raises(DistilleryError, match=says):
-        train_teachers.run(TeachersConfig(models=["wide_cnn", entry]), validated)
+        train_teachers.run(TeachersConfig(models=["wide_cnn", entry]), AugmentConfig(), validated)
     assert not validated.teachers.exists()
 
 
@@ -335,7 +343,7 @@ def two_outputs(layout: Layout) -> nn.Module:
 def test_an_onnx_teacher_s_scores_come_from_the_output_it_names(validated, tmp_path):
     inner = two_outputs(validated)
     entry = {"onnx": "data/teachers/two.onnx", "output": "doubled"}
-    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, validated, tmp_path)
+    train_teachers.train_teacher(TeachersConfig(models=[entry]), 0, validated, tmp_path, augment=AugmentConfig())
     val = load_dataset(validated.raw).val
     got = logits(OnnxClassifier(tmp_path / "0_onnx-two.onnx"), val, CPU)
     assert torch.allclose(got, 2 * logits(inner, val, CPU), atol=1e-4)
@@ -451,7 +459,7 @@ def test_a_bad_teacher_is_refused_naming_the_entry_and_nothing_trains(validated,
     make(validated)
     config = TeachersConfig(epochs=1, models=["wide_cnn", entry])
     with caplog.at_level(logging.INFO, logger="distillery"), pytest.raises(DistilleryError) as e:
-        train_teachers.run(config, validated)
+        train_teachers.run(config, AugmentConfig(), validated)
     assert str(e.value).startswith("teachers.models[1] (1_") and says in str(e.value)
     assert str(e.value).endswith("Nothing was trained.") and str(e.value).count("teachers.models") == 1
     assert not validated.teachers.exists() and not any("epoch" in r.message for r in caplog.records)
@@ -524,7 +532,7 @@ def test_the_docs_example_makes_a_teacher_the_stage_takes(validated):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", script], cwd=validated.root, env=env, check=True)
     config = TeachersConfig(**{**params["teachers"], "epochs": 1, "cached_views": 0})
-    val_accuracy = train_teachers.run(config, validated)
+    val_accuracy = train_teachers.run(config, AugmentConfig(), validated)
     assert list(val_accuracy) == ["1_torchvision-resnet18", "0_small_resnet", "2_onnx-forest"]  # largest first
     assert val_accuracy["2_onnx-forest"] > 0.9  # a 100-tree forest on the digits' 64 pixels
 

@@ -79,14 +79,16 @@ def assert_computes_the_wrapped_model_scaled(packaged: Path, wrapped: Path, temp
     assert np.abs(probabilities - scaled).max() < 1e-5 and (label == logits.argmax(axis=1)).all()
 
 
-def test_its_probabilities_are_the_wrapped_models_logits_scaled_by_the_temperature(staged):
-    decision = ShipDecision.read(staged.ship_decision)
-    assert decision.temperature != 1.0  # else the scaling would go unseen
-    raw = np.load(staged.images)[:50]
+def test_its_probabilities_are_the_wrapped_models_logits_scaled_by_the_temperature(staged, tmp_path):
+    decision, raw = ShipDecision.read(staged.ship_decision), np.load(staged.images)[:50]
     assert_computes_the_wrapped_model_scaled(
         staged.packaged_model, staged.onnx(decision.model), decision.temperature, raw
     )
     assert read_json(staged.package_record)["verification"]["differing_labels"] == 0
+    layout = staged_copy(staged, tmp_path)  # a temperature other than 1, so that the scaling shows
+    decision.model_copy(update={"temperature": 1.7}).write(layout.ship_decision)
+    package.run(layout)
+    assert_computes_the_wrapped_model_scaled(layout.packaged_model, layout.onnx(decision.model), 1.7, raw)
 
 
 def staged_copy(staged: Layout, tmp_path) -> Layout:
@@ -193,6 +195,12 @@ def test_the_model_card_states_the_runs_figures(staged):
     assert f"{shipped['accuracy'] * 100:.2f} [{low * 100:.2f}, {high * 100:.2f}]" in card
     assert f"{shipped['bytes']:,}" in card and metrics["cpu"]["model"] in card
     assert "## Limits" in card and metrics["dataset"]["md5"] in card and decision.reason in card
+    mnist = metrics["eval_sets"]["mnist"]["models"]
+    off_split = (
+        f"Measured off its test split: on mnist (5,000 images, mnist5k) {mnist[decision.model]['accuracy'] * 100:.2f}%"
+    )
+    assert off_split in card and f"(the ensemble {mnist['ensemble']['accuracy'] * 100:.2f}%)" in card
+    assert f"with an ECE of {mnist[decision.model]['calibrated']['ece'] * 100:.2f}%" in card
     by_kind = {k: np.mean(v) for k, v in shipped["corrupted"]["accuracy_by_kind"].items()}
     weakest = min(by_kind, key=by_kind.get)  # computed here apart from the card's code
     assert f"Its weakest corruption is {weakest}: {by_kind[weakest] * 100:.2f}% accurate" in card

@@ -4,6 +4,7 @@ S3 server that goes down in the middle of a publish, a full disk or read-only ou
 test_pipeline.py, beside the end-to-end runs they share.)"""
 
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -46,7 +47,9 @@ def ingest(project, preexec_fn=None) -> subprocess.CompletedProcess:
 
 def test_a_flow_run_refuses_a_dvc_yaml_the_stage_declarations_did_not_write(project, prefect_server):
     dvc_yaml = project / "dvc.yaml"
-    dvc_yaml.write_text(dvc_yaml.read_text().replace(", tasks/ship.py]", "]"))  # a hand edit: a dependency lost
+    edited = re.sub(r",\s*tasks/ship\.py\]", "]", dvc_yaml.read_text())  # a hand edit: a dependency lost
+    assert edited != dvc_yaml.read_text()
+    dvc_yaml.write_text(edited)
     with pytest.raises(DistilleryError, match="differs from the stage declarations .* run `distillery dvc-yaml`"):
         distillery_flow(params=tiny_params(), root=str(project))
     assert not Layout(project).raw.exists()

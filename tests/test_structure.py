@@ -46,8 +46,15 @@ def test_the_dvc_yaml_command_writes_the_file_and_checks_it(tmp_path, capsys):
 
 
 def test_dvc_tracks_only_the_keys_a_stage_uses_of_a_section():
-    assert stage("prune").params == ["prune", "distill", "kd", "ship.latency_batch", "measure.latency_threads"]
-    assert stage("distill").params == ["distill", "kd", "ship.max_accuracy_drop_pp"]
+    assert stage("prune").params == [
+        "prune",
+        "distill",
+        "kd",
+        "ship.latency_batch",
+        "measure.latency_threads",
+        "augment",
+    ]
+    assert stage("distill").params == ["distill", "kd", "ship.max_accuracy_drop_pp", "augment"]
     assert stage("ship").params == ["ship", "measure"]
 
 
@@ -60,11 +67,13 @@ def test_each_stage_runs_on_its_sections_and_a_layout(declared):
 
 
 def test_the_sections_come_from_the_run_signature():
-    assert stage("prune").sections == ("prune", "distill", "kd", "ship", "measure")
+    assert stage("prune").sections == ("prune", "distill", "kd", "ship", "measure", "augment")
+    training = {s.name for s in stages() if "augment" in s.sections}  # all that train augment alike
+    assert training == {"train_teachers", "distill", "prune", "quantize"}
     assert stage("report").sections == ("all",) and stage("package").sections == ()
 
 
-USER_INPUTS = (Layout.user_teachers, Layout.user_unlabeled)  # what users bring, beside the ingest source
+USER_INPUTS = (Layout.user_teachers, Layout.user_unlabeled, Layout.user_eval_sets)  # users bring them, and ingest.path
 
 
 def test_each_stage_reads_only_what_a_user_brings_or_an_earlier_stage_writes():

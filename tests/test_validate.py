@@ -10,7 +10,7 @@ import pytest
 
 from distillery.errors import DistilleryError
 from project.artifacts import require_valid
-from project.config import IngestConfig, TeachersConfig, ValidateConfig
+from project.config import AugmentConfig, IngestConfig, TeachersConfig, ValidateConfig
 from project.layout import Layout
 from tasks import ingest, train_teachers, validate
 
@@ -94,7 +94,7 @@ def test_bad_data_fails_naming_the_expectation(tmp_path, corrupt, expectation):
     summary = json.loads(layout.validation_summary.read_text())
     assert not summary["success"] and (layout.data_docs / "index.html").exists()
     with pytest.raises(DistilleryError, match="failed validation"):
-        train_teachers.run(TeachersConfig(epochs=1), layout)
+        train_teachers.run(TeachersConfig(epochs=1), AugmentConfig(), layout)
     assert not layout.teachers.exists()
 
 
