@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from distillery.corruptions import MIN_SIDE
 from distillery.data import affine_theta, warp
 
 OVERLAPS = ("brightness", "contrast", "blur", "shift", "rotate")  # the corruption suite's kinds this trains on
@@ -26,8 +27,8 @@ class Recipe:
     levels: float = 0.0  # share of images given random paper and ink levels
     paper_max: float = 0.4  # the ground's brightness, 0..1: up to this
     ink_min: float = 0.6  # the strokes' brightness, 0..1: down to this
-    thicken: float = 0.0  # share of images whose strokes grow by up to a pixel
-    blur: float = 0.0  # share of images blurred by up to a 3 x 3 gaussian of sigma 1
+    thicken: float = 0.0  # share of images whose strokes grow by up to a pixel (per 28 of the image's side)
+    blur: float = 0.0  # share of images blurred by up to a 3 x 3 gaussian of sigma 1 (the same, scaled)
 
 
 @dataclass(frozen=True)
@@ -90,18 +91,25 @@ def draw(n: int, aspect: float, recipe: Recipe, generator: torch.Generator) -> V
     )
 
 
+def stroke_pixels(x: torch.Tensor) -> int:
+    """How far strokes grow and blurs spread in images `x`: a pixel per MIN_SIDE pixels of their shorter side, as
+    the corruption suite scales its blurs, and a pixel at least."""
+    return max(1, round(min(x.shape[-2:]) / MIN_SIDE))
+
+
 def apply(x: torch.Tensor, views: Views) -> torch.Tensor:
     """The images `x` (N x C x H x W, 0..1) seen as `views` describes, one view per image."""
     x = warp(x, views.theta)
+    reach = stroke_pixels(x)
 
     def mixed(strength: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
         s = strength.to(x.device, x.dtype)[:, None, None, None]
         return x + s * (changed - x)
 
     if views.thicken.any():
-        x = mixed(views.thicken, torch.maximum(x, F.max_pool2d(x, 3, stride=1, padding=1)))
+        x = mixed(views.thicken, torch.maximum(x, F.max_pool2d(x, 2 * reach + 1, stride=1, padding=reach)))
     if views.blur.any():
-        x = mixed(views.blur, gaussian_blur(x, [3, 3], [1.0, 1.0]))
+        x = mixed(views.blur, gaussian_blur(x, [2 * reach + 1] * 2, [float(reach)] * 2))
     paper, ink = (v.to(x.device, x.dtype)[:, None, None, None] for v in (views.paper, views.ink))
     return paper + (ink - paper) * x
 

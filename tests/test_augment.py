@@ -117,3 +117,12 @@ def test_the_params_section_is_the_recipe_and_refuses_ink_darker_than_paper():
     assert recipe(AugmentConfig()) == Recipe(scale=0.1, levels=0.5, paper_max=0.4, ink_min=0.6, thicken=0.3, blur=0.3)
     with pytest.raises(ValidationError, match=r"augment.ink_min \(0.4\) must exceed augment.paper_max \(0.4\)"):
         AugmentConfig(ink_min=0.4)
+
+
+def test_strokes_grow_and_blurs_spread_a_pixel_per_28_of_the_side_and_a_pixel_at_least():
+    for size, reach in ((9, 1), (28, 1), (56, 2), (84, 3)):
+        grown = augment.apply(dot(size=size), view(thicken=1.0))
+        assert grown.sum().item() == pytest.approx((2 * reach + 1) ** 2, abs=1e-3), size
+        blurred = augment.apply(dot(size=size), view(blur=1.0))
+        middle = size // 2
+        assert blurred[0, 0, middle, middle + reach].item() > 0 and blurred[0, 0, middle, middle + reach + 1] < 1e-6

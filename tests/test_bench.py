@@ -10,13 +10,16 @@ import onnxruntime
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
 
+from bench.kd_choice import with_variant
 from bench.run import MODELS, SHIFT_SETS
 from distillery import combine, digit_sets
 from distillery.data import load_dataset
 from distillery.raw_format import SPLITS
 from distillery.training import logits
 from project.artifacts import load_model
+from project.config import PipelineParams
 from project.layout import PIPELINE_MODELS, Layout
 from project.ship_decision import ShipDecision
 from tests.conftest import ROOT, TINY, tiny_params, venv_env
@@ -268,3 +271,11 @@ def test_predict_benchmark_times_the_command_and_the_model_on_the_same_images(st
         results | {"git_commit": "x", "cpu": {"model": "cpu", "cores": 2}, "onnxruntime": "1"}
     )
     assert table.count("\n| ") == 4 + 1
+
+
+def test_a_kd_choice_variant_sets_its_keys_and_the_seed_over_the_params_and_is_validated():
+    params = with_variant(PipelineParams(), "kd.temperature=4,distill.epochs=40", seed=3)
+    assert (params.kd.temperature, params.distill.epochs, params.distill.seed, params.prune.seed) == (4.0, 40, 3, 3)
+    assert params.kd.alpha == PipelineParams().kd.alpha  # the rest as it was
+    with pytest.raises(ValidationError):
+        with_variant(PipelineParams(), "kd.temprature=4", seed=0)  # unknown keys are refused
