@@ -5,7 +5,7 @@ the baselines are built from that run's models (bench/baselines.py). Seeds run o
 or each as a task on Dask workers (`--dask-workers N` for a local cluster, `--dask-address` for
 an existing one whose workers share this folder); models stay in files. At the end every ONNX model
 of every seed is timed in this one process with the same onnxruntime threads. The first seed
-also runs as the Prefect flow (`distillery run`) in a clone of this repo, which measures the
+also runs first as the Prefect flow (`distillery run`) in a clone of this repo, which measures the
 orchestration overhead. Writes bench/results/latest.json and latest.md.
 """
 
@@ -624,13 +624,13 @@ def main() -> None:
     log.setLevel(logging.INFO)
     params = load_params(args.params)
 
+    flow_s = None if args.no_flow else flow_wall_time(seed_params(params, args.seeds[0]), args.work)  # fails first
     one_seed = partial(run_seed, params, work=args.work, probe_scale=args.kd_probe_scale)
     with seed_map(args.dask_address, args.dask_workers) as map_seeds:
         runs = list(map_seeds(one_seed, args.seeds))
     found = {run["seed"]: run.pop("found") for run in runs}
     orchestration = None
-    if not args.no_flow:
-        flow_s = flow_wall_time(seed_params(params, args.seeds[0]), args.work)
+    if flow_s is not None:
         direct_s = sum(v for k, v in runs[0]["stage_seconds"].items() if k != "baselines (bench only)")
         orchestration = {"flow_s": flow_s, "direct_s": direct_s, "overhead_share": (flow_s - direct_s) / flow_s}
 
