@@ -19,6 +19,7 @@ import yaml
 
 from bench import RESULTS, save_results
 from bench.augment_choice import development_sets, measured
+from distillery.errors import DistilleryError
 from distillery.machine import cpu_flags
 from project.artifacts import load_model
 from project.config import PipelineParams, load_params
@@ -29,12 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDENTS = ("student_alone", "student_kd", "pruned_alone", "pruned")
 
 
+VARIED = ("kd.temperature", "kd.alpha", "distill.", "prune.")  # what the stages rerun here read; not the teachers
+
+
 def with_variant(params: PipelineParams, variant: str, seed: int) -> PipelineParams:
     """`params` with the variant's keys set and the students' seed."""
     values = params.model_dump()
     for assignment in [*variant.split(","), f"distill.seed={seed}", f"prune.seed={seed}"]:
-        key, value = assignment.split("=", 1)
-        section, name = key.split(".", 1)
+        key, _, value = assignment.partition("=")
+        if not key.startswith(VARIED) or not value or key.count(".") != 1:
+            raise DistilleryError(f"Variant {assignment!r}: set one of {', '.join(VARIED)}... as section.key=value.")
+        section, name = key.split(".")
         values[section][name] = yaml.safe_load(value)
     return PipelineParams.model_validate(values)
 

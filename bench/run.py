@@ -623,6 +623,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
     params = load_params(args.params)
+    commit = report.git_commit(ROOT)  # the code this run imports: the tree may change while it runs
 
     flow_s = None if args.no_flow else flow_wall_time(seed_params(params, args.seeds[0]), args.work)  # fails first
     one_seed = partial(run_seed, params, work=args.work, probe_scale=args.kd_probe_scale)
@@ -653,7 +654,7 @@ def main() -> None:
     result = {
         "seeds": args.seeds,
         "params": params.to_yaml_dict(),
-        "git_commit": report.git_commit(ROOT),
+        "git_commit": commit,
         "machine": machine(),
         "onnxruntime_threads": threads,
         "runs": runs,

@@ -39,7 +39,7 @@ def made_as_mnist(digit: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def uci_digits(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 UCI handwritten digits (8 x 8, 17 levels, from 43 writers), made as MNIST was."""
+    """scikit-learn's 1,797 UCI handwritten digits (8 x 8, 17 levels; 13 writers), made as MNIST was."""
     pixels, labels = bundled.uci_digits()
     return np.stack([made_as_mnist(digit, shape) for digit in pixels.astype(np.uint8)]), labels.astype(np.int64)
 

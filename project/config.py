@@ -195,8 +195,15 @@ class AugmentConfig(Section):
     )
     paper_max: float = Field(0.4, ge=0, lt=1, description="levels: the paper's brightness (0..1) drawn up to this")
     ink_min: float = Field(0.6, gt=0, le=1, description="levels: the ink's brightness (0..1) drawn down to this")
-    thicken: float = Field(0.3, ge=0, le=1, description="Share of the images whose strokes grow by up to a pixel")
-    blur: float = Field(0.3, ge=0, le=1, description="Share of the images blurred by up to a 3 x 3 gaussian (sigma 1)")
+    thicken: float = Field(
+        0.3, ge=0, le=1, description="Share of the images whose strokes grow by up to a pixel per 28 of the side"
+    )
+    blur: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Share of the images blurred by up to a 3 x 3 gaussian, sigma 1 (per 28 of the side)",
+    )
 
     @model_validator(mode="after")
     def ink_above_paper(self):

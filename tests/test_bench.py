@@ -16,6 +16,7 @@ from bench.kd_choice import with_variant
 from bench.run import MODELS, SHIFT_SETS
 from distillery import combine, digit_sets
 from distillery.data import load_dataset
+from distillery.errors import DistilleryError
 from distillery.raw_format import SPLITS
 from distillery.training import logits
 from project.artifacts import load_model
@@ -278,4 +279,7 @@ def test_a_kd_choice_variant_sets_its_keys_and_the_seed_over_the_params_and_is_v
     assert (params.kd.temperature, params.distill.epochs, params.distill.seed, params.prune.seed) == (4.0, 40, 3, 3)
     assert params.kd.alpha == PipelineParams().kd.alpha  # the rest as it was
     with pytest.raises(ValidationError):
-        with_variant(PipelineParams(), "kd.temprature=4", seed=0)  # unknown keys are refused
+        with_variant(PipelineParams(), "distill.epoch=4", seed=0)  # unknown keys are refused
+    for bad in ("kd.combine=mean_logits", "teachers.epochs=5", "kd", "kd.temperature="):
+        with pytest.raises(DistilleryError, match="section.key=value"):  # what the rerun stages do not read
+            with_variant(PipelineParams(), bad, seed=0)

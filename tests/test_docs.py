@@ -103,6 +103,8 @@ def test_what_to_expect_is_the_benchmarks_median_seed_for_each_model_and_set():
     off_split = {"uci-digits": {"accuracy": seeds}, "test-grey-paper": {"accuracy": seeds}}
     result = {"seeds": [0, 1, 2], "summary": {"models": models, "evaluated": evaluated, "off_split": off_split}}
     table = hooks.expected(result).splitlines()
+    page = (DOCS / "results.md").read_text()
+    assert "<!-- expect bench/results/latest.json -->" in page.split("## What to expect")[1].split("\n## ")[0]
     assert table[0] == "| model | test | uci-digits | test-grey-paper | corrupted (mean) |"
     assert (
         table[2] == "| ensemble | 98.0 | 90.0 | 90.0 | 85.0 |"
