@@ -81,6 +81,9 @@ def main() -> None:
     source = Layout(args.root)
     params = load_params(source.params)
     results = {"root": str(args.root), "seeds": args.seeds, "cpus": os.cpu_count(), "cpu": cpu_flags()["model"]}
+    sets = development_sets(source)  # the run's validation split: every variant copies it
+    results["sizes"] = {name: len(split) for name, split in sets.items()}
+    results["ensemble"] = measured(load_model(source, "ensemble"), sets)  # variants keep the teachers and kd.combine
     results["variants"] = {}
     for variant in args.variants:
         found = []
@@ -92,9 +95,6 @@ def main() -> None:
             run_params = with_variant(params, variant, seed)
             for name in ("distill", "prune"):
                 stage(name).call(run_params, layout)
-            sets = development_sets(layout)
-            results["sizes"] = {name: len(split) for name, split in sets.items()}
-            results["ensemble"] = measured(load_model(layout, "ensemble"), sets)
             found.append({model: measured(load_model(layout, model), sets) for model in STUDENTS})
             print(variant, seed, found[-1], flush=True)
         results["variants"][variant] = found
