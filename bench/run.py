@@ -647,7 +647,8 @@ def main() -> None:
         run["evaluated"] = evaluated(layout)
         hits.append({m: model_hits for m, (_, model_hits) in measured.items()})
         info = read_json(layout.dataset_info)
-        sets = eval_sets.load(list(SHIFT_SETS), layout, info["classes"], tuple(info["shape"]))
+        learnt = eval_sets.learnt_images(layout)
+        sets = eval_sets.load(list(SHIFT_SETS), layout, info["classes"], tuple(info["shape"]), learnt=learnt)
         shifted.append({m: shift_hits(e, sets) for m, e in found[run["seed"]].items()})
 
     summary = summarize(runs, hits, shifted)

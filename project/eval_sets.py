@@ -1,21 +1,24 @@
 """The labelled sets the report measures every model on beside the test split (`report.eval_sets`), read and
 checked before anything is measured: built-in digit sets, folders of class sub-folders (converted to the run's
 colour and size as ingest converts images) and .npz files of the run's shape. A bad set is one paragraph that
-names it and what to change."""
+names it and what to change; so is a set with copies of the images the run learns or chooses from."""
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from distillery import digit_sets, images
 from distillery.data import load_dataset
 from distillery.errors import DistilleryError
 from distillery.files import inside
+from distillery.raw_format import image_sha256
 from project.config import EvalSet
 from project.layout import Layout
 
 DIGITS = [str(i) for i in range(10)]
+LEARNT_SPLITS = ("train", "val", "unlabeled")  # what the models learn from, or are chosen and calibrated on
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,17 @@ def npz(
     return np.round(to_nchw(x)).astype(np.uint8), y.astype(np.int64)
 
 
-def load(entries: list[EvalSet], layout: Layout, classes: list[str], shape: tuple[int, ...]) -> list[LoadedSet]:
-    """Every set of `report.eval_sets`, read and checked, for a run of `classes` and images of `shape` (C, H, W)."""
+def learnt_images(layout: Layout) -> frozenset[str]:
+    """The sha256 of every image of the run's training and validation splits and transfer set (ingest's facts)."""
+    facts = pd.read_csv(layout.facts, usecols=["split", "sha256"])
+    return frozenset(facts.loc[facts["split"].isin(LEARNT_SPLITS), "sha256"])
+
+
+def load(
+    entries: list[EvalSet], layout: Layout, classes: list[str], shape: tuple[int, ...], *, learnt: frozenset[str]
+) -> list[LoadedSet]:
+    """Every set of `report.eval_sets`, read and checked, for a run of `classes` and images of `shape` (C, H, W).
+    A set may not hold copies of the images whose sha256 is in `learnt` (`learnt_images`)."""
     found = []
     for index, entry in enumerate(entries):
         if entry.source == "test_split":
@@ -112,6 +124,15 @@ def load(entries: list[EvalSet], layout: Layout, classes: list[str], shape: tupl
                 raise problem(index, entry, f"{entry.path} must exist inside {folder_name}/ (DVC tracks that folder)")
             reader = folder if entry.source == "folder" else npz
             x, y = reader(index, entry, path, classes, shape)
+        copies = sum(digest in learnt for digest in image_sha256(x))
+        if copies:
+            raise problem(
+                index,
+                entry,
+                f"{copies} of its {len(x)} images are copies of images of the run's training or validation split or "
+                "transfer set, which the models learn from or are chosen on; remove them (the test split can be "
+                "measured as source: test_split)",
+            )
         if entry.paper:
             if shape[0] != 1:
                 raise problem(index, entry, f"paper applies to gray images; this run's are {images.color_of(shape[0])}")

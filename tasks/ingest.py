@@ -6,7 +6,6 @@ chunk (FACTS_BYTES of float32 pixels' worth of rows streamed from an .npz, a bat
 DECODE_BATCH decoded image files), written straight to data/raw/images.npy with one row of facts
 per image for the validation gate. The built-in datasets come from their packages whole."""
 
-import hashlib
 import logging
 import math
 import zipfile
@@ -23,7 +22,7 @@ from distillery import bundled
 from distillery.errors import DistilleryError
 from distillery.files import atomic_dir, inside, write_json
 from distillery.images import IMAGE_SUFFIXES, read_image
-from distillery.raw_format import SPLIT_NAMES, UNLABELED, UNLABELED_SPLIT
+from distillery.raw_format import SPLIT_NAMES, UNLABELED, UNLABELED_SPLIT, image_sha256
 from project.config import IngestConfig
 from project.layout import Layout
 from project.stage import ParamPath, Stage
@@ -383,7 +382,7 @@ def image_facts(raw: np.ndarray, stored: np.ndarray, y: np.ndarray, split: np.nd
                 "pixel_max": np.nanmax(flat, axis=1) if flat.size else [],
                 "pixel_mean": np.nanmean(flat, axis=1) if flat.size else [],
                 "non_finite": (~np.isfinite(flat)).sum(axis=1),
-                "sha256": [hashlib.sha256(row.tobytes()).hexdigest() for row in stored.reshape(len(stored), -1)],
+                "sha256": image_sha256(stored),
             }
         )
 

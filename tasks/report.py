@@ -158,7 +158,8 @@ def run(params: PipelineParams, layout: Layout) -> dict:
     """Write data/reports/: the metrics (with the whole run's params), the markdown report and its plots."""
     data = load_dataset(layout.raw)
     info = read_json(layout.dataset_info)
-    sets = eval_sets.load(params.report.eval_sets, layout, info["classes"], tuple(info["shape"]))  # checked first
+    shape, learnt = tuple(info["shape"]), eval_sets.learnt_images(layout)
+    sets = eval_sets.load(params.report.eval_sets, layout, info["classes"], shape, learnt=learnt)  # checked first
     decision = ShipDecision.read(layout.ship_decision)
     counts = param_counts(layout)
     paths = verified_onnx(layout)

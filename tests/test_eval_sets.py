@@ -19,6 +19,7 @@ from tests.conftest import ROOT
 
 DIGITS = [str(i) for i in range(10)]
 GRAY_8 = (1, 8, 8)
+NONE = frozenset()  # a run whose images are none of these sets'
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (32, 24)])
@@ -58,7 +59,7 @@ def folder_set(root, classes: dict[str, int], size=(16, 16), mode="RGB") -> Layo
 
 def test_a_folder_set_is_converted_to_the_runs_colour_and_size(tmp_path):
     layout = folder_set(tmp_path, {"3": 2, "7": 1})
-    (loaded,) = eval_sets.load([entry("folder", "data/eval/site")], layout, DIGITS, GRAY_8)
+    (loaded,) = eval_sets.load([entry("folder", "data/eval/site")], layout, DIGITS, GRAY_8, learnt=NONE)
     assert loaded.images.shape == (3, 1, 8, 8) and loaded.images.dtype == np.uint8
     assert loaded.labels.tolist() == [3, 3, 7] and loaded.images[1].min() == 40  # RGB (40, 40, 40) is gray 40
 
@@ -70,7 +71,7 @@ def test_an_npz_set_takes_the_runs_shape_in_any_layout(layout_of, tmp_path):
     x = np.arange(4 * 64).reshape(4, 8, 8) % 256
     stored = {"NHW": x, "NHWC": x[..., None], "NCHW": x[:, None]}[layout_of]
     np.savez(layout.user_eval_sets / "s.npz", x=stored, y=np.array([0, 1, 2, 9]))
-    (loaded,) = eval_sets.load([entry("npz", "data/eval/s.npz")], layout, DIGITS, GRAY_8)
+    (loaded,) = eval_sets.load([entry("npz", "data/eval/s.npz")], layout, DIGITS, GRAY_8, learnt=NONE)
     assert np.array_equal(loaded.images[:, 0], x) and loaded.labels.tolist() == [0, 1, 2, 9]
 
 
@@ -141,14 +142,14 @@ def test_a_bad_set_is_one_paragraph_naming_it(case, tmp_path):
     layout = make(tmp_path)
     good = entry("uci_digits", name="uci")
     with pytest.raises(DistilleryError, match=r"report.eval_sets\[1\] \(site\): ") as refused:
-        eval_sets.load([good, bad], layout, DIGITS, GRAY_8)
+        eval_sets.load([good, bad], layout, DIGITS, GRAY_8, learnt=NONE)
     assert says in str(refused.value) and str(refused.value).endswith("Nothing was measured.")
     assert "\n" not in str(refused.value)
 
 
 def test_a_built_in_digit_set_is_refused_for_a_run_of_other_classes(tmp_path):
     with pytest.raises(DistilleryError, match="the built-in uci_digits set holds gray digits 0-9.*cat, dog"):
-        eval_sets.load([entry("uci_digits")], Layout(tmp_path), ["cat", "dog"], (3, 32, 32))
+        eval_sets.load([entry("uci_digits")], Layout(tmp_path), ["cat", "dog"], (3, 32, 32), learnt=NONE)
 
 
 def test_a_built_in_set_that_is_the_runs_own_data_is_refused():
@@ -191,6 +192,7 @@ def test_a_set_on_grey_paper_keeps_its_ink_over_a_grey_ground(tmp_path):
         Layout(tmp_path),
         DIGITS,
         (1, 28, 28),
+        learnt=NONE,
     )
     assert np.array_equal(plain.labels, grey.labels)
     assert grey.images.min() == 60 and grey.images.max() == 255
@@ -199,15 +201,40 @@ def test_a_set_on_grey_paper_keeps_its_ink_over_a_grey_ground(tmp_path):
     layout = folder_set(tmp_path / "rgb", {"3": 1})
     with pytest.raises(DistilleryError, match=r"\(site\): paper applies to gray images; this run's are rgb"):
         eval_sets.load(
-            [EvalSet(name="site", source="folder", path="data/eval/site", paper=60)], layout, DIGITS, (3, 8, 8)
+            [EvalSet(name="site", source="folder", path="data/eval/site", paper=60)],
+            layout,
+            DIGITS,
+            (3, 8, 8),
+            learnt=NONE,
         )
 
 
 def test_the_test_split_set_is_the_runs_own_test_images(staged):
     info = json.loads(staged.dataset_info.read_text())
+    learnt = eval_sets.learnt_images(staged)
     (grey,) = eval_sets.load(
-        [EvalSet(name="t", source="test_split", paper=50)], staged, info["classes"], tuple(info["shape"])
+        [EvalSet(name="t", source="test_split", paper=50)], staged, info["classes"], tuple(info["shape"]), learnt=learnt
     )
     test = load_dataset(staged.raw).test
     assert np.array_equal(grey.labels, test.y.numpy())
     assert np.array_equal(grey.images, digit_sets.on_grey_paper(test.images[test.rows].numpy(), 50))
+
+
+def test_a_set_with_copies_of_the_images_the_run_learns_from_is_refused(staged, tmp_path):
+    """Its test images may be measured again; training, validation and transfer images may not."""
+    info, data = json.loads(staged.dataset_info.read_text()), load_dataset(staged.raw)
+    learnt, shape = eval_sets.learnt_images(staged), tuple(info["shape"])
+    test, train, val = (split.images[split.rows].numpy() for split in (data.test, data.train, data.val))
+    assert len(learnt) > len(train)  # the validation split's too
+    own = entry("npz", "data/eval/s.npz")
+    kept = npz_with(tmp_path / "kept", x=test[:4], y=data.test.y[:4].numpy())
+    (loaded,) = eval_sets.load([own], kept, info["classes"], shape, learnt=learnt)
+    assert np.array_equal(loaded.images, test[:4])
+    for copied in (train[:3], val[:3]):
+        layout = npz_with(
+            tmp_path / f"copies-{len(list(tmp_path.iterdir()))}",
+            x=np.concatenate([test[:2], copied]),
+            y=np.zeros(5, int),
+        )
+        with pytest.raises(DistilleryError, match=r"\(site\): 3 of its 5 images are copies of images of the run's"):
+            eval_sets.load([own], layout, info["classes"], shape, learnt=learnt)
