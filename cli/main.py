@@ -58,12 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     publish_command.set_defaults(handler=store.publish)
 
     models_command = commands.add_parser(
-        "models", parents=[common], help="list published model versions, show one's model card, or download one"
+        "models",
+        parents=[common],
+        help="list published model versions, show one's model card, download one, promote one, or roll back",
     )
-    models_command.add_argument("action", choices=["list", "show", "download"])
+    models_command.add_argument("action", choices=["list", "show", "download", "promote", "rollback"])
     models_command.add_argument("name", nargs="?", default="distillery-student", help="model name")
-    models_command.add_argument("version", nargs="?", help="version (default: latest)")
+    models_command.add_argument("version", nargs="?", help="version (default: latest; promote: required)")
     models_command.add_argument("--dest", type=Path, help="download folder")
+    models_command.add_argument(
+        "--force", action="store_true", help="promote: move latest even where the promotion gate refuses (recorded)"
+    )
     models_command.set_defaults(handler=store.models)
 
     predict_command = commands.add_parser(

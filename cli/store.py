@@ -4,6 +4,9 @@ import argparse
 import json
 from pathlib import Path
 
+from distillery.errors import DistilleryError
+from project import promotion
+from project.config import load_params
 from project.layout import MODEL_CARD, Layout
 from project.store import ArtifactStore, S3Settings
 from project.user_errors import user_errors
@@ -12,8 +15,10 @@ from project.user_errors import user_errors
 def publish(args: argparse.Namespace) -> None:
     from tasks.publish import upload
 
+    layout = Layout(args.root.resolve())
     with user_errors(args.debug):
-        print(upload(args.name, Layout(args.root.resolve()), version=args.version))
+        promote = load_params(layout.params).promote
+        print(json.dumps(upload(args.name, layout, promote=promote, version=args.version), indent=2))
 
 
 def describe_manifest(manifest: dict) -> str:
@@ -27,11 +32,42 @@ def describe_manifest(manifest: dict) -> str:
     return json.dumps(brief, indent=2)
 
 
+def listing(store: ArtifactStore, name: str) -> str:
+    """Every complete version of `name`, oldest first: when it was published, its data, what it measured, and
+    whether and why it was promoted; `*` marks the version users get."""
+    pointer, _ = store.pointer(name)
+    latest = pointer and pointer["version"]
+    rows = ["  version | published | dataset md5 | shipped | test accuracy | promoted: why"]
+    for version in store.versions(name):
+        manifest = store.manifest(name, version)
+        lineage, promotion = manifest["lineage"], manifest.get("promotion")
+        shipped = lineage["ship"]["model"]
+        accuracy = lineage["metrics"][shipped]["accuracy"] if shipped else None
+        verdict = (
+            f"{'yes' if promotion['promoted'] else 'no'}: {promotion['reason']}" if promotion else "(before the gate)"
+        )
+        published = promotion["at"] if promotion else "?"
+        cells = [version, published, lineage["dataset"]["md5"], shipped or "-", f"{accuracy:.2%}" if accuracy else "-"]
+        rows.append(f"{'*' if version == latest else ' '} " + " | ".join([*cells, verdict]))
+    return "\n".join(rows) if len(rows) > 1 else f"no published versions of {name}"
+
+
 def models(args: argparse.Namespace) -> None:
     with user_errors(args.debug):
         store = ArtifactStore(S3Settings.from_env())
         if args.action == "list":
-            print("\n".join(store.versions(args.name)) or f"no published versions of {args.name}")
+            print(listing(store, args.name))
+            return
+        if args.action == "rollback":
+            print(f"{args.name}: latest is now {promotion.rollback(store, args.name)}")
+            return
+        if args.action == "promote":
+            if not args.version:
+                raise DistilleryError("models promote needs the version to promote: models promote NAME VERSION.")
+            promote = load_params(Layout(args.root.resolve()).params).promote
+            decided = promotion.promote(store, args.name, args.version, promote, force=args.force)
+            forced = "" if decided["promoted"] else " (forced)"
+            print(f"{args.name}: latest is now {args.version}{forced}: {decided['reason']}")
             return
         version = args.version or store.latest(args.name)
         if args.action == "show":

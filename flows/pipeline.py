@@ -13,6 +13,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
 from distillery.errors import DistilleryError
 from distillery.files import read_json
@@ -79,6 +80,43 @@ def publish_artifacts(layout: Layout) -> None:
             link_text=f"{receipt['name']} {receipt['version']}",
             description="Manifest of the published model version",
         )
+        create_markdown_artifact(
+            promotion_markdown(receipt), key="distillery-promotion", description="The promotion gate's decision"
+        )
+
+
+def promotion_markdown(receipt: dict) -> str:
+    """The promotion gate's decision on the published version, with its figures."""
+    decided = receipt["promotion"]
+    verdict = "promoted" if decided["promoted"] else "**not promoted**"
+    lines = [
+        f"# {receipt['name']} {receipt['version']}: {verdict}",
+        "",
+        f"{decided['reason']}.",
+        "",
+        "| images | n | candidate | champion | difference (95% interval), points |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for images, figures in decided["sets"].items():
+        champion, paired = "-", "-"
+        if "champion" in figures:
+            low, high = (100 * v for v in figures["interval"])
+            champion = f"{figures['champion']:.2%}"
+            paired = f"{100 * figures['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+        lines.append(f"| {images} | {figures['images']} | {figures['candidate']:.2%} | {champion} | {paired} |")
+    return "\n".join(lines) + "\n"
+
+
+def outcome(layout: Layout, ran: list[str]) -> str:
+    """The flow run's final message: what was published, and whether it was promoted and why."""
+    if "publish" not in ran:
+        return "the published version is up to date" if ran else "no new data: nothing ran"
+    receipt = read_json(layout.published)
+    if not receipt["published"]:
+        return f"not published: {receipt['reason']}"
+    decided = receipt["promotion"]
+    verdict = "promoted" if decided["promoted"] else "not promoted"
+    return f"published {receipt['name']} {receipt['version']}, {verdict}: {decided['reason']}"
 
 
 @task(name="update_source", cache_policy=NO_CACHE)  # its input is an open DVC repo
@@ -103,7 +141,8 @@ def distillery_flow(
     update_data: bool = True,
     runner: RunnerConfig = DEFAULT_RUNNER,
 ) -> dict:
-    """Ingest, validate, train teachers, distil, prune, quantize, export, report and publish.
+    """Ingest, validate, train teachers, distil, prune, quantize, export, report and publish (and promote, if the
+    gate lets it: the run's final message says).
 
     With `update_data`, an ingest source tracked by `dvc import-url` is updated first: a run
     with no new data reruns nothing and publishes nothing new. `runner` says where the teachers
@@ -111,7 +150,8 @@ def distillery_flow(
     """
     layout = Layout(Path(root).resolve())
     with layout.lock():
-        return run_stages(params, layout, update_data, runner)
+        result = run_stages(params, layout, update_data, runner)
+    return Completed(message=outcome(layout, result["ran"]), data=result)
 
 
 def require_current_dvc_yaml(layout: Layout) -> None:

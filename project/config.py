@@ -495,6 +495,26 @@ class PublishConfig(Section):
     )
 
 
+class PromoteConfig(Section):
+    """Whether a published version (the candidate) becomes the one users get, replacing the version `latest` points
+    to (the champion): both run from their published files on the same images (the publish stage's gate, and
+    `distillery models promote`)."""
+
+    min_accuracy: float = Field(
+        0.9, ge=0, le=1, description="The floor: the candidate's accuracy on each set it is compared on, at least"
+    )
+    max_drop_pp: NonNegativeFloat = Field(
+        1.0, description="The candidate may be at most this many points below the champion on the same images"
+    )
+    evidence: Literal["point", "interval"] = Field(
+        "point",
+        description=(
+            "What must stay within max_drop_pp: the paired difference (point), or the lower end of its 95% "
+            "interval (interval: stricter, the images must show that the candidate is not worse)"
+        ),
+    )
+
+
 class PipelineParams(Section):
     ingest: IngestConfig = IngestConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
@@ -509,6 +529,7 @@ class PipelineParams(Section):
     report: ReportConfig = ReportConfig()
     measure: MeasureConfig = MeasureConfig()
     publish: PublishConfig = PublishConfig()
+    promote: PromoteConfig = PromoteConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

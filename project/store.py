@@ -1,7 +1,8 @@
 """The S3 artifact store: published model versions, each verified object by object.
 
 Layout under the bucket: ``models/<name>/<version>/<files>`` with ``manifest.json`` written
-last, and ``models/<name>/latest.json`` moved only after the manifest is in place. Endpoint and
+last, and ``models/<name>/latest.json`` (the version users get, and every move of it) moved only after the
+manifest is in place, by a conditional write, so that of two writers one wins. Endpoint and
 credentials come from the standard AWS settings (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL), so the same code serves AWS S3, MinIO and SeaweedFS.
 """
@@ -60,6 +61,18 @@ def version_prefix(name: str, version: str) -> str:
 
 def manifest_key(name: str, version: str) -> str:
     return f"{version_prefix(name, version)}/manifest.json"
+
+
+def pointer_key(name: str) -> str:
+    return f"models/{check_name('model name', name)}/latest.json"
+
+
+def error_code(error: DistilleryError) -> str | None:
+    """The S3 error code behind a failed call, e.g. NoSuchKey."""
+    from botocore.exceptions import ClientError
+
+    cause = error.__cause__
+    return cause.response.get("Error", {}).get("Code") if isinstance(cause, ClientError) else None
 
 
 def max_attempts() -> int:
@@ -135,29 +148,52 @@ class ArtifactStore:
             sha.update(chunk)
         return sha.hexdigest()
 
-    def publish(self, name: str, version: str, files: dict[str, Path], lineage: dict, run_id: str) -> dict:
-        """Upload every file (verified), then the manifest, then move `latest.json`. Until `latest.json` has
-        moved, a marker names the run being published, so that a rerun of that run finishes this version."""
+    def upload_version(self, name: str, version: str, files: dict[str, Path], run_id: str) -> list[dict]:
+        """Upload every file (verified) of a new version and return their manifest entries; or, where an
+        interrupted publish of the same run wrote its manifest already, that manifest's entries. Until
+        `finish`, a marker names the run being published, so that a rerun of that run finishes this version."""
         prefix = version_prefix(name, version)
         marker = f"{prefix}/{UNFINISHED}"
         manifest = self.manifest_or_none(name, version)
-        if manifest is None:
-            self.put_json(marker, {"run": run_id})
-            entries = [
-                {
-                    "path": relative,
-                    "size": path.stat().st_size,
-                    "sha256": self.upload_verified(path, f"{prefix}/{check_relative(relative)}"),
-                }
-                for relative, path in sorted(files.items())
-            ]
-            manifest = {"name": name, "version": version, "files": entries, "lineage": lineage}
-            self.put_json(manifest_key(name, version), manifest)
-        elif (self.json_or_none(marker) or {}).get("run") != run_id:
-            raise DistilleryError(f"Version {version} of {name} is already published on {self.settings.where()}.")
-        self.put_json(f"models/{name}/latest.json", {"version": version, "manifest": manifest_key(name, version)})
-        self.call("delete_object", Key=marker)
-        return manifest
+        if manifest is not None:
+            if (self.json_or_none(marker) or {}).get("run") != run_id:
+                raise DistilleryError(f"Version {version} of {name} is already published on {self.settings.where()}.")
+            return manifest["files"]
+        self.put_json(marker, {"run": run_id})
+        return [
+            {
+                "path": relative,
+                "size": path.stat().st_size,
+                "sha256": self.upload_verified(path, f"{prefix}/{check_relative(relative)}"),
+            }
+            for relative, path in sorted(files.items())
+        ]
+
+    def finish(self, name: str, version: str) -> None:
+        """The version is complete: its marker goes."""
+        self.call("delete_object", Key=f"{version_prefix(name, version)}/{UNFINISHED}")
+
+    def pointer(self, name: str) -> tuple[dict | None, str | None]:
+        """`latest.json` and its ETag, for `move_pointer`; (None, None) before any version was promoted."""
+        try:
+            response = self.call("get_object", Key=pointer_key(name))
+        except DistilleryError as e:
+            if error_code(e) in ("NoSuchKey", "404"):
+                return None, None
+            raise
+        return json.loads(response["Body"].read()), response["ETag"]
+
+    def move_pointer(self, name: str, pointer: dict, *, etag: str | None) -> bool:
+        """Write `pointer` as `latest.json` only if it is still the one read with `etag` (None: there was none).
+        False where another writer moved it in between: nothing was written."""
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            self.put_json(pointer_key(name), pointer, **condition)
+        except DistilleryError as e:
+            if error_code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
 
     def unfinished_version(self, name: str, run_id: str) -> str | None:
         """The version an interrupted publish of the same run started: its marker is still there."""
@@ -167,11 +203,11 @@ class ArtifactStore:
                 return key[len(prefix) : -len(UNFINISHED) - 1]
         return None
 
-    def put_json(self, key: str, data: dict) -> None:
-        """PUT a JSON document, verified like every upload."""
+    def put_json(self, key: str, data: dict, **condition) -> None:
+        """PUT a JSON document, verified like every upload; `condition`: IfMatch or IfNoneMatch."""
         body = json.dumps(data, indent=2, sort_keys=True).encode()
         digest = hashlib.sha256(body).hexdigest()
-        self.put_verified(key, body, size=len(body), digest=digest, ContentType="application/json")
+        self.put_verified(key, body, size=len(body), digest=digest, ContentType="application/json", **condition)
 
     def get_json(self, key: str) -> dict:
         return json.loads(self.call("get_object", Key=key)["Body"].read())
@@ -181,13 +217,10 @@ class ArtifactStore:
 
     def json_or_none(self, key: str) -> dict | None:
         """The JSON document at `key`, or None where there is none."""
-        from botocore.exceptions import ClientError
-
         try:
             return self.get_json(key)
         except DistilleryError as e:
-            cause = e.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if error_code(e) in ("NoSuchKey", "404"):
                 return None
             raise
 
@@ -208,7 +241,14 @@ class ArtifactStore:
         return sorted(key[len(prefix) : -len(manifest)] for key in self.keys(prefix) if key.endswith(manifest))
 
     def latest(self, name: str) -> str:
-        return self.get_json(f"models/{check_name('model name', name)}/latest.json")["version"]
+        """The version users get; a DistilleryError where none was promoted."""
+        pointer, _ = self.pointer(name)
+        if pointer is None:
+            raise DistilleryError(
+                f"{name} has no promoted version on {self.settings.where()}: `distillery models list {name}` lists "
+                "what is published."
+            )
+        return pointer["version"]
 
     def manifest(self, name: str, version: str) -> dict:
         """The manifest of a published version; a DistilleryError where there is none."""

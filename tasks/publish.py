@@ -1,4 +1,5 @@
-"""Publish: upload a finished run (models, report, Data Docs) with a manifest to the S3 store.
+"""Publish: upload a finished run (models, report, Data Docs, its test split) with a manifest to the S3 store, and
+promote it (move `latest`) if the promotion gate lets it (`project.promotion`).
 
 Only a complete run is published: every expected file must exist, the export must have passed
 verification and the shipped model must have been packaged. The packaged model is published as
@@ -16,8 +17,9 @@ from pathlib import Path
 from distillery import model_package
 from distillery.errors import DistilleryError
 from distillery.files import atomic_file, file_digest, read_json, write_json
+from project import promotion
 from project.artifacts import verified_onnx
-from project.config import PublishConfig
+from project.config import PromoteConfig, PublishConfig
 from project.layout import Layout
 from project.model_card import model_card
 from project.ship_decision import ShipDecision
@@ -112,9 +114,16 @@ def new_version(metrics: dict) -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{metrics['dataset']['md5'][:8]}"
 
 
-def upload(name: str, layout: Layout, settings: S3Settings | None = None, version: str | None = None) -> dict:
-    """Upload the run in `layout` as `models/<name>/<version>/` and move `latest.json` to it. Without a
-    `version`: the one an interrupted upload of this run started, else a new one."""
+def upload(
+    name: str,
+    layout: Layout,
+    *,
+    promote: PromoteConfig | None = None,
+    settings: S3Settings | None = None,
+    version: str | None = None,
+) -> dict:
+    """Upload the run in `layout` as `models/<name>/<version>/`, and move `latest.json` to it if the promotion gate
+    lets it. Without a `version`: the one an interrupted upload of this run started, else a new one."""
     check_name("model name", name)
     files = run_files(layout)
     metrics = read_json(layout.metrics)
@@ -124,29 +133,38 @@ def upload(name: str, layout: Layout, settings: S3Settings | None = None, versio
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
         files |= stamped(layout, metrics, name=name, version=version, folder=Path(folder))
-        manifest = store.publish(
-            name, version, files, lineage(metrics, ShipDecision.read(layout.ship_decision)), run_id
-        )
+        files |= promotion.write_test_split(layout, Path(folder))
+        history = lineage(metrics, ShipDecision.read(layout.ship_decision))
+        manifest = promotion.publish(store, name, version, files, history, run_id, promote or PromoteConfig())
+    decision = manifest["promotion"]
     log.info(
-        "published %s %s: %d files, %.1f MB in %.1f s to %s",
+        "published %s %s: %d files, %.1f MB in %.1f s to %s; %s: %s",
         name,
         version,
         len(files),
         sum(f["size"] for f in manifest["files"]) / 1e6,
         time.monotonic() - started,
         store.settings.where(),
+        "promoted" if decision["promoted"] else "not promoted",
+        decision["reason"],
     )
-    return {"name": name, "version": version, "files": len(files), "manifest": manifest_key(name, version)}
+    return {
+        "name": name,
+        "version": version,
+        "files": len(files),
+        "manifest": manifest_key(name, version),
+        "promotion": decision,
+    }
 
 
-def run(config: PublishConfig, layout: Layout) -> dict:
+def run(config: PublishConfig, promote: PromoteConfig, layout: Layout) -> dict:
     """The pipeline's last stage: publish when an S3 store is configured, and write a receipt
     (data/published.json) saying what was published, or that nothing was. A run with no model that
     meets the accuracy floor, or whose files changed since the export, fails here, store or not."""
     run_files(layout)
     settings = S3Settings.from_env()
     if settings.configured:
-        receipt = {"published": True, **upload(config.model_name, layout, settings)}
+        receipt = {"published": True, **upload(config.model_name, layout, promote=promote, settings=settings)}
     else:
         receipt = {
             "published": False,

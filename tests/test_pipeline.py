@@ -134,7 +134,7 @@ def assert_artifacts_published():
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     keys = {"distillery-metrics", "distillery-ensemble-and-student", "distillery-report", "distillery-model"}
-    keys |= {"distillery-model-card", "distillery-eval-sets"}
+    keys |= {"distillery-model-card", "distillery-eval-sets", "distillery-promotion"}
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))
     assert {a.key for a in found} == keys
@@ -146,6 +146,8 @@ def assert_artifacts_published():
     assert [row["model"] for row in kept][-6:] == list(PIPELINE_MODELS)
     assert all("→" in row["ECE % raw → scaled"] for row in kept)
     assert next(a for a in found if a.key == "distillery-model-card").data.startswith("# Distillery model")
+    decision = next(a for a in found if a.key == "distillery-promotion").data
+    assert decision.startswith("# distillery-student ") and ": promoted\n\nmeets the floor on " in decision
     sets = json.loads(next(a for a in found if a.key == "distillery-eval-sets").data)
     assert {row["set"] for row in sets} == {"mnist"} and [row["model"] for row in sets][-6:] == list(PIPELINE_MODELS)
 

@@ -14,7 +14,7 @@ import pytest
 from distillery import model_package
 from distillery.errors import DistilleryError
 from distillery.files import file_digest
-from project.config import PublishConfig
+from project.config import PromoteConfig, PublishConfig
 from project.layout import Layout
 from project.ship_decision import ShipDecision
 from project.store import ArtifactStore, S3Settings
@@ -61,12 +61,12 @@ def test_publish_round_trip(staged, s3_env, tmp_path):
 def test_publish_stage_writes_a_receipt(staged, s3_env, monkeypatch, tmp_path):
     layout = Layout(tmp_path)  # the receipt is written: a copy, as other workers read the shared run
     shutil.copytree(staged.data, layout.data)
-    receipt = publish.run(PublishConfig(model_name="stage-test"), layout)
+    receipt = publish.run(PublishConfig(model_name="stage-test"), PromoteConfig(), layout)
     assert receipt["published"] and store().versions("stage-test") == [receipt["version"]]
     assert json.loads(layout.published.read_text()) == receipt
     for name in ("DISTILLERY_BUCKET", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name)
-    assert publish.run(PublishConfig(model_name="stage-test"), layout)["published"] is False
+    assert publish.run(PublishConfig(model_name="stage-test"), PromoteConfig(), layout)["published"] is False
     assert json.loads(layout.published.read_text())["published"] is False
 
 
@@ -152,11 +152,11 @@ def interrupted(monkeypatch, fail_on: str) -> list[str]:
             raise DistilleryError("S3 went away")
         return real_upload(self, path, key)
 
-    def put_json(self, key, data):
+    def put_json(self, key, data, **condition):
         keys.append(key)
         if key.endswith(fail_on):
             raise DistilleryError("S3 went away")
-        return real_put(self, key, data)
+        return real_put(self, key, data, **condition)
 
     monkeypatch.setattr(ArtifactStore, "upload_verified", upload)
     monkeypatch.setattr(ArtifactStore, "put_json", put_json)

@@ -1,12 +1,14 @@
 """Retraining on new data: the ingest source is an S3 prefix imported with `dvc import-url`.
 A flow run with no new objects there reruns nothing and publishes nothing; new objects lead the
-next run to retrain and publish a new version whose manifest names the new dataset."""
+next run to retrain and publish a new version whose manifest names the new dataset, promoted when it is as good
+as the one before; a retrain on data with a third of its labels shuffled is published and not promoted."""
 
 import io
 
 import boto3
 import numpy as np
 import yaml
+from prefect.artifacts import Artifact
 from sklearn.datasets import load_digits
 
 from flows.pipeline import distillery_flow
@@ -61,3 +63,18 @@ def test_new_objects_under_the_s3_prefix_retrain_and_none_is_a_no_op(tmp_path, p
     assert dataset["md5"] == dvc_md5(layout.raw) == recorded != first_md5  # the hash DVC itself recorded
     assert dataset["n_train"] + dataset["n_val"] + dataset["n_test"] == len(y)
     assert sorted(p.name for p in (project / "data/source/incoming").iterdir()) == ["batch-000.npz", "batch-001.npz"]
+    assert store.manifest("retrain-student", second)["promotion"]["champion"] == first
+
+    shuffled = y.copy()
+    third = np.random.default_rng(0).choice(len(y), len(y) // 3, replace=False)
+    shuffled[third] = np.random.default_rng(1).permutation(shuffled[third])  # a broken upstream export
+    land_shard("batch-000.npz", x[:1400], shuffled[:1400])
+    land_shard("batch-001.npz", x[1400:], shuffled[1400:])
+    state = distillery_flow(params=params, root=str(project), return_state=True)
+    third_version = store.versions("retrain-student")[-1]
+    promotion = store.manifest("retrain-student", third_version)["promotion"]
+    assert state.result()["ran"] == list(NAMES) and third_version != second
+    assert not promotion["promoted"] and "below the floor" in promotion["reason"]
+    assert store.latest("retrain-student") == second
+    assert state.message == f"published retrain-student {third_version}, not promoted: {promotion['reason']}"
+    assert f"{third_version}: **not promoted**" in Artifact.get("distillery-promotion").data
