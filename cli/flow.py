@@ -97,8 +97,10 @@ def serve(args: argparse.Namespace) -> None:
     `prefect deployment run distillery/NAME --param ...`, one at a time."""
     params = flow_params(args)
     runner = flow_runner(args)
+    from flows.alerts import install_from_env
     from flows.pipeline import distillery_flow
 
+    print(install_from_env())
     distillery_flow.serve(
         name=args.name,
         cron=args.cron or None,
@@ -107,6 +109,13 @@ def serve(args: argparse.Namespace) -> None:
         parameters={"params": params.to_yaml_dict(), "root": str(args.root.resolve()), "runner": runner.model_dump()},
         description="Distillery pipeline: ensemble → distilled, pruned, int8 ONNX student",
     )
+
+
+def alerts(args: argparse.Namespace) -> None:
+    """Create the alert automations on the Prefect server (as `serve` does), for deployments made otherwise."""
+    from flows.alerts import install_from_env
+
+    print(install_from_env())
 
 
 def write_dvc_yaml(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
-"""`distillery run` runs the pipeline as a Prefect flow (`serve`: as a scheduled deployment); `distillery
-dvc-yaml` writes dvc.yaml from the stage declarations; `distillery publish` and `distillery models` manage the
-published model versions in the S3 store; `distillery predict` classifies image files."""
+"""`distillery run` runs the pipeline as a Prefect flow (`serve`: as a scheduled deployment, with the alerts
+`distillery alerts` creates); `distillery dvc-yaml` writes dvc.yaml from the stage declarations; `distillery
+publish` and `distillery models` manage the published model versions in the S3 store; `distillery predict`
+classifies image files."""
 
 import argparse
 from pathlib import Path
@@ -43,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command.add_argument("--cron", default="0 2 * * *", help="schedule (cron, server time zone); '' for none")
     serve_command.add_argument("--params", type=Path, help="default parameters (default: ROOT/params.yaml)")
     serve_command.set_defaults(handler=flow.serve)
+
+    alerts_command = commands.add_parser(
+        "alerts",
+        parents=[common],
+        help="create the alert automations (failed runs, models not promoted) from DISTILLERY_ALERT_WEBHOOK",
+    )
+    alerts_command.set_defaults(handler=flow.alerts)
 
     dvc_yaml_command = commands.add_parser(
         "dvc-yaml", parents=[common], help="write ROOT/dvc.yaml from the stage declarations in tasks/"

@@ -17,6 +17,7 @@ from prefect.states import Completed
 
 from distillery.errors import DistilleryError
 from distillery.files import read_json
+from flows import alerts
 from flows.dvc_sync import DvcTracker
 from flows.dvc_yaml import dvc_yaml
 from flows.runners import RunnerConfig, teacher_map
@@ -151,6 +152,9 @@ def distillery_flow(
     layout = Layout(Path(root).resolve())
     with layout.lock():
         result = run_stages(params, layout, update_data, runner)
+    receipt = read_json(layout.published) if "publish" in result["ran"] else {}
+    if receipt.get("published") and not receipt["promotion"]["promoted"]:
+        alerts.announce_not_promoted(receipt)
     return Completed(message=outcome(layout, result["ran"]), data=result)
 
 

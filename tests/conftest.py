@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -206,6 +208,54 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+class Webhook:
+    """A webhook receiver on 127.0.0.1: each POST's JSON body, as received."""
+
+    def __init__(self):
+        import http.server
+
+        received = self.messages = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout_s: float = 90) -> list[dict]:
+        """The messages once there are `count` (the Prefect server delivers them in a few seconds), and a few
+        seconds more, so that a message too many shows."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(5)
+        return list(self.messages)
+
+
+@pytest.fixture
+def webhook(prefect_server):
+    """A webhook receiver, and the alert automations removed from the test server afterwards."""
+    from prefect.automations import Automation
+
+    from flows import alerts
+
+    receiver = Webhook()
+    yield receiver
+    receiver.server.shutdown()
+    for name in alerts.triggers():
+        try:
+            Automation.read(name=name).delete()
+        except ValueError:
+            pass
 
 
 @pytest.fixture(scope="session")

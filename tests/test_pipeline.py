@@ -1,6 +1,7 @@
 """The three ways to run: dvc.yaml and the flow describe the same stages; `dvc repro` and the
 Prefect flow both run end to end on tiny params; a flow run leaves DVC with nothing to do; a served
-deployment runs with custom parameters; a published run leaks no secret.
+deployment runs with custom parameters; a published run leaks no secret; a failed run and a model not promoted
+reach the alert webhook, and an unreachable one fails no run.
 
 One published flow run (`published_run`) is shared: the tests that go on from it work on a copy."""
 
@@ -10,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,10 @@ import pytest
 import yaml
 
 from distillery import checkpoint
+from distillery.errors import DistilleryError
+from flows import alerts
 from flows.pipeline import distillery_flow
+from project.config import PipelineParams, PromoteConfig
 from project.layout import PIPELINE_MODELS, Layout
 from project.store import ArtifactStore, S3Settings
 from tasks import NAMES
@@ -235,3 +240,60 @@ def test_distillery_run_stops_cleanly_on_bad_data(tmp_path):
     assert f"error: ingest.path {missing} does not exist" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (project / "data" / "raw").exists()
+
+
+def test_a_failed_run_reaches_the_alert_webhook_once(webhook, tmp_path, monkeypatch):
+    monkeypatch.setenv(alerts.WEBHOOK_ENV, webhook.url)
+    assert alerts.install_from_env() == "alerts on: distillery-run-failed, distillery-not-promoted post to the " + (
+        "distillery-alerts block"
+    )
+    alerts.install_from_env()  # again, as every `distillery serve` does: replaced, not doubled
+    missing = tmp_path / "missing.npz"
+    bad = PipelineParams.model_validate({**TINY, "ingest": {"source": "npz", "path": str(missing)}})
+    with pytest.raises(DistilleryError, match="does not exist"):
+        distillery_flow(params=bad, root=str(tmp_path))
+    (message,) = webhook.wait_for(1)
+    assert (
+        message["text"].startswith("Distillery run failed: Flow run ")
+        and " of distillery ended Failed: " in message["text"]
+    )
+    assert f"ingest.path {missing} does not exist" in message["text"]
+
+
+def test_alerts_are_off_without_a_webhook(prefect_server, monkeypatch):
+    from prefect.automations import Automation
+
+    monkeypatch.delenv(alerts.WEBHOOK_ENV, raising=False)
+    assert alerts.install_from_env().startswith(f"alerts off: set {alerts.WEBHOOK_ENV}")
+    with pytest.raises(ValueError, match="not found"):
+        Automation.read(name="distillery-not-promoted")
+
+
+def automation_triggered(name: str, timeout_s: float = 60) -> bool:
+    """Whether the Prefect server recorded that the automation `name` fired."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            query = {"filter": {"event": {"name": ["prefect.automation.triggered"]}}, "limit": 50}
+            events = client.request("POST", "/events/filter", json=query).json()["events"]
+        if any(e["resource"].get("prefect.resource.name") == name for e in events):
+            return True
+        time.sleep(1)
+    return False
+
+
+def test_a_model_not_promoted_alerts_and_an_unreachable_webhook_fails_no_run(published_run, s3_env, webhook, tmp_path):
+    """Only the stages that read the promote section rerun; the version is refused, the alert fires, and the webhook
+    behind it cannot be reached: the run completes all the same."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{probe.getsockname()[1]}/alerts"
+    alerts.install(unreachable)
+    project = copy_of(published_run, tmp_path)
+    strict = tiny_params().model_copy(update={"promote": PromoteConfig(min_accuracy=0.999)})
+    state = distillery_flow(params=strict, root=str(project), return_state=True)
+    assert state.is_completed() and state.result()["ran"] == ["report", "package", "publish"]  # the params changed
+    assert state.message.startswith("published distillery-student ") and ", not promoted: " in state.message
+    assert automation_triggered("distillery-not-promoted")

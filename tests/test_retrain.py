@@ -1,7 +1,8 @@
 """Retraining on new data: the ingest source is an S3 prefix imported with `dvc import-url`.
 A flow run with no new objects there reruns nothing and publishes nothing; new objects lead the
 next run to retrain and publish a new version whose manifest names the new dataset, promoted when it is as good
-as the one before; a retrain on data with a third of its labels shuffled is published and not promoted."""
+as the one before; a retrain on data with a third of its labels shuffled is published and not promoted, and the
+alert webhook is told why."""
 
 import io
 
@@ -11,6 +12,7 @@ import yaml
 from prefect.artifacts import Artifact
 from sklearn.datasets import load_digits
 
+from flows import alerts
 from flows.pipeline import distillery_flow
 from project.config import PipelineParams
 from project.layout import Layout
@@ -35,7 +37,8 @@ def land_shard(name: str, x: np.ndarray, y: np.ndarray) -> None:
     boto3.session.Session().client("s3").put_object(Bucket="distillery", Key=f"{PREFIX}/{name}", Body=body.getvalue())
 
 
-def test_new_objects_under_the_s3_prefix_retrain_and_none_is_a_no_op(tmp_path, prefect_server, s3_env):
+def test_new_objects_under_the_s3_prefix_retrain_and_none_is_a_no_op(tmp_path, prefect_server, s3_env, webhook):
+    alerts.install(webhook.url)
     digits = load_digits()
     x, y = np.round(digits.images * (255 / 16)).astype(np.uint8), digits.target
     land_shard("batch-000.npz", x[:1400], y[:1400])
@@ -78,3 +81,8 @@ def test_new_objects_under_the_s3_prefix_retrain_and_none_is_a_no_op(tmp_path, p
     assert store.latest("retrain-student") == second
     assert state.message == f"published retrain-student {third_version}, not promoted: {promotion['reason']}"
     assert f"{third_version}: **not promoted**" in Artifact.get("distillery-promotion").data
+    (message,) = webhook.wait_for(1)  # the two promoted runs sent none
+    assert message["text"] == (
+        f"Distillery model not promoted: retrain-student {third_version} was published and not promoted: "
+        f"{promotion['reason']}. Users still get {second}."
+    )
