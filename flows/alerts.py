@@ -1,8 +1,8 @@
-"""Alerts that reach a person: a run of the distillery flow that failed or crashed, and a published version that
-the promotion gate did not promote. Prefect automations send them through a notification block, a Custom Webhook
-that posts `{"text": SUBJECT: BODY}` (Slack's incoming webhooks take it as it is; Slack, Teams and e-mail blocks
-are the same kind of block, so an automation can be pointed at one in the UI). The Prefect server delivers them:
-a webhook that cannot be reached is logged by the server and never fails a run.
+"""Alerts that reach a person: a run of the distillery flow that failed, crashed or timed out, and a published
+version that the promotion gate did not promote. Prefect automations send them through a notification block, a
+Custom Webhook that posts `{"text": SUBJECT: BODY}` (Slack's incoming webhooks take it as it is; Slack, Teams and
+e-mail blocks are the same kind of block, so an automation can be pointed at one in the UI). The Prefect server
+delivers them: a webhook that cannot be reached is logged by the server and never fails a run.
 
 `distillery serve` (or `distillery alerts`, for deployments made with `prefect deploy`) creates the block and the
 automations where DISTILLERY_ALERT_WEBHOOK names the webhook's URL; without it, alerts are off."""
@@ -27,7 +27,7 @@ def triggers() -> dict[str, tuple[EventTrigger, str, str]]:
     return {
         "distillery-run-failed": (
             EventTrigger(
-                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"},
                 match={"prefect.resource.id": "prefect.flow-run.*"},
                 match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW},
                 posture=Posture.Reactive,
@@ -55,7 +55,9 @@ def triggers() -> dict[str, tuple[EventTrigger, str, str]]:
 
 def install(webhook_url: str) -> list[str]:
     """Create the notification block and the automations, replacing those of the same names. Returns the names."""
-    block = CustomWebhookNotificationBlock(name=BLOCK, url=webhook_url, json_data={"text": "{{subject}}: {{body}}"})
+    block = CustomWebhookNotificationBlock(  # the URL is a credential (Slack's are): kept among the block's secrets
+        name=BLOCK, url="{{url}}", secrets={"url": webhook_url}, json_data={"text": "{{subject}}: {{body}}"}
+    )
     block_id = block.save(BLOCK, overwrite=True)
     for name, (trigger, subject, body) in triggers().items():
         try:

@@ -13,12 +13,12 @@ from distillery import digit_sets, images
 from distillery.data import load_dataset
 from distillery.errors import DistilleryError
 from distillery.files import inside
-from distillery.raw_format import image_sha256
+from distillery.raw_format import SPLIT_NAMES, image_sha256
 from project.config import EvalSet
 from project.layout import Layout
 
 DIGITS = [str(i) for i in range(10)]
-LEARNT_SPLITS = ("train", "val", "unlabeled")  # what the models learn from, or are chosen and calibrated on
+LEARNT_SPLITS = tuple(s for s in SPLIT_NAMES if s != "test")  # what models learn from, are chosen or calibrated on
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def npz(
 
 def learnt_images(layout: Layout) -> frozenset[str]:
     """The sha256 of every image of the run's training and validation splits and transfer set (ingest's facts)."""
-    facts = pd.read_csv(layout.facts, usecols=["split", "sha256"])
+    facts = pd.read_csv(layout.facts, usecols=["split", "sha256"], dtype=str)
     return frozenset(facts.loc[facts["split"].isin(LEARNT_SPLITS), "sha256"])
 
 

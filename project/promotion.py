@@ -26,6 +26,7 @@ from project.layout import PACKAGED_MODEL, Layout
 from project.store import ArtifactStore, manifest_key
 
 log = logging.getLogger("distillery")
+MAX_TRIES = 5  # judgements of one candidate against a champion that another writer keeps replacing
 TEST_SPLIT = "eval/test_split.npz"  # in every version: its run's test split, x (uint8 N x C x H x W) and y
 
 
@@ -41,33 +42,37 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def recorded_moves(pointer: dict | None) -> list[dict]:
+    """Every move of `latest`, oldest first; a store from before moves were recorded has its version as the first."""
+    if pointer is None:
+        return []
+    first = {"at": None, "action": "promote", "version": pointer["version"], "from": None, "by": "before the gate"}
+    return pointer.get("moves") or [first | {"reason": "promoted before moves were recorded"}]
+
+
 def promoted_stack(pointer: dict | None) -> list[str]:
     """The promoted versions, oldest first, as the moves left them: a promotion pushes, a rollback pops. The
     last is the one users get."""
-    if pointer is None:
-        return []
-    stack = [] if pointer.get("moves") else [pointer["version"]]  # a store from before moves were recorded
-    for move in pointer.get("moves", []):
+    stack = []
+    for move in recorded_moves(pointer):
         if move["action"] == "promote":
             stack.append(move["version"])
-        else:
+        elif stack:
             stack.pop()
     return stack
 
 
 def frozen_version(pointer: dict | None) -> str | None:
     """The first version ever promoted, whose test split every candidate is compared on."""
-    if pointer is None:
-        return None
-    moves = pointer.get("moves") or [{"version": pointer["version"]}]
-    return moves[0]["version"]
+    moves = recorded_moves(pointer)
+    return moves[0]["version"] if moves else None
 
 
 def moved(pointer: dict | None, name: str, version: str, *, action: str, by: str, reason: str) -> dict:
     """`pointer` with `latest` at `version` and the move recorded."""
     move = {"at": now(), "action": action, "version": version, "from": pointer and pointer["version"], "by": by}
-    moves = (pointer or {}).get("moves", [])
-    return {"version": version, "manifest": manifest_key(name, version), "moves": [*moves, move | {"reason": reason}]}
+    moves = [*recorded_moves(pointer), move | {"reason": reason}]
+    return {"version": version, "manifest": manifest_key(name, version), "moves": moves}
 
 
 class Files:
@@ -77,12 +82,15 @@ class Files:
     def __init__(self, store: ArtifactStore, name: str, folder: Path, entries: dict[str, list[dict]]):
         self.store, self.name, self.folder, self.entries = store, name, folder, entries
 
+    def entry(self, version: str, path: str) -> dict | None:
+        if version not in self.entries:
+            self.entries[version] = self.store.manifest(self.name, version)["files"]
+        return next((e for e in self.entries[version] if e["path"] == path), None)
+
     def path(self, version: str, path: str) -> Path:
         target = self.folder / version / path
         if not target.exists():
-            if version not in self.entries:
-                self.entries[version] = self.store.manifest(self.name, version)["files"]
-            found = [e for e in self.entries[version] if e["path"] == path]
+            found = [e for e in [self.entry(version, path)] if e]
             if not found:
                 raise DistilleryError(
                     f"{self.name} {version} has no {path}: it was published before the promotion gate. Promote a "
@@ -133,7 +141,7 @@ def gate(files: Files, version: str, pointer: dict | None, config: PromoteConfig
     champion = pointer and pointer["version"]
     frozen = frozen_version(pointer)
     sets = {f"{version}'s test split": files.test_split(version)}
-    if frozen and frozen != version:
+    if frozen and frozen != version and files.entry(frozen, TEST_SPLIT):  # none: published before the gate
         sets[f"the frozen set ({frozen}'s test split)"] = files.test_split(frozen)
     model = model_package.read(files.path(version, PACKAGED_MODEL))
     candidate = {images: hits(model, x, y) for images, (x, y) in sets.items() if takes(model, x)}
@@ -154,7 +162,9 @@ def gate(files: Files, version: str, pointer: dict | None, config: PromoteConfig
         for images, found in candidate.items()
     }
     if len(candidate) < len(sets):
-        return decision(False, f"{version} takes images of another shape than the frozen set's", figures)
+        return decision(
+            False, f"{version} takes images of another shape than the frozen set's", figures, champion=champion
+        )
     refused = judge(candidate, held, config)
     if refused:
         return decision(False, refused, figures, champion=champion)
@@ -180,8 +190,11 @@ def publish(
     entries = store.upload_version(name, version, files, run_id)
     with tempfile.TemporaryDirectory() as folder:
         fetched = Files(store, name, Path(folder), {version: entries})
-        while True:
+        for _ in range(MAX_TRIES):
             pointer, etag = store.pointer(name)
+            if pointer and pointer["version"] == version:  # an interrupted publish of this run moved it already
+                manifest = store.manifest(name, version)
+                break
             promotion = gate(fetched, version, pointer, config)
             manifest = {"name": name, "version": version, "files": entries, "lineage": lineage, "promotion": promotion}
             store.put_json(manifest_key(name, version), manifest)
@@ -194,8 +207,18 @@ def publish(
             ):
                 break
             log.info("%s: another run promoted a version meanwhile; judging %s again", name, version)
+        else:
+            raise lost_every_race(name, version)
     store.finish(name, version)
     return manifest
+
+
+def lost_every_race(name: str, version: str) -> DistilleryError:
+    return DistilleryError(
+        f"{name} {version}: latest moved under every one of {MAX_TRIES} tries to promote it (other runs promoting, "
+        "or a store that does not honour conditional writes); latest is as they left it. Promote it later with "
+        f"`distillery models promote {name} {version}`."
+    )
 
 
 def promote(store: ArtifactStore, name: str, version: str, config: PromoteConfig, *, force: bool) -> dict:
@@ -204,11 +227,18 @@ def promote(store: ArtifactStore, name: str, version: str, config: PromoteConfig
     manifest = store.manifest(name, version)
     with tempfile.TemporaryDirectory() as folder:
         fetched = Files(store, name, Path(folder), {version: manifest["files"]})
-        while True:
+        for _ in range(MAX_TRIES):
             pointer, etag = store.pointer(name)
             if pointer and pointer["version"] == version:
                 raise DistilleryError(f"{name} {version} is already the promoted version; nothing moved.")
-            promotion = gate(fetched, version, pointer, config)
+            try:
+                promotion = gate(fetched, version, pointer, config)
+            except DistilleryError as e:  # e.g. a champion whose files fail their sha256: only --force goes on
+                if not force:
+                    raise
+                promotion = decision(
+                    False, f"not judged ({str(e).rstrip('.')})", {}, champion=pointer and pointer["version"]
+                )
             if not promotion["promoted"] and not force:
                 raise DistilleryError(
                     f"{name} {version} is not promoted: {promotion['reason']}. Nothing moved; --force promotes it "
@@ -219,6 +249,7 @@ def promote(store: ArtifactStore, name: str, version: str, config: PromoteConfig
                 name, moved(pointer, name, version, action="promote", by=by, reason=promotion["reason"]), etag=etag
             ):
                 return promotion
+    raise lost_every_race(name, version)
 
 
 def rollback(store: ArtifactStore, name: str) -> str:

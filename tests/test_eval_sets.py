@@ -4,6 +4,7 @@ converted to the run's images, and a bad set refused in one paragraph that names
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -238,3 +239,12 @@ def test_a_set_with_copies_of_the_images_the_run_learns_from_is_refused(staged, 
         )
         with pytest.raises(DistilleryError, match=r"\(site\): 3 of its 5 images are copies of images of the run's"):
             eval_sets.load([own], layout, info["classes"], shape, learnt=learnt)
+
+
+def test_the_images_a_run_learns_from_are_its_training_validation_and_transfer_images(tmp_path):
+    layout = Layout(tmp_path)
+    layout.raw.mkdir(parents=True)
+    splits = ["train", "val", "test", "unlabeled"]
+    facts = {"split": splits, "sha256": [f"{i:064x}" for i in range(4)], "label": [0, 1, 2, -1]}
+    pd.DataFrame(facts).to_csv(layout.facts, index=False)
+    assert eval_sets.learnt_images(layout) == {f"{i:064x}" for i in (0, 1, 3)}

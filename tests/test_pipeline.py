@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import pytest
 import yaml
@@ -269,14 +270,15 @@ def test_alerts_are_off_without_a_webhook(prefect_server, monkeypatch):
         Automation.read(name="distillery-not-promoted")
 
 
-def automation_triggered(name: str, timeout_s: float = 60) -> bool:
-    """Whether the Prefect server recorded that the automation `name` fired."""
+def automation_triggered(name: str, since: str, timeout_s: float = 60) -> bool:
+    """Whether the Prefect server recorded that the automation `name` fired since `since` (ISO time)."""
     from prefect.client.orchestration import get_client
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with get_client(sync_client=True) as client:
-            query = {"filter": {"event": {"name": ["prefect.automation.triggered"]}}, "limit": 50}
+            wanted = {"event": {"name": ["prefect.automation.triggered"]}, "occurred": {"since": since}}
+            query = {"filter": wanted, "limit": 50}
             events = client.request("POST", "/events/filter", json=query).json()["events"]
         if any(e["resource"].get("prefect.resource.name") == name for e in events):
             return True
@@ -291,9 +293,10 @@ def test_a_model_not_promoted_alerts_and_an_unreachable_webhook_fails_no_run(pub
         probe.bind(("127.0.0.1", 0))
         unreachable = f"http://127.0.0.1:{probe.getsockname()[1]}/alerts"
     alerts.install(unreachable)
+    started = datetime.now(UTC).isoformat()
     project = copy_of(published_run, tmp_path)
     strict = tiny_params().model_copy(update={"promote": PromoteConfig(min_accuracy=0.999)})
     state = distillery_flow(params=strict, root=str(project), return_state=True)
     assert state.is_completed() and state.result()["ran"] == ["report", "package", "publish"]  # the params changed
     assert state.message.startswith("published distillery-student ") and ", not promoted: " in state.message
-    assert automation_triggered("distillery-not-promoted")
+    assert automation_triggered("distillery-not-promoted", since=started)

@@ -130,10 +130,13 @@ def test_two_promotions_at_once_leave_one_winner_and_a_consistent_history(staged
         return found
 
     monkeypatch.setattr(ArtifactStore, "pointer", pointer_read_by_both)
-    decided = {}
+    decided, errors = {}, []
 
     def promote(version):
-        decided[version] = promotion.promote(store(), "race", version, PromoteConfig(), force=False)
+        try:
+            decided[version] = promotion.promote(store(), "race", version, PromoteConfig(), force=False)
+        except Exception as e:  # noqa: BLE001 - a thread's error is asserted below, not lost
+            errors.append(e)
 
     threads = [threading.Thread(target=promote, args=(v,)) for v in ("v2", "v3")]
     for thread in threads:
@@ -141,6 +144,7 @@ def test_two_promotions_at_once_leave_one_winner_and_a_consistent_history(staged
     for thread in threads:
         thread.join(timeout=120)
     monkeypatch.setattr(ArtifactStore, "pointer", real_pointer)
+    assert not errors
     history = moves("race")
     assert sorted(m["version"] for m in history[1:]) == ["v2", "v3"]
     assert [m["from"] for m in history[1:]] == ["v1", history[1]["version"]]  # the second judged against the first
@@ -167,3 +171,45 @@ def test_rollback_to_a_version_whose_files_fail_their_sha256_moves_nothing(stage
     assert cli("rollback", "spoilt") == 2
     assert f"{PACKAGED_MODEL} of spoilt v1 does not match its manifest sha256" in capsys.readouterr().err
     assert store().latest("spoilt") == "v2" and len(moves("spoilt")) == 2
+
+
+def test_a_store_from_before_the_gate_keeps_its_version_as_the_first(staged, s3_env):
+    """latest.json without moves, and a champion published without its test split: the gate compares on the
+    candidate's split alone, and the old version stays the one a rollback returns to."""
+    publish.upload("legacy", staged, version="v1")
+    s3 = store()
+    manifest = s3.manifest("legacy", "v1")
+    manifest["files"] = [e for e in manifest["files"] if e["path"] != promotion.TEST_SPLIT]
+    s3.put_json("models/legacy/v1/manifest.json", manifest)
+    s3.put_json("models/legacy/latest.json", {"version": "v1", "manifest": "models/legacy/v1/manifest.json"})
+    decided = publish.upload("legacy", staged, version="v2")["promotion"]
+    assert decided["promoted"] and decided["champion"] == "v1" and list(decided["sets"]) == ["v2's test split"]
+    assert [(m["version"], m["by"]) for m in moves("legacy")] == [("v1", "before the gate"), ("v2", "publish")]
+    assert promotion.rollback(s3, "legacy") == "v1"
+
+
+def test_a_rerun_after_latest_moved_keeps_the_decision_made(staged, s3_env, monkeypatch):
+    real_finish = ArtifactStore.finish
+
+    def fail_once(self, name, version):
+        monkeypatch.setattr(ArtifactStore, "finish", real_finish)
+        raise DistilleryError("S3 went away")
+
+    monkeypatch.setattr(ArtifactStore, "finish", fail_once)
+    monkeypatch.setattr(publish, "new_version", lambda metrics: "v1")
+    with pytest.raises(DistilleryError, match="S3 went away"):
+        publish.upload("moved", staged)
+    decided = store().manifest("moved", "v1")["promotion"]
+    assert publish.upload("moved", staged)["promotion"] == decided  # the same decision, not judged again
+    assert len(moves("moved")) == 1 and not list(store().keys("models/moved/v1/unfinished"))
+
+
+def test_force_promotes_where_the_champion_s_files_fail_their_sha256(staged, s3_env):
+    publish.upload("forced", staged, version="v1")
+    publish.upload("forced", staged, version="v2", promote=STRICT)
+    store().call("put_object", Key=f"models/forced/v1/{PACKAGED_MODEL}", Body=b"not the model")
+    with pytest.raises(DistilleryError, match="does not match its manifest sha256"):
+        promotion.promote(store(), "forced", "v2", PromoteConfig(), force=False)
+    decided = promotion.promote(store(), "forced", "v2", PromoteConfig(), force=True)
+    assert not decided["promoted"] and decided["reason"].startswith("not judged (model.onnx of forced v1 does not")
+    assert store().latest("forced") == "v2" and moves("forced")[-1]["by"] == "models promote --force"

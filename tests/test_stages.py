@@ -19,7 +19,7 @@ from distillery import calibration, checkpoint, corruptions, onnx_export, teache
 from distillery.data import load_dataset, normalise
 from distillery.errors import DistilleryError
 from distillery.models import StudentCNN, build, count_params, widths
-from project.config import ExportConfig, MeasureConfig, PublishConfig, ShipConfig, TeachersConfig
+from project.config import ExportConfig, MeasureConfig, PromoteConfig, PublishConfig, ShipConfig, TeachersConfig
 from project.layout import PIPELINE_MODELS, Layout
 from project.ship_decision import ShipDecision
 from project.students import load_teaching, train_student
@@ -530,7 +530,7 @@ def test_nothing_is_published_and_the_stage_fails_when_no_model_meets_the_floor(
     for setting in ("DISTILLERY_BUCKET", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(setting, raising=False)  # no store: the run must fail all the same
     with pytest.raises(DistilleryError, match="Nothing is published: no model reaches the floor"):
-        publish.run(PublishConfig(), layout)
+        publish.run(PublishConfig(), PromoteConfig(), layout)
     assert not layout.published.exists()
 
 
