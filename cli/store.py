@@ -33,21 +33,21 @@ def describe_manifest(manifest: dict) -> str:
 
 
 def listing(store: ArtifactStore, name: str) -> str:
-    """Every complete version of `name`, oldest first: when it was published, its data, what it measured, and
-    whether and why it was promoted; `*` marks the version users get."""
+    """Every complete version of `name`, oldest first: when the gate judged it, its data, what it measured, and
+    whether and why it was promoted (by the gate, or forced); `*` marks the version users get."""
     pointer, _ = store.pointer(name)
     latest = pointer and pointer["version"]
-    rows = ["  version | published | dataset md5 | shipped | test accuracy | promoted: why"]
+    forced = {m["version"] for m in promotion.recorded_moves(pointer) if m["by"] == "models promote --force"}
+    rows = ["  version | judged | dataset md5 | shipped | test accuracy | promoted: why"]
     for version in store.versions(name):
         manifest = store.manifest(name, version)
-        lineage, promotion = manifest["lineage"], manifest.get("promotion")
+        lineage, decided = manifest["lineage"], manifest.get("promotion")
         shipped = lineage["ship"]["model"]
-        accuracy = lineage["metrics"][shipped]["accuracy"] if shipped else None
-        verdict = (
-            f"{'yes' if promotion['promoted'] else 'no'}: {promotion['reason']}" if promotion else "(before the gate)"
-        )
-        published = promotion["at"] if promotion else "?"
-        cells = [version, published, lineage["dataset"]["md5"], shipped or "-", f"{accuracy:.2%}" if accuracy else "-"]
+        accuracy = f"{lineage['metrics'][shipped]['accuracy']:.2%}" if shipped else "-"
+        verdict = f"{'yes' if decided['promoted'] else 'no'}: {decided['reason']}" if decided else "(before the gate)"
+        if version in forced:
+            verdict += " (then forced into latest: models promote --force)"
+        cells = [version, decided["at"] if decided else "?", lineage["dataset"]["md5"], shipped or "-", accuracy]
         rows.append(f"{'*' if version == latest else ' '} " + " | ".join([*cells, verdict]))
     return "\n".join(rows) if len(rows) > 1 else f"no published versions of {name}"
 

@@ -74,6 +74,9 @@ def test_promote_applies_the_gate_and_force_overrides_it_on_record(staged, s3_en
     assert cli("promote", "manual", "v2", "--force", root=tmp_path) == 0
     assert "latest is now v2 (forced)" in capsys.readouterr().out and store().latest("manual") == "v2"
     assert moves("manual")[-1]["by"] == "models promote --force" and "below the floor" in moves("manual")[-1]["reason"]
+    assert cli("list", "manual") == 0
+    forced = capsys.readouterr().out.splitlines()[2]
+    assert forced.startswith("* v2 |") and forced.endswith("(then forced into latest: models promote --force)")
 
 
 def test_rollback_returns_to_the_version_promoted_before(staged, s3_env, capsys):
