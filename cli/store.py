@@ -6,19 +6,23 @@ from pathlib import Path
 
 from distillery.errors import DistilleryError
 from project import promotion
-from project.config import load_params
+from project.config import PromoteConfig, load_params
 from project.layout import MODEL_CARD, Layout
 from project.store import ArtifactStore, S3Settings
 from project.user_errors import user_errors
 
 
+def promote_config(args: argparse.Namespace) -> PromoteConfig:
+    """The promotion gate's params, from the project's params.yaml."""
+    return load_params(Layout(args.root.resolve()).params).promote
+
+
 def publish(args: argparse.Namespace) -> None:
     from tasks.publish import upload
 
-    layout = Layout(args.root.resolve())
     with user_errors(args.debug):
-        promote = load_params(layout.params).promote
-        print(json.dumps(upload(args.name, layout, promote=promote, version=args.version), indent=2))
+        receipt = upload(args.name, Layout(args.root.resolve()), promote=promote_config(args), version=args.version)
+        print(json.dumps(receipt, indent=2))
 
 
 def describe_manifest(manifest: dict) -> str:
@@ -64,8 +68,7 @@ def models(args: argparse.Namespace) -> None:
         if args.action == "promote":
             if not args.version:
                 raise DistilleryError("models promote needs the version to promote: models promote NAME VERSION.")
-            promote = load_params(Layout(args.root.resolve()).params).promote
-            decided = promotion.promote(store, args.name, args.version, promote, force=args.force)
+            decided = promotion.promote(store, args.name, args.version, promote_config(args), force=args.force)
             forced = "" if decided["promoted"] else " (forced)"
             print(f"{args.name}: latest is now {args.version}{forced}: {decided['reason']}")
             return

@@ -108,11 +108,11 @@ def promotion_markdown(receipt: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def outcome(layout: Layout, ran: list[str]) -> str:
-    """The flow run's final message: what was published, and whether it was promoted and why."""
+def outcome(receipt: dict, ran: list[str]) -> str:
+    """The flow run's final message: what was published (the publish stage's `receipt`, {} where it did not run),
+    and whether it was promoted and why."""
     if "publish" not in ran:
         return "the published version is up to date" if ran else "no new data: nothing ran"
-    receipt = read_json(layout.published)
     if not receipt["published"]:
         return f"not published: {receipt['reason']}"
     decided = receipt["promotion"]
@@ -155,7 +155,7 @@ def distillery_flow(
     receipt = read_json(layout.published) if "publish" in result["ran"] else {}
     if receipt.get("published") and not receipt["promotion"]["promoted"]:
         alerts.announce_not_promoted(receipt)
-    return Completed(message=outcome(layout, result["ran"]), data=result)
+    return Completed(message=outcome(receipt, result["ran"]), data=result)
 
 
 def require_current_dvc_yaml(layout: Layout) -> None:

@@ -8,7 +8,6 @@ champion by more than `promote.max_drop_pp` on any (paired, with the evidence `p
 together by a conditional write: of two runs that promote at once, one wins and the other is judged again
 against the winner."""
 
-import io
 import logging
 import tempfile
 import time
@@ -90,26 +89,30 @@ class Files:
     def path(self, version: str, path: str) -> Path:
         target = self.folder / version / path
         if not target.exists():
-            found = [e for e in [self.entry(version, path)] if e]
-            if not found:
+            entry = self.entry(version, path)
+            if entry is None:
                 raise DistilleryError(
                     f"{self.name} {version} has no {path}: it was published before the promotion gate. Promote a "
                     f"newer version by hand (`distillery models promote {self.name} VERSION --force`)."
                 )
             target.parent.mkdir(parents=True, exist_ok=True)
-            self.store.fetch_verified(self.name, version, found[0], target)
+            self.store.fetch_verified(self.name, version, entry, target)
         return target
 
     def test_split(self, version: str) -> tuple[np.ndarray, np.ndarray]:
-        with np.load(io.BytesIO(self.path(version, TEST_SPLIT).read_bytes()), allow_pickle=False) as arrays:
+        with np.load(self.path(version, TEST_SPLIT), allow_pickle=False) as arrays:
             return arrays["x"], arrays["y"]
 
 
-def hits(model: model_package.PackagedModel, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per image of `x` (uint8 N x C x H x W), whether the packaged model's class is `y`'s."""
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
-    (labels,) = session.run([model_package.LABEL], {model_package.INPUT: np.ascontiguousarray(x.transpose(0, 2, 3, 1))})
-    return labels == y
+def hits(model: model_package.PackagedModel, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per set, per image of its x (uint8 N x C x H x W), whether the packaged model's class is its y's."""
+    classifier = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])  # once per model
+    found = {}
+    for images, (x, y) in sets.items():
+        inputs = {model_package.INPUT: np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
+        (labels,) = classifier.run([model_package.LABEL], inputs)
+        found[images] = labels == y
+    return found
 
 
 def takes(model: model_package.PackagedModel, x: np.ndarray) -> bool:
@@ -144,14 +147,14 @@ def gate(files: Files, version: str, pointer: dict | None, config: PromoteConfig
     if frozen and frozen != version and files.entry(frozen, TEST_SPLIT):  # none: published before the gate
         sets[f"the frozen set ({frozen}'s test split)"] = files.test_split(frozen)
     model = model_package.read(files.path(version, PACKAGED_MODEL))
-    candidate = {images: hits(model, x, y) for images, (x, y) in sets.items() if takes(model, x)}
+    candidate = hits(model, {images: xy for images, xy in sets.items() if takes(model, xy[0])})
     held = None
     if champion and champion != version:
         held = model_package.read(files.path(champion, PACKAGED_MODEL))
         if held.classes != model.classes or held.input != model.input:
             refused = f"the champion {champion} takes other images or classes: compare them by hand"
             return decision(False, refused, {}, champion=champion)
-        held = {images: hits(held, *sets[images]) for images in candidate}
+        held = hits(held, {images: sets[images] for images in candidate})
     figures = {
         images: {
             "images": len(found),
